@@ -1,0 +1,84 @@
+"""Per-request records: what the client measured, before any statistics.
+
+All times are seconds on the run's monotonic clock (``time.perf_counter()`` minus the
+run's start), so records from one run share one origin and never jump with NTP.
+``run.json`` carries the wall-clock epoch of that origin.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Error kinds, the ``error_kind`` of a failed record. One word each so summaries can
+# count failures by cause.
+ERROR_KINDS = (
+    "connect",  # connection refused / DNS / TLS: nothing was sent
+    "http",  # non-2xx status; ``status_code`` says which
+    "timeout",  # per-request timeout or run deadline hit mid-request
+    "stream_cut",  # the stream ended before ``data: [DONE]``
+    "bad_sse",  # a malformed SSE line or invalid JSON in a chunk
+    "server_error",  # an error object inside the stream
+    "cancelled",  # Ctrl-C / SIGTERM / error budget stopped the run mid-request
+    "empty",  # 200 and [DONE] but no token was ever produced
+    "other",
+)
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One request as the client saw it.
+
+    ``chunk_times[i]`` is when the i-th content-bearing chunk's bytes arrived, and
+    ``chunk_tokens[i]`` how many output tokens it carried (from the server's cumulative
+    ``completion_tokens`` with continuous usage stats, else 1 per chunk). Under
+    speculative decoding one chunk carries several tokens, which is why both exist.
+    """
+
+    request_id: int
+    phase: str
+    scheduled_s: float  # when the schedule said to send (closed loop: when a slot freed)
+    sent_s: float  # when the client actually started sending
+    prompt_tokens: int | None = None  # from the server's usage, else the prompt source
+    expected_output_tokens: int | None = None  # max_tokens asked for
+    first_token_s: float | None = None  # arrival of the first chunk with content
+    end_s: float | None = None  # arrival of the last byte (after [DONE])
+    chunk_times: list[float] = field(default_factory=list)
+    chunk_tokens: list[int] = field(default_factory=list)
+    output_tokens: int | None = None  # from the server's final usage
+    usage_source: str = "usage"  # "usage" (server counted) or "chunks" (1 per chunk)
+    finish_reason: str | None = None
+    status_code: int | None = None
+    error: str | None = None  # one line, never a secret
+    error_kind: str | None = None  # one of ERROR_KINDS
+    warmup: bool = False
+    worker: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def ttft_s(self) -> float | None:
+        if self.first_token_s is None:
+            return None
+        return self.first_token_s - self.sent_s
+
+    @property
+    def e2e_s(self) -> float | None:
+        if self.end_s is None:
+            return None
+        return self.end_s - self.sent_s
+
+    @property
+    def dispatch_lag_s(self) -> float:
+        return self.sent_s - self.scheduled_s
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RequestRecord:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)

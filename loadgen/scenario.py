@@ -1,0 +1,286 @@
+"""Scenarios: a validated description of the load to replay, loaded from YAML.
+
+A scenario names one load shape (``load``), how many requests or how long, the prompt
+source, output length and sampling, and the SLOs that define goodput. ``sweep`` turns one
+scenario into several phases: each value of a load parameter becomes a phase, run in
+order, with its own warmup and its own summary.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from loadgen.errors import SpecloadError, describe_validation_error
+
+SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- load shapes -----------------------------------------------------------------------
+# Open model (arrival rate): poisson, gamma, constant, burst, ramp, trace.
+# Closed model (fixed number in flight): concurrency.
+
+
+class _OpenLoad(_Strict):
+    max_concurrency: int | None = Field(None, gt=0, description="cap on requests in flight")
+
+
+class PoissonLoad(_OpenLoad):
+    shape: Literal["poisson"] = "poisson"
+    rate: float = Field(gt=0, description="mean requests per second")
+
+
+class GammaLoad(_OpenLoad):
+    """Gamma inter-arrivals: burstiness 1.0 is Poisson, below 1 burstier, above 1 smoother."""
+
+    shape: Literal["gamma"] = "gamma"
+    rate: float = Field(gt=0)
+    burstiness: float = Field(gt=0)
+
+
+class ConstantLoad(_OpenLoad):
+    shape: Literal["constant"] = "constant"
+    rate: float = Field(gt=0)
+
+
+class BurstLoad(_OpenLoad):
+    """Waves of ``size`` requests sent at once, one wave every ``interval_s``."""
+
+    shape: Literal["burst"] = "burst"
+    size: int = Field(gt=0)
+    interval_s: float = Field(ge=0)
+
+
+class RampLoad(_OpenLoad):
+    """Rate rising linearly from ``start_rate`` to ``end_rate`` over ``ramp_s`` seconds."""
+
+    shape: Literal["ramp"] = "ramp"
+    start_rate: float = Field(gt=0)
+    end_rate: float = Field(gt=0)
+    ramp_s: float = Field(gt=0)
+
+
+class TraceLoad(_OpenLoad):
+    """Replay send offsets (seconds) from a file: one number per line, or JSONL {"t": ...}."""
+
+    shape: Literal["trace"] = "trace"
+    path: str
+    speedup: float = Field(1.0, gt=0)
+
+
+class ConcurrencyLoad(_Strict):
+    shape: Literal["concurrency"] = "concurrency"
+    concurrency: int = Field(gt=0, description="requests kept in flight")
+
+
+LoadSpec = Annotated[
+    PoissonLoad | GammaLoad | ConstantLoad | BurstLoad | RampLoad | TraceLoad | ConcurrencyLoad,
+    Field(discriminator="shape"),
+]
+OPEN_SHAPES = ("poisson", "gamma", "constant", "burst", "ramp", "trace")
+
+
+# --- prompts, SLOs -------------------------------------------------------------------
+
+
+class PromptSpec(_Strict):
+    """Where prompts come from.
+
+    - ``random``: random token ids, exactly ``input_tokens`` long in the served tokenizer.
+    - ``base_prompt``: the original experiment's single prompt, repeated.
+    - ``jsonl``: one JSON object per line with ``prompt`` (or ``text``) and optional
+      ``output_tokens``.
+    - ``sharegpt``: a ShareGPT JSON file; first human turn is the prompt.
+    - ``builtin``: prompts this project ships; ``set: copy-heavy`` are code edits and
+      quoting summaries on which ngram speculation can find matches.
+    """
+
+    source: Literal["random", "base_prompt", "jsonl", "sharegpt", "builtin"] = "random"
+    input_tokens: int = Field(256, gt=0)
+    base_prompt: str = "The future of AI is"
+    path: str | None = None
+    set: Literal["general", "copy-heavy"] = "general"
+    skip_bad_lines: bool = False
+    tokenizer: str | None = Field(
+        None, description="tokenizer directory; default: the server's /tokenize endpoint"
+    )
+
+    @model_validator(mode="after")
+    def _needs_path(self) -> PromptSpec:
+        if self.source in ("jsonl", "sharegpt") and not self.path:
+            raise ValueError(f"prompts.path is required for source '{self.source}'")
+        return self
+
+
+class SLO(_Strict):
+    """Goodput counts the requests that meet every SLO given here (milliseconds)."""
+
+    ttft_ms: float | None = Field(None, gt=0)
+    tpot_ms: float | None = Field(None, gt=0)
+    itl_ms: float | None = Field(None, gt=0)
+    e2e_ms: float | None = Field(None, gt=0)
+
+
+# --- scenario and phases -----------------------------------------------------------------
+
+
+class Phase(_Strict):
+    """One load level: what the runner drives and the metrics summarise."""
+
+    name: str
+    load: LoadSpec
+    num_requests: int | None = Field(None, gt=0)
+    duration_s: float | None = Field(None, gt=0)
+    warmup_requests: int = Field(0, ge=0)
+
+
+class Scenario(_Strict):
+    name: str
+    description: str = ""
+    endpoint: Literal["completions", "chat"] = "completions"
+    model: str | None = None
+    load: LoadSpec
+    sweep: dict[str, list[Any]] | None = Field(
+        None, description="load parameter -> values; one phase per combination"
+    )
+    num_requests: int | None = Field(None, gt=0)
+    duration_s: float | None = Field(None, gt=0)
+    warmup_requests: int = Field(0, ge=0)
+    prompts: PromptSpec = PromptSpec()
+    output_tokens: int = Field(128, gt=0)
+    ignore_eos: bool = True
+    temperature: float = Field(0.0, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int = 0
+    slo: SLO = SLO()
+    request_timeout_s: float = Field(600.0, gt=0)
+    max_error_rate: float | None = Field(None, ge=0, le=1)
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> Scenario:
+        if self.num_requests is None and self.duration_s is None:
+            raise ValueError("set num_requests or duration_s")
+        if self.sweep:
+            for key, values in self.sweep.items():
+                if key == "shape" or key not in type(self.load).model_fields:
+                    raise ValueError(
+                        f"sweep.{key}: not a parameter of load shape '{self.load.shape}'"
+                    )
+                if not isinstance(values, list) or not values:
+                    raise ValueError(f"sweep.{key}: give a non-empty list of values")
+            self.phases()  # every combination must validate
+        return self
+
+    def phases(self) -> list[Phase]:
+        """Expand ``sweep`` into phases (cartesian product, in file order)."""
+        base = self.load.model_dump()
+        if not self.sweep:
+            combos: list[dict[str, Any]] = [{}]
+        else:
+            keys = list(self.sweep)
+            combos = [
+                dict(zip(keys, vals, strict=True))
+                for vals in itertools.product(*(self.sweep[k] for k in keys))
+            ]
+        out = []
+        for combo in combos:
+            label = ",".join(f"{k}={v}" for k, v in combo.items()) or _label(self.load)
+            out.append(
+                Phase(
+                    name=label,
+                    load={**base, **combo},
+                    num_requests=self.num_requests,
+                    duration_s=self.duration_s,
+                    warmup_requests=self.warmup_requests,
+                )
+            )
+        return out
+
+
+def _label(load: BaseModel) -> str:
+    d = load.model_dump(exclude_none=True)
+    shape = d.pop("shape")
+    main = {"concurrency": "concurrency", "burst": "size"}.get(shape, "rate")
+    if main in d:
+        return f"{main}={d[main]}"
+    return shape
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def resolve_path(name_or_path: str) -> Path:
+    """A scenario is a path to a YAML file or the name of one in ``scenarios/``."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise SpecloadError(f"--scenario: no such file: {name_or_path}")
+        return p
+    for ext in (".yaml", ".yml"):
+        cand = SCENARIO_DIR / f"{name_or_path}{ext}"
+        if cand.is_file():
+            return cand
+    known = ", ".join(sorted(list_scenarios()))
+    raise SpecloadError(f"--scenario: unknown scenario '{name_or_path}' (known: {known})")
+
+
+def list_scenarios() -> list[str]:
+    out = []
+    for p in SCENARIO_DIR.glob("*.y*ml"):
+        try:
+            doc = yaml.safe_load(p.read_text())
+        except yaml.YAMLError:
+            continue
+        if isinstance(doc, dict) and "load" in doc:
+            out.append(p.stem)
+    return out
+
+
+def parse_scenario(doc: Any, source: str, overrides: dict[str, Any] | None = None) -> Scenario:
+    """Validate a YAML document (plus dotted-key overrides) into a Scenario."""
+    if not isinstance(doc, dict):
+        raise SpecloadError(f"{source}: expected a mapping at top level, got {type(doc).__name__}")
+    doc = dict(doc)
+    doc.setdefault("name", Path(source).stem)
+    for key, value in (overrides or {}).items():
+        _set_dotted(doc, key, value)
+    try:
+        return Scenario.model_validate(doc)
+    except ValidationError as e:
+        raise SpecloadError(describe_validation_error(source, e)) from None
+
+
+def load_scenario(name_or_path: str, overrides: dict[str, Any] | None = None) -> Scenario:
+    path = resolve_path(name_or_path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecloadError(f"{path}:{where}: malformed YAML: {problem}") from None
+    except OSError as e:
+        raise SpecloadError(f"{path}: cannot read: {e.strerror}") from None
+    return parse_scenario(doc, str(path), overrides)
+
+
+def _set_dotted(doc: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = doc
+    for p in parts[:-1]:
+        nxt = cur.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+        nxt = dict(nxt)
+        cur[p] = nxt
+        cur = nxt
+    cur[parts[-1]] = value
