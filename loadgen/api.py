@@ -1,0 +1,384 @@
+"""Run a scenario against a server: the one entry point the CLI and server_launch share.
+
+scenario -> arrival schedule -> client -> records -> metrics -> results directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import os
+import platform
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from loadgen import server_metrics
+from loadgen.arrivals import Schedule, build_schedule
+from loadgen.client import RequestSettings, now_clock
+from loadgen.errors import SpecloadError
+from loadgen.metrics import SummaryAccumulator
+from loadgen.progress import LiveProgress
+from loadgen.prompts import LocalTokenizer, ServerTokenizer, Tokenizer, load_prompts
+from loadgen.results import ResultsDir, slugify
+from loadgen.runner import PhaseRunner, StopSignal
+from loadgen.scenario import Phase, Scenario
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+EXIT_ERROR_BUDGET = 3
+EXIT_SERVER_LOST = 4
+EXIT_INTERRUPTED = 130
+
+HEALTH_INTERVAL_S = 5.0
+_PROMPT_POOL_MAX = 10_000
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    complete: bool
+    phases: dict[str, dict[str, Any]]
+    exit_code: int
+    stop_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    models: list[str]
+    version: str | None
+    max_model_len: int | None
+
+
+async def probe_server(base_url: str, api_key: str | None = None) -> ServerInfo:
+    """Ask the server what it serves; a clear one-line error if it can't be reached."""
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    url = base_url.rstrip("/")
+    async with httpx.AsyncClient(timeout=10.0, trust_env=False, headers=headers) as c:
+        try:
+            r = await c.get(url + "/v1/models")
+        except httpx.HTTPError as e:
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise SpecloadError(f"--base-url: cannot reach {url}: {reason}") from None
+        if r.status_code != 200:
+            raise SpecloadError(
+                f"--base-url: {url}/v1/models answered HTTP {r.status_code}: {r.text[:200]}"
+            )
+        try:
+            data = r.json()["data"]
+            models = [m["id"] for m in data]
+            mml = next((m.get("max_model_len") for m in data if m.get("max_model_len")), None)
+        except (ValueError, KeyError, TypeError):
+            raise SpecloadError(
+                f"--base-url: {url}/v1/models is not an OpenAI model list"
+            ) from None
+        version = None
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+            v = await c.get(url + "/version")
+            if v.status_code == 200:
+                version = v.json().get("version")
+    return ServerInfo(models=models, version=version, max_model_len=mml)
+
+
+def resolve_model(requested: str | None, served: list[str], base_url: str) -> str:
+    if requested:
+        if requested not in served:
+            raise SpecloadError(
+                f"--model: '{requested}' is not served by {base_url} (served: {', '.join(served)})"
+            )
+        return requested
+    if len(served) == 1:
+        return served[0]
+    if not served:
+        raise SpecloadError(f"--model: {base_url} serves no model")
+    raise SpecloadError(f"--model: {base_url} serves several models, pick one: {', '.join(served)}")
+
+
+def make_tokenizer(scenario: Scenario, base_url: str, model: str, api_key: str | None) -> Tokenizer:
+    """The prompts' tokenizer: a local directory when we have one, else the server's."""
+    tdir = scenario.prompts.tokenizer
+    if tdir is None and Path(model, "tokenizer.json").is_file():
+        tdir = model  # vLLM names a model served from a directory by its path
+    if tdir is not None:
+        return LocalTokenizer(tdir)
+    return ServerTokenizer(base_url, model, api_key=api_key)
+
+
+def host_info() -> dict[str, Any]:
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+    }
+
+
+async def run_scenario_async(
+    scenario: Scenario,
+    *,
+    base_url: str,
+    output_dir: Path,
+    model: str | None = None,
+    label: str | None = None,
+    spec: dict[str, Any] | None = None,
+    api_key: str | None = None,
+    progress: bool = True,
+    health_check: Callable[[], bool] | None = None,
+    cli: list[str] | None = None,
+    only_phases: list[str] | None = None,
+) -> RunResult:
+    info = await probe_server(base_url, api_key)
+    model = resolve_model(model or scenario.model, info.models, base_url)
+    phases = scenario.phases()
+    if only_phases is not None:
+        phases = [p for p in phases if slugify(p.name) in only_phases]
+    schedules = [
+        build_schedule(
+            p.load, num_requests=p.num_requests, duration_s=p.duration_s, seed=scenario.seed
+        )
+        for p in phases
+    ]
+    tokenizer = make_tokenizer(scenario, base_url, model, api_key)
+    prompt_set = await asyncio.to_thread(
+        load_prompts,
+        scenario.prompts,
+        prompts_needed_for(phases, schedules),
+        seed=scenario.seed,
+        tokenizer=tokenizer,
+    )
+    prompts = prompt_set.prompts
+
+    origin_perf = time.perf_counter()
+    origin_wall = time.time()
+    clock = now_clock(origin_perf)
+    results = ResultsDir(output_dir)
+    results.write_run(
+        {
+            "scenario": scenario.model_dump(mode="json"),
+            "label": label,
+            "spec": spec,
+            "base_url": base_url,
+            "model": model,
+            "cli": cli or [],
+            "server": {"version": info.version, "max_model_len": info.max_model_len},
+            "host": host_info(),
+            "loadgen": {"python": sys.version.split()[0], "httpx": httpx.__version__},
+            "started_at": _dt.datetime.fromtimestamp(origin_wall, _dt.UTC).isoformat(),
+            "epoch_origin": origin_wall,
+            "prompts": {"count": len(prompts), "skipped_bad_lines": prompt_set.skipped},
+        }
+    )
+    settings = RequestSettings(
+        base_url=base_url,
+        model=model,
+        endpoint=scenario.endpoint,
+        temperature=scenario.temperature,
+        top_p=scenario.top_p,
+        ignore_eos=scenario.ignore_eos,
+        timeout_s=scenario.request_timeout_s,
+        api_key=api_key,
+        extra_body=scenario.extra_body,
+    )
+    stop = StopSignal()
+    loop = asyncio.get_running_loop()
+    installed = _install_signal_handlers(loop, stop)
+    live = LiveProgress(progress)
+    summaries: dict[str, dict[str, Any]] = {}
+    id_prefix = f"specload-{os.getpid()}-{int(origin_wall)}"
+    next_id = 0
+    health_task = asyncio.create_task(_watch_health(health_check, stop)) if health_check else None
+    try:
+        for phase, schedule in zip(phases, schedules, strict=True):
+            if stop.is_set():
+                break
+            slug = slugify(phase.name)
+            summary = await _run_phase(
+                phase=phase,
+                slug=slug,
+                schedule=schedule,
+                scenario=scenario,
+                settings=settings,
+                prompts=prompts,
+                results=results,
+                clock=clock,
+                stop=stop,
+                live=live,
+                id_prefix=id_prefix,
+                first_id=next_id,
+                extra={
+                    "date": _dt.datetime.now().strftime("%Y%m%d-%H%M%S"),
+                    "backend": "openai-chat" if scenario.endpoint == "chat" else "openai",
+                    "label": label,
+                    "model_id": model,
+                    "tokenizer_id": scenario.prompts.tokenizer or model,
+                    "scenario": scenario.name,
+                    "server_version": info.version,
+                },
+                api_key=api_key,
+            )
+            next_id += 1_000_000
+            summaries[slug] = summary
+            results.write_summary(
+                complete=False,
+                scenario=scenario.name,
+                label=label,
+                phases=summaries,
+                stop_reason=stop.reason,
+            )
+    finally:
+        live.stop()
+        if health_task:
+            health_task.cancel()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    complete = not stop.is_set() and len(summaries) == len(phases)
+    results.write_summary(
+        complete=complete,
+        scenario=scenario.name,
+        label=label,
+        phases=summaries,
+        stop_reason=stop.reason,
+    )
+    return RunResult(
+        output_dir, complete, summaries, _exit_code(complete, stop.reason), stop.reason
+    )
+
+
+def prompts_needed_for(phases: list[Phase], schedules: list[Schedule]) -> int:
+    need = 0
+    for phase, sched in zip(phases, schedules, strict=True):
+        n = (
+            sched.num_requests
+            if sched.closed
+            else (0 if sched.offsets is None else len(sched.offsets))
+        )
+        need = max(need, (n or _PROMPT_POOL_MAX) + phase.warmup_requests)
+    return min(max(need, 1), _PROMPT_POOL_MAX)
+
+
+async def _run_phase(
+    *,
+    phase: Phase,
+    slug: str,
+    schedule: Schedule,
+    scenario: Scenario,
+    settings: RequestSettings,
+    prompts: list[Any],
+    results: ResultsDir,
+    clock: Callable[[], float],
+    stop: StopSignal,
+    live: LiveProgress,
+    id_prefix: str,
+    first_id: int,
+    extra: dict[str, Any],
+    api_key: str | None,
+) -> dict[str, Any]:
+    pdir = results.phase_dir(slug)
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(timeout=10.0, trust_env=False, headers=headers) as ctl:
+        before = await _scrape(ctl, settings.base_url, pdir / "metrics_before.prom")
+        acc = SummaryAccumulator()
+        total = schedule.num_requests if schedule.closed else len(schedule.offsets or [])
+        live.start_phase(phase.name, total)
+        sampler = server_metrics.GaugeSampler(
+            ctl, settings.base_url, pdir / "server_samples.jsonl", clock=clock
+        )
+        with results.records(slug) as writer:
+            runner = PhaseRunner(
+                settings=settings,
+                phase_name=phase.name,
+                prompts=prompts,
+                output_tokens=scenario.output_tokens,
+                clock=clock,
+                writer=writer,
+                sinks=[acc, live],
+                stop=stop,
+                id_prefix=id_prefix,
+                first_request_id=first_id,
+                max_error_rate=scenario.max_error_rate,
+            )
+            async with sampler:
+                outcome = await runner.run(schedule, phase.warmup_requests)
+        live.stop()
+        after = await _scrape(ctl, settings.base_url, pdir / "metrics_after.prom")
+    extra = dict(extra)
+    extra["complete"] = not stop.is_set()
+    if stop.reason:
+        extra["stop_reason"] = stop.reason
+    spec = None
+    if before is not None and after is not None:
+        spec = server_metrics.spec_decode_delta(
+            server_metrics.parse_prometheus(before), server_metrics.parse_prometheus(after)
+        )
+    if spec is not None:
+        extra.update(spec.as_bench_keys())
+    extra.update(server_metrics.summarize_samples(sampler.samples))
+    summary = acc.summary(
+        duration_s=outcome.duration_s,
+        slo=scenario.slo,
+        phase=phase,
+        load=phase.load,
+        extra=extra,
+    )
+    results.write_phase_summary(slug, summary)
+    return summary
+
+
+async def _scrape(client: httpx.AsyncClient, base_url: str, save_to: Path) -> str | None:
+    """Raw /metrics text, saved beside the records; None where the server has none."""
+    try:
+        text = await server_metrics.scrape(client, base_url)
+    except Exception:  # a server without /metrics is still a server we can load
+        return None
+    if text is not None:
+        save_to.write_text(text)
+    return text
+
+
+async def _watch_health(check: Callable[[], bool], stop: StopSignal) -> None:
+    while not stop.is_set():
+        await asyncio.sleep(HEALTH_INTERVAL_S)
+        ok = await asyncio.to_thread(check)
+        if not ok:
+            stop.set("server lost: health check failed during the run")
+            return
+
+
+def _install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: StopSignal) -> list[int]:
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set, f"interrupted by {signal.Signals(sig).name}")
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread: the caller handles signals
+    return installed
+
+
+def _exit_code(complete: bool, reason: str | None) -> int:
+    if complete:
+        return EXIT_OK
+    if reason and reason.startswith("error budget"):
+        return EXIT_ERROR_BUDGET
+    if reason and reason.startswith("server lost"):
+        return EXIT_SERVER_LOST
+    return EXIT_INTERRUPTED
+
+
+def run_scenario(scenario: Scenario, **kwargs: Any) -> RunResult:
+    """Synchronous wrapper (server_launch calls this between server starts)."""
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    return runner(run_scenario_async(scenario, **kwargs))

@@ -1,0 +1,221 @@
+"""``python -m loadgen``: run a scenario, or ``report`` / ``compare`` result directories."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from loadgen.errors import SpecloadError
+from loadgen.scenario import OPEN_SHAPES, list_scenarios, parse_scenario, resolve_path
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that fails with one line naming the flag, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m loadgen",
+        description=(
+            "Replay a load scenario against an OpenAI-compatible server (vLLM) and report "
+            "served-latency percentiles. Subcommands: 'report DIR...' and 'compare DIR...' "
+            "(see 'python -m loadgen report --help')."
+        ),
+    )
+    p.add_argument(
+        "--scenario",
+        help="scenario name in scenarios/ (e.g. burst, poisson, concurrency-sweep) or a YAML path",
+    )
+    p.add_argument(
+        "--base-url", default=DEFAULT_BASE_URL, help="server root URL (default %(default)s)"
+    )
+    p.add_argument("--model", help="model name; default: the server's only model from /v1/models")
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        help="results directory (default: results/<scenario>-<timestamp>)",
+    )
+    p.add_argument("--label", help="configuration label stored in run.json (e.g. none, ngram-k3)")
+    g = p.add_argument_group("scenario overrides")
+    g.add_argument(
+        "--concurrency",
+        type=int,
+        help="closed-loop scenarios: requests in flight; open-loop: a cap on requests in flight",
+    )
+    g.add_argument("--rate", type=float, help="open-loop scenarios: mean request rate (req/s)")
+    g.add_argument("--num-requests", type=int, help="measured requests per phase")
+    g.add_argument("--duration", type=float, help="phase duration in seconds (instead of a count)")
+    g.add_argument("--warmup", type=int, help="warmup requests before each phase (not measured)")
+    g.add_argument("--input-tokens", type=int, help="prompt length for random prompts (tokens)")
+    g.add_argument(
+        "--output-tokens", type=int, help="max_tokens per request (exact with ignore_eos)"
+    )
+    g.add_argument("--endpoint", choices=["completions", "chat"], help="API to call")
+    g.add_argument("--seed", type=int, help="seed for arrivals and prompts")
+    g.add_argument(
+        "--max-error-rate",
+        type=float,
+        help="stop the run when more than this fraction of requests failed (exit code 3)",
+    )
+    p.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="name of the environment variable holding the API key (the key is never written)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    p.add_argument("--list-scenarios", action="store_true", help="list built-in scenarios and exit")
+    return p
+
+
+def _fail(msg: str) -> NoReturn:
+    print(f"loadgen: error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def scenario_overrides(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """CLI flags as dotted-key overrides of the scenario document."""
+    out: dict[str, Any] = {}
+    load = doc.get("load") if isinstance(doc.get("load"), dict) else {}
+    shape = load.get("shape")
+    sweep = dict(doc["sweep"]) if isinstance(doc.get("sweep"), dict) else None
+
+    def drop_sweep(key: str) -> None:
+        if sweep and key in sweep:
+            del sweep[key]
+            out["sweep"] = sweep or None
+
+    for flag, value in (
+        ("--concurrency", args.concurrency),
+        ("--num-requests", args.num_requests),
+        ("--input-tokens", args.input_tokens),
+        ("--output-tokens", args.output_tokens),
+        ("--warmup", args.warmup),
+    ):
+        if value is not None and value < (0 if flag == "--warmup" else 1):
+            _fail(
+                f"{flag}: must be {'>= 0' if flag == '--warmup' else 'a positive integer'}, got {value}"
+            )
+    for flag, fvalue in (("--rate", args.rate), ("--duration", args.duration)):
+        if fvalue is not None and not fvalue > 0:
+            _fail(f"{flag}: must be positive, got {fvalue:g}")
+    if args.concurrency is not None:
+        if shape == "concurrency":
+            out["load.concurrency"] = args.concurrency
+            drop_sweep("concurrency")
+        else:
+            out["load.max_concurrency"] = args.concurrency
+    if args.rate is not None:
+        if shape not in OPEN_SHAPES or shape in ("burst", "trace", "ramp"):
+            _fail(
+                f"--rate: scenario load shape '{shape}' has no rate; use a poisson, gamma or "
+                "constant scenario"
+            )
+        out["load.rate"] = args.rate
+        drop_sweep("rate")
+    if args.num_requests is not None:
+        out["num_requests"] = args.num_requests
+        if args.duration is None:
+            out["duration_s"] = None
+    if args.duration is not None:
+        out["duration_s"] = args.duration
+        if args.num_requests is None:
+            out["num_requests"] = None
+    if args.warmup is not None:
+        out["warmup_requests"] = args.warmup
+    if args.input_tokens is not None:
+        out["prompts.input_tokens"] = args.input_tokens
+    if args.output_tokens is not None:
+        out["output_tokens"] = args.output_tokens
+    if args.endpoint is not None:
+        out["endpoint"] = args.endpoint
+    if args.seed is not None:
+        out["seed"] = args.seed
+    if args.max_error_rate is not None:
+        out["max_error_rate"] = args.max_error_rate
+    return out
+
+
+def load_scenario_from_args(args: argparse.Namespace) -> Any:
+    path = resolve_path(args.scenario)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}:" if mark else ""
+        raise SpecloadError(f"{path}:{where} malformed YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(doc, dict):
+        raise SpecloadError(f"{path}: expected a mapping at top level")
+    return parse_scenario(doc, str(path), scenario_overrides(doc, args))
+
+
+def run_main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_scenarios:
+        for name in sorted(list_scenarios()):
+            print(name)
+        return 0
+    if not args.scenario:
+        _fail("--scenario: required (a name from --list-scenarios or a YAML path)")
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            _fail(f"--api-key-env: environment variable {args.api_key_env} is not set")
+    scenario = load_scenario_from_args(args)
+    out = args.output_dir or Path("results") / (
+        f"{scenario.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    )
+    from loadgen.api import run_scenario
+
+    result = run_scenario(
+        scenario,
+        base_url=args.base_url,
+        output_dir=out,
+        model=args.model,
+        label=args.label,
+        api_key=api_key,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        cli=["python", "-m", "loadgen", *argv],
+    )
+    try:
+        from loadgen.console import print_summary_table
+
+        print_summary_table(result.phases)
+    except ImportError:
+        pass
+    state = "complete" if result.complete else f"INCOMPLETE ({result.stop_reason})"
+    print(f"results: {out} [{state}]", file=sys.stderr)
+    return result.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "report":
+            from loadgen.report import report_main
+
+            return report_main(argv[1:])
+        if argv and argv[0] == "compare":
+            from loadgen.report import compare_main
+
+            return compare_main(argv[1:])
+        if argv and argv[0] == "run":
+            argv = argv[1:]
+        return run_main(argv)
+    except SpecloadError as e:
+        print(f"loadgen: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("loadgen: interrupted", file=sys.stderr)
+        return 130

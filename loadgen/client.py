@@ -1,0 +1,263 @@
+"""The streaming client: one OpenAI-compatible request -> one RequestRecord.
+
+Timing is taken when bytes arrive (each read from the socket gets one timestamp), and
+parsing happens after the stream ends, so JSON decoding never delays a timestamp.
+Token counts per chunk come from the server's cumulative ``completion_tokens``
+(``stream_options.continuous_usage_stats``): under speculative decoding one chunk carries
+several tokens, and counting chunks would understate throughput and overstate ITL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+from loadgen.records import RequestRecord
+
+Endpoint = Literal["completions", "chat"]
+_MAX_ERROR_CHARS = 300
+
+
+@dataclass(frozen=True)
+class RequestSettings:
+    """What every request of a run shares."""
+
+    base_url: str
+    model: str
+    endpoint: Endpoint = "completions"
+    temperature: float = 0.0
+    top_p: float | None = None
+    ignore_eos: bool = True
+    timeout_s: float = 600.0
+    api_key: str | None = None  # sent as a header, never recorded
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        path = "/v1/chat/completions" if self.endpoint == "chat" else "/v1/completions"
+        return self.base_url.rstrip("/") + path
+
+    def headers(self, request_id: str) -> dict[str, str]:
+        h = {"content-type": "application/json", "x-request-id": request_id}
+        if self.api_key:
+            h["authorization"] = f"Bearer {self.api_key}"
+        return h
+
+    def body(self, prompt: str, max_tokens: int) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": max_tokens,
+            "temperature": self.temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        }
+        if self.ignore_eos:
+            body["ignore_eos"] = True
+        if self.top_p is not None:
+            body["top_p"] = self.top_p
+        if self.endpoint == "chat":
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            body["prompt"] = prompt
+        body.update(self.extra_body)
+        return body
+
+
+def make_http_client(settings: RequestSettings) -> httpx.AsyncClient:
+    """One client per in-flight slot: a shared pool overstated TTFT by ~43 ms at 64 streams."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.timeout_s, connect=min(30.0, settings.timeout_s)),
+        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        http2=False,
+        trust_env=False,
+    )
+
+
+class StreamError(Exception):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+async def send_request(
+    client: httpx.AsyncClient,
+    settings: RequestSettings,
+    record: RequestRecord,
+    prompt: str,
+    max_tokens: int,
+    clock: Callable[[], float],
+    request_id: str,
+) -> RequestRecord:
+    """Send one streaming request and fill ``record`` in place. Never raises except on cancel."""
+    reads: list[tuple[float, bytes]] = []
+    body = json.dumps(settings.body(prompt, max_tokens)).encode()
+    headers = settings.headers(request_id)
+    record.expected_output_tokens = max_tokens
+    record.sent_s = clock()
+    try:
+        async with asyncio.timeout(settings.timeout_s):
+            async with client.stream("POST", settings.url, content=body, headers=headers) as resp:
+                record.status_code = resp.status_code
+                if resp.status_code >= 400:
+                    text = (await resp.aread()).decode("utf-8", "replace")
+                    record.end_s = clock()
+                    _fail(record, "http", f"HTTP {resp.status_code}: {_one_line(text)}")
+                    return record
+                async for raw in resp.aiter_raw():
+                    reads.append((clock(), raw))
+        record.end_s = clock()
+        _parse_stream(record, reads)
+    except asyncio.CancelledError:
+        record.end_s = clock()
+        _parse_partial(record, reads)
+        _fail(record, "cancelled", "cancelled before the stream finished")
+        raise
+    except TimeoutError:
+        record.end_s = clock()
+        _parse_partial(record, reads)
+        _fail(record, "timeout", f"no complete response within {settings.timeout_s:g} s")
+    except httpx.TimeoutException as e:
+        record.end_s = clock()
+        _parse_partial(record, reads)
+        _fail(record, "timeout", f"{type(e).__name__}: stalled for {settings.timeout_s:g} s")
+    except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+        record.end_s = clock()
+        _fail(record, "connect", f"cannot connect to {settings.base_url}: {_one_line(str(e))}")
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
+        record.end_s = clock()
+        _parse_partial(record, reads)
+        _fail(record, "stream_cut", f"stream cut: {_one_line(str(e)) or type(e).__name__}")
+    except StreamError as e:
+        _fail(record, e.kind, str(e))
+    except httpx.HTTPError as e:
+        record.end_s = clock()
+        _fail(record, "other", f"{type(e).__name__}: {_one_line(str(e))}")
+    return record
+
+
+def _fail(record: RequestRecord, kind: str, message: str) -> None:
+    if record.error is None:
+        record.error_kind = kind
+        record.error = message[:_MAX_ERROR_CHARS]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:_MAX_ERROR_CHARS]
+
+
+# --- SSE parsing (after the fact) ------------------------------------------------------------
+
+
+def iter_events(reads: list[tuple[float, bytes]]) -> list[tuple[float, bytes]]:
+    """Split timed reads into SSE ``data:`` payloads, each stamped with the arrival time of
+    the read that completed it."""
+    events: list[tuple[float, bytes]] = []
+    buf = b""
+    for t, raw in reads:
+        buf += raw
+        while True:
+            cut = buf.find(b"\n")
+            if cut < 0:
+                break
+            line, buf = buf[:cut].rstrip(b"\r"), buf[cut + 1 :]
+            if line.startswith(b"data:"):
+                events.append((t, line[5:].strip()))
+    if buf.strip().startswith(b"data:"):
+        events.append((reads[-1][0], buf.strip()[5:].strip()))
+    return events
+
+
+def _parse_stream(record: RequestRecord, reads: list[tuple[float, bytes]]) -> None:
+    done = _fill_from_events(record, iter_events(reads), strict=True)
+    if record.error is not None:
+        return
+    if not done:
+        _fail(record, "stream_cut", "stream ended before data: [DONE]")
+    elif not record.chunk_times:
+        _fail(record, "empty", "the response carried no output token")
+
+
+def _parse_partial(record: RequestRecord, reads: list[tuple[float, bytes]]) -> None:
+    """Keep what arrived before a failure, for diagnosis; the record is failed anyway."""
+    if reads:
+        _fill_from_events(record, iter_events(reads), strict=False)
+
+
+def _fill_from_events(
+    record: RequestRecord, events: list[tuple[float, bytes]], *, strict: bool
+) -> bool:
+    """Fill chunk times/tokens from parsed events. Returns True if [DONE] was seen."""
+    cumulative = 0
+    have_usage = False
+    done = False
+    for t, payload in events:
+        if payload == b"[DONE]":
+            done = True
+            break
+        try:
+            obj = json.loads(payload)
+        except ValueError:
+            if strict:
+                _fail(record, "bad_sse", f"invalid JSON in a chunk: {payload[:80]!r}")
+                return False
+            continue
+        if not isinstance(obj, dict):
+            if strict:
+                _fail(record, "bad_sse", f"chunk is not a JSON object: {payload[:80]!r}")
+                return False
+            continue
+        if "error" in obj and not obj.get("choices"):
+            err = obj["error"]
+            msg = err.get("message", err) if isinstance(err, dict) else err
+            _fail(record, "server_error", f"server error in stream: {_one_line(str(msg))}")
+            return False
+        usage = obj.get("usage")
+        choices = obj.get("choices") or []
+        text = _choice_text(choices[0]) if choices else ""
+        if choices and choices[0].get("finish_reason"):
+            record.finish_reason = choices[0]["finish_reason"]
+        if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
+            have_usage = True
+            new_total = int(usage["completion_tokens"])
+            if usage.get("prompt_tokens") is not None:
+                record.prompt_tokens = int(usage["prompt_tokens"])
+            gained = new_total - cumulative
+            if choices and gained > 0:
+                record.chunk_times.append(t)
+                record.chunk_tokens.append(gained)
+                cumulative = new_total
+            elif not choices:
+                # The final usage-only chunk: the authoritative count.
+                record.output_tokens = new_total
+                if gained > 0 and record.chunk_tokens:
+                    record.chunk_tokens[-1] += gained
+                cumulative = new_total
+        elif choices and text:
+            record.chunk_times.append(t)
+            record.chunk_tokens.append(1)
+    if not have_usage:
+        record.usage_source = "chunks"
+    if record.output_tokens is None:
+        record.output_tokens = cumulative if have_usage else sum(record.chunk_tokens)
+    if record.chunk_times:
+        record.first_token_s = record.chunk_times[0]
+    return done
+
+
+def _choice_text(choice: dict[str, Any]) -> str:
+    if "text" in choice:
+        return choice.get("text") or ""
+    delta = choice.get("delta") or {}
+    return delta.get("content") or delta.get("reasoning_content") or ""
+
+
+def now_clock(origin: float) -> Callable[[], float]:
+    """Seconds since ``origin`` on the monotonic high-resolution clock."""
+    pc = time.perf_counter
+    return lambda: pc() - origin

@@ -1,0 +1,265 @@
+"""Drives one phase: an arrival schedule x the streaming client, records out as they finish.
+
+Open loop (arrival rate): each request is sent at ``phase start + offset``, an absolute time
+computed before the phase starts, so a late send never shifts the ones after it. Closed loop
+(concurrency): N slots each send their next request as soon as their last one finishes.
+Every finished request is written to ``requests.jsonl`` at once; a stop (Ctrl-C, error
+budget, dead server) cancels what is in flight and marks those records ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httpx
+
+from loadgen.arrivals import Schedule
+from loadgen.client import RequestSettings, make_http_client, send_request
+from loadgen.prompts import Prompt
+from loadgen.records import RequestRecord
+from loadgen.results import RecordWriter
+
+# Below this many finished requests the error rate is too noisy to stop a run on.
+ERROR_BUDGET_MIN_REQUESTS = 10
+_SLEEP_SLICE_S = 0.25
+
+
+class RecordSink(Protocol):
+    def add(self, record: RequestRecord) -> None: ...
+
+
+@dataclass
+class StopSignal:
+    """Why and whether the run must stop; shared by the phase, signal handlers and probes."""
+
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    reason: str | None = None
+
+    def set(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.event.set()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+
+@dataclass
+class PhaseOutcome:
+    start_s: float
+    end_s: float
+    sent: int
+    finished: int
+    failed: int
+
+    @property
+    def duration_s(self) -> float:
+        return max(self.end_s - self.start_s, 1e-9)
+
+
+class ClientPool:
+    """httpx clients handed out one per in-flight request (LIFO, so connections stay warm)."""
+
+    def __init__(self, settings: RequestSettings) -> None:
+        self._settings = settings
+        self._free: list[httpx.AsyncClient] = []
+        self._all: list[httpx.AsyncClient] = []
+
+    def take(self) -> httpx.AsyncClient:
+        if self._free:
+            return self._free.pop()
+        c = make_http_client(self._settings)
+        self._all.append(c)
+        return c
+
+    def give_back(self, client: httpx.AsyncClient, healthy: bool) -> None:
+        if healthy:
+            self._free.append(client)
+        else:
+            self._all.remove(client)
+            asyncio.get_running_loop().create_task(client.aclose())
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(c.aclose() for c in self._all), return_exceptions=True)
+        self._all.clear()
+        self._free.clear()
+
+
+class PhaseRunner:
+    """Runs one phase's warmup and measured requests."""
+
+    def __init__(
+        self,
+        *,
+        settings: RequestSettings,
+        phase_name: str,
+        prompts: list[Prompt],
+        output_tokens: int,
+        clock: Callable[[], float],
+        writer: RecordWriter,
+        sinks: list[RecordSink],
+        stop: StopSignal,
+        id_prefix: str,
+        first_request_id: int = 0,
+        max_error_rate: float | None = None,
+        worker: int = 0,
+    ) -> None:
+        if not prompts:
+            raise ValueError("no prompts")
+        self.settings = settings
+        self.phase_name = phase_name
+        self.prompts = prompts
+        self.output_tokens = output_tokens
+        self.clock = clock
+        self.writer = writer
+        self.sinks = sinks
+        self.stop = stop
+        self.id_prefix = id_prefix
+        self.max_error_rate = max_error_rate
+        self.worker = worker
+        self._ids = itertools.count(first_request_id)
+        self._pool = ClientPool(settings)
+        self._measured = 0
+        self._failed = 0
+        self._sent = 0
+
+    async def run(self, schedule: Schedule, warmup_requests: int = 0) -> PhaseOutcome:
+        try:
+            if warmup_requests:
+                conc = schedule.concurrency or min(warmup_requests, 16)
+                await self._closed_loop(conc, warmup_requests, None, warmup=True)
+            start = self.clock()
+            if schedule.closed:
+                assert schedule.concurrency is not None
+                deadline = start + schedule.duration_s if schedule.duration_s else None
+                await self._closed_loop(
+                    schedule.concurrency, schedule.num_requests, deadline, warmup=False
+                )
+            else:
+                assert schedule.offsets is not None
+                await self._open_loop(start, schedule.offsets.tolist(), schedule.concurrency)
+            end = self.clock()
+        finally:
+            await self._pool.aclose()
+        return PhaseOutcome(start, end, self._sent, self._measured, self._failed)
+
+    # --- load shapes ------------------------------------------------------------------
+
+    async def _open_loop(self, start: float, offsets: list[float], cap: int | None) -> None:
+        sem = asyncio.Semaphore(cap) if cap else None
+        tasks: set[asyncio.Task[None]] = set()
+        for off in offsets:
+            if self.stop.is_set():
+                break
+            scheduled = start + off
+            await self._sleep_until(scheduled)
+            if self.stop.is_set():
+                break
+            if sem is not None:
+                await sem.acquire()
+            task = asyncio.create_task(self._one(scheduled, warmup=False))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            if sem is not None:
+                task.add_done_callback(lambda _t: sem.release())
+        await self._drain(tasks)
+
+    async def _closed_loop(
+        self, concurrency: int, n: int | None, deadline: float | None, *, warmup: bool
+    ) -> None:
+        counter = itertools.count()
+
+        async def slot() -> None:
+            while not self.stop.is_set():
+                if n is not None and next(counter) >= n:
+                    return
+                now = self.clock()
+                if deadline is not None and now >= deadline:
+                    return
+                await self._one(now, warmup=warmup)
+
+        tasks = {asyncio.create_task(slot()) for _ in range(concurrency)}
+        await self._drain(tasks)
+
+    async def _drain(self, tasks: set[asyncio.Task[None]]) -> None:
+        """Wait for ``tasks``; on stop, cancel what is still in flight."""
+        stop_task = asyncio.create_task(self.stop.event.wait())
+        try:
+            while True:
+                pending = {t for t in tasks if not t.done()}
+                if not pending or self.stop.is_set():
+                    break
+                await asyncio.wait(pending | {stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            pending = {t for t in tasks if not t.done()}
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        finally:
+            stop_task.cancel()
+
+    async def _sleep_until(self, t: float) -> None:
+        while not self.stop.is_set():
+            delay = t - self.clock()
+            if delay <= 0:
+                return
+            await asyncio.sleep(min(delay, _SLEEP_SLICE_S))
+
+    # --- one request -------------------------------------------------------------------
+
+    async def _one(self, scheduled: float, *, warmup: bool) -> None:
+        rid = next(self._ids)
+        prompt = self.prompts[rid % len(self.prompts)]
+        max_tokens = prompt.output_tokens or self.output_tokens
+        rec = RequestRecord(
+            request_id=rid,
+            phase=self.phase_name,
+            scheduled_s=scheduled,
+            sent_s=scheduled,
+            prompt_tokens=prompt.input_tokens,
+            warmup=warmup,
+            worker=self.worker,
+        )
+        client = self._pool.take()
+        self._sent += not warmup
+        cancelled = False
+        try:
+            await send_request(
+                client,
+                self.settings,
+                rec,
+                prompt.text,
+                max_tokens,
+                self.clock,
+                f"{self.id_prefix}-{rid}",
+            )
+        except asyncio.CancelledError:
+            cancelled = True
+        finally:
+            self._pool.give_back(client, healthy=rec.error is None)
+            self._finish(rec)
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _finish(self, rec: RequestRecord) -> None:
+        self.writer.write(rec)
+        for s in self.sinks:
+            s.add(rec)
+        if rec.warmup:
+            return
+        self._measured += 1
+        self._failed += rec.error is not None
+        if (
+            self.max_error_rate is not None
+            and rec.error_kind != "cancelled"
+            and self._measured >= ERROR_BUDGET_MIN_REQUESTS
+            and self._failed / self._measured > self.max_error_rate
+        ):
+            self.stop.set(
+                f"error budget exceeded: {self._failed}/{self._measured} failed "
+                f"(> {self.max_error_rate:.0%})"
+            )
