@@ -103,9 +103,8 @@ def scenario_overrides(doc: dict[str, Any], args: argparse.Namespace) -> dict[st
         ("--warmup", args.warmup),
     ):
         if value is not None and value < (0 if flag == "--warmup" else 1):
-            _fail(
-                f"{flag}: must be {'>= 0' if flag == '--warmup' else 'a positive integer'}, got {value}"
-            )
+            need = ">= 0" if flag == "--warmup" else "a positive integer"
+            _fail(f"{flag}: must be {need}, got {value}")
     for flag, fvalue in (("--rate", args.rate), ("--duration", args.duration)):
         if fvalue is not None and not fvalue > 0:
             _fail(f"{flag}: must be positive, got {fvalue:g}")
