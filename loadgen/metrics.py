@@ -1,0 +1,624 @@
+"""Request records -> one flat summary per phase, in ``vllm bench serve``'s vocabulary.
+
+One metric, one small function, with its unit and formula in the docstring. The summary
+carries every key of ``vllm bench serve``'s saved result JSON (:data:`BENCH_KEYS`, same
+names and units, so existing tooling reads our files) plus our own keys for the question
+this project asks: what speculative decoding does to latency at each load level.
+
+Conventions, decided once:
+
+- Warmup records are dropped on arrival; they exist in no count and no statistic.
+- Failed records (``error is not None``) are counted (``failed``, ``failed_by_kind``)
+  and kept out of every latency statistic, throughput and goodput, as vllm does.
+  Dispatch lag is the one exception: it is the client's own lateness, and a request
+  that then failed was still sent late (excluding failures would hide client
+  saturation exactly when connections fail).
+- A statistic of no samples is 0.0, as vllm's ``np.mean(x or 0)``: every key is
+  always a number. ``completed`` (and the per-request lists) say whether it means anything.
+- Percentiles use ``np.percentile`` (linear interpolation), std is the population
+  std (ddof=0), as vllm. Latencies are reported in ms, rates per second.
+- E2E is ``end_s - sent_s``: until the stream's last byte ([DONE]), where vllm stops
+  at the last content chunk; the difference is the final usage chunk, well under a ms.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from loadgen.records import RequestRecord
+from loadgen.scenario import SLO
+from loadgen.server_metrics import GAUGE_SUMMARY_KEYS, SPEC_BENCH_KEYS, SpecDecodeStats
+
+DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0, 99.9)
+# Metrics that get the full mean/median/std/min/max/p* set, all in ms.
+LATENCY_METRICS = ("ttft", "tpot", "itl", "itl_token", "e2el")
+# vllm's own percentile metrics (--percentile-metrics); client_queue_time and
+# e2el_including_client_queue are the ones vllm adds under --max-concurrency.
+VLLM_PERCENTILE_METRICS = (
+    "ttft",
+    "tpot",
+    "itl",
+    "e2el",
+    "client_queue_time",
+    "e2el_including_client_queue",
+)
+
+
+def percentile_word(p: float) -> str:
+    """vllm's key spelling of a percentile: 99 -> "99", 99.9 -> "99.9"."""
+    return str(int(p)) if int(p) == p else str(p)
+
+
+def _latency_stat_keys(metric: str, percentiles: Iterable[float] = (99.0,)) -> list[str]:
+    keys = [f"mean_{metric}_ms", f"median_{metric}_ms", f"std_{metric}_ms"]
+    return keys + [f"p{percentile_word(p)}_{metric}_ms" for p in percentiles]
+
+
+# Every key of vllm bench serve's saved result JSON for a generation run, as the
+# installed vllm (0.32, vllm/benchmarks/serve.py) writes it: main_async's result_json
+# header (lines ~2254-2285), benchmark()'s `result` dict (lines ~1280-1302), its
+# spec_decode_* keys (lines ~1335-1345) and process_one_metric's
+# mean/median/std/p99 keys (lines ~1385-1391, default --metric-percentiles 99).
+# Left out, because they describe features we don't have: rps_change_events, probe_*,
+# diffusion_*, and --metadata's free-form keys. tests/test_metrics.py parses serve.py
+# to check this list against the installed source.
+BENCH_KEYS: tuple[str, ...] = (
+    "date",
+    "endpoint_type",
+    "backend",
+    "label",
+    "model_id",
+    "tokenizer_id",
+    "num_prompts",
+    "request_rate",
+    "burstiness",
+    "max_concurrency",
+    "ramp_up_strategy",
+    "ramp_up_start_rps",
+    "ramp_up_end_rps",
+    "duration",
+    "completed",
+    "failed",
+    "total_input_tokens",
+    "total_output_tokens",
+    "request_throughput",
+    "request_goodput",
+    "output_throughput",
+    "total_token_throughput",
+    "input_lens",
+    "output_lens",
+    "ttfts",
+    "itls",
+    "latencies",
+    "start_times",
+    "queue_times",
+    "generated_texts",
+    "errors",
+    "max_output_tokens_per_s",
+    "max_concurrent_requests",
+    "rtfx",
+    *SPEC_BENCH_KEYS,
+    *(k for m in VLLM_PERCENTILE_METRICS for k in _latency_stat_keys(m)),
+)
+
+# The per-request lists: big (one entry per request), so results.py may keep them out
+# of CSV rows. ``summarize(detailed=False)`` sets them to None (the keys stay).
+DETAILED_KEYS: tuple[str, ...] = (
+    "input_lens",
+    "output_lens",
+    "ttfts",
+    "itls",
+    "latencies",
+    "start_times",
+    "queue_times",
+    "generated_texts",
+    "errors",
+)
+
+
+# --- per-request metrics ------------------------------------------------------------------
+
+
+def ttft_s(r: RequestRecord) -> float | None:
+    """Time to first token, s: first_token_s - sent_s (None if no token arrived)."""
+    return None if r.first_token_s is None else r.first_token_s - r.sent_s
+
+
+def e2e_s(r: RequestRecord) -> float | None:
+    """End-to-end latency, s: end_s - sent_s (None if the stream never ended)."""
+    return None if r.end_s is None else r.end_s - r.sent_s
+
+
+def dispatch_lag_s(r: RequestRecord) -> float:
+    """Dispatch lag, s: sent_s - scheduled_s. Grows when the client itself can't keep up
+    (or, with max_concurrency, while a request waits for a slot: vllm's client_queue_time)."""
+    return r.sent_s - r.scheduled_s
+
+
+def chunk_token_counts(r: RequestRecord) -> list[int]:
+    """Tokens per chunk; 1 per chunk if the record has no (or mismatched) counts."""
+    if len(r.chunk_tokens) == len(r.chunk_times):
+        return list(r.chunk_tokens)
+    return [1] * len(r.chunk_times)
+
+
+def output_token_count(r: RequestRecord) -> int:
+    """Output tokens: the server's usage count, else the sum over chunks."""
+    if r.output_tokens is not None:
+        return r.output_tokens
+    return sum(chunk_token_counts(r))
+
+
+def tpot_s(r: RequestRecord) -> float | None:
+    """Time per output token after the first, s: (E2E - TTFT) / (output_tokens - 1).
+
+    Undefined (None) for output_tokens <= 1, as in vllm (which then leaves the request
+    out of TPOT stats but treats its TPOT as 0 for goodput).
+    """
+    ttft, e2e, n = ttft_s(r), e2e_s(r), output_token_count(r)
+    if ttft is None or e2e is None or n <= 1:
+        return None
+    return (e2e - ttft) / (n - 1)
+
+
+def itl_chunk_s(r: RequestRecord) -> list[float]:
+    """Inter-chunk latencies, s: gaps between consecutive chunk arrivals.
+
+    vllm's ITL: one sample per chunk after the first (the first chunk's wait is TTFT).
+    Under speculative decoding a chunk carries several tokens, so this is the stall a
+    reader sees between screen updates, not a per-token time.
+    """
+    t = r.chunk_times
+    return [t[i] - t[i - 1] for i in range(1, len(t))]
+
+
+def itl_token_s(r: RequestRecord) -> list[float]:
+    """Per-token inter-token latencies, s: a chunk of k tokens after gap g gives k samples
+    of g/k. Gaps are measured between token-bearing chunks (a 0-token chunk's gap is
+    carried into the next one); the first token-bearing chunk is TTFT, not an ITL."""
+    out: list[float] = []
+    prev: float | None = None
+    for t, k in zip(r.chunk_times, chunk_token_counts(r), strict=True):
+        if k <= 0:
+            continue
+        if prev is not None:
+            out.extend([(t - prev) / k] * k)
+        prev = t
+    return out
+
+
+def tokens_per_chunk(r: RequestRecord) -> list[int]:
+    """Output tokens per token-bearing chunk, excluding each request's first chunk.
+
+    The client-side view of acceptance length under speculative decoding (tokens per
+    verification step when the server streams one chunk per engine step). The first
+    chunk is left out because vLLM's first chunk carries the token sampled by prefill,
+    one token whatever the speculation, which would pull every request's mean toward 1.
+    """
+    counts = [k for k in chunk_token_counts(r) if k > 0]
+    return counts[1:]
+
+
+# --- statistics ---------------------------------------------------------------------------
+
+
+def distribution(
+    values: Sequence[float] | np.ndarray, percentiles: Iterable[float] = DEFAULT_PERCENTILES
+) -> dict[str, float]:
+    """mean, std (ddof=0), median, min, max and ``p<word>`` percentiles (np.percentile,
+    linear), in the values' own unit. No values: every statistic is 0.0 (vllm's rule)."""
+    a = np.asarray(values, dtype=float)
+    ps = list(percentiles)
+    if a.size == 0:
+        a = np.zeros(1)
+    out = {
+        "mean": float(np.mean(a)),
+        "std": float(np.std(a)),
+        "median": float(np.median(a)),
+        "min": float(np.min(a)),
+        "max": float(np.max(a)),
+    }
+    if ps:
+        for p, v in zip(ps, np.percentile(a, ps), strict=True):
+            out[f"p{percentile_word(p)}"] = float(v)
+    return out
+
+
+def latency_keys(
+    metric: str,
+    values_s: Sequence[float] | np.ndarray,
+    percentiles: Iterable[float] = DEFAULT_PERCENTILES,
+) -> dict[str, float]:
+    """``{stat}_{metric}_ms`` keys (vllm's spelling) from latencies in seconds."""
+    d = distribution(np.asarray(values_s, dtype=float) * 1000.0, percentiles)
+    return {f"{stat}_{metric}_ms": v for stat, v in d.items()}
+
+
+def request_throughput(completed: int, duration_s: float) -> float:
+    """Completed requests per second: completed / duration."""
+    return completed / duration_s
+
+
+def output_throughput(total_output_tokens: int, duration_s: float) -> float:
+    """Output tokens per second: total output tokens of completed requests / duration."""
+    return total_output_tokens / duration_s
+
+
+def total_token_throughput(total_input: int, total_output: int, duration_s: float) -> float:
+    """Input plus output tokens of completed requests per second."""
+    return (total_input + total_output) / duration_s
+
+
+def peak_output_and_concurrency(
+    sent_s: np.ndarray,
+    end_s: np.ndarray,
+    chunk_times: np.ndarray,
+    chunk_tokens: np.ndarray,
+) -> tuple[float, int]:
+    """``max_output_tokens_per_s`` and ``max_concurrent_requests`` as vllm bench serve
+    computes them, over completed requests.
+
+    One-second buckets from the earliest send (bucket = int(t - first send); there are
+    ceil(last end - first send) + 1). Tokens/s: each chunk adds its tokens to its
+    arrival's bucket; the peak bucket is max_output_tokens_per_s (tokens/s). Concurrency:
+    a request counts in every bucket from its send's to its end's, inclusive; the peak
+    is max_concurrent_requests. One deliberate difference: vllm adds 1 per chunk (its
+    ITL list has one entry per chunk), which undercounts multi-token chunks under
+    speculative decoding; here a chunk adds the tokens it carried.
+    """
+    if sent_s.size == 0:
+        return 0.0, 0
+    t0 = float(np.min(sent_s))
+    n = math.ceil(float(np.max(end_s)) - t0) + 1
+    idx = (chunk_times - t0).astype(np.int64)
+    keep = (idx >= 0) & (idx < n)
+    tokens = np.bincount(idx[keep], weights=chunk_tokens[keep], minlength=n)
+    start_b = (sent_s - t0).astype(np.int64)
+    end_b = (end_s - t0).astype(np.int64)
+    diff = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(diff, start_b, 1)
+    np.add.at(diff, end_b + 1, -1)
+    conc = np.cumsum(diff[:n])
+    return float(np.max(tokens)), int(np.max(conc))
+
+
+def slo_given(slo: SLO | None) -> bool:
+    """Whether any SLO is set (vllm reports request_goodput None without --goodput)."""
+    return slo is not None and any(
+        v is not None for v in (slo.ttft_ms, slo.tpot_ms, slo.itl_ms, slo.e2e_ms)
+    )
+
+
+def meets_slo(slo: SLO, *, ttft: float, tpot: float | None, max_itl: float, e2e: float) -> bool:
+    """Whether one completed request meets every SLO set (all inputs in seconds).
+
+    As vllm: a value equal to its SLO passes; TPOT of a request with <= 1 output token
+    counts as 0. vllm has no ITL SLO; ours bounds the request's longest inter-chunk gap
+    (the worst stall its reader saw), which per-token averaging would hide.
+    """
+    checks = (
+        (slo.ttft_ms, ttft),
+        (slo.tpot_ms, 0.0 if tpot is None else tpot),
+        (slo.itl_ms, max_itl),
+        (slo.e2e_ms, e2e),
+    )
+    return all(limit is None or value * 1000.0 <= limit for limit, value in checks)
+
+
+# --- load description -----------------------------------------------------------------------
+
+
+def load_fields(load: BaseModel | Mapping[str, Any] | None) -> dict[str, Any]:
+    """vllm's traffic keys (request_rate, burstiness, max_concurrency, ramp_up_*) and ours
+    (load_shape, load_level) from a scenario load spec.
+
+    request_rate is "inf" when nothing paces arrivals (closed loop, as vllm with
+    --max-concurrency and the default rate), None for a trace. burstiness is 1.0 for
+    Poisson, the gamma shape's value, else None. load_level is the concurrency for a
+    closed loop, the wave size for burst, the end rate for ramp, the speedup for a
+    trace and the rate otherwise.
+    """
+    d: dict[str, Any]
+    if load is None:
+        d = {}
+    elif isinstance(load, BaseModel):
+        d = load.model_dump()
+    else:
+        d = dict(load)
+    shape = d.get("shape")
+    rate: Any = d.get("rate")
+    level: Any = d.get("rate")
+    if shape == "concurrency":
+        rate, level = "inf", d.get("concurrency")
+    elif shape == "burst":
+        size, interval = d.get("size"), d.get("interval_s")
+        rate = size / interval if size and interval else "inf"
+        level = size
+    elif shape == "ramp":
+        rate, level = "inf", d.get("end_rate")
+    elif shape == "trace":
+        rate, level = None, d.get("speedup")
+    burstiness = {"poisson": 1.0, "gamma": d.get("burstiness")}.get(shape or "")
+    max_conc = d.get("concurrency") if shape == "concurrency" else d.get("max_concurrency")
+    return {
+        "request_rate": rate,
+        "burstiness": burstiness,
+        "max_concurrency": max_conc,
+        "ramp_up_strategy": "linear" if shape == "ramp" else None,
+        "ramp_up_start_rps": d.get("start_rate") if shape == "ramp" else None,
+        "ramp_up_end_rps": d.get("end_rate") if shape == "ramp" else None,
+        "load_shape": shape,
+        "load_level": level,
+    }
+
+
+# --- accumulation ---------------------------------------------------------------------------
+
+
+class SummaryAccumulator:
+    """Records in, one at a time; the flat summary out.
+
+    Keeps per-request scalars and per-chunk (arrival time, token count) in typed arrays,
+    12 bytes a chunk and about 70 a request, never the records, so the caller can drop
+    each record after :meth:`add`. Per-chunk and per-token ITLs are derived at
+    :meth:`summary` time (which may be called again after more adds).
+    """
+
+    def __init__(self) -> None:
+        self._sent = array("d")
+        self._lag = array("d")
+        self._ttft = array("d")  # NaN: no first token
+        self._e2e = array("d")  # NaN: no end
+        self._out = array("q")  # output tokens (0 for failed, as vllm's output_lens)
+        self._prompt = array("q")
+        self._ok = array("b")
+        self._max_itl = array("d")  # longest inter-chunk gap, 0 without one
+        self._chunk_start = array("q", [0])  # request i's chunks: [start[i], start[i+1])
+        self._chunk_t = array("d")
+        self._chunk_k = array("i")
+        self._errors: dict[int, str] = {}
+        self._failed_by_kind: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._sent)
+
+    def add(self, r: RequestRecord) -> None:
+        """Take one record (warmup records are ignored)."""
+        if r.warmup:
+            return
+        i = len(self._sent)
+        ttft, e2e = ttft_s(r), e2e_s(r)
+        self._sent.append(r.sent_s)
+        self._lag.append(dispatch_lag_s(r))
+        self._ttft.append(math.nan if ttft is None else ttft)
+        self._e2e.append(math.nan if e2e is None else e2e)
+        self._prompt.append(r.prompt_tokens or 0)
+        self._ok.append(1 if r.ok else 0)
+        self._out.append(output_token_count(r) if r.ok else 0)
+        gaps = itl_chunk_s(r)
+        self._max_itl.append(max(gaps) if gaps else 0.0)
+        self._chunk_t.extend(r.chunk_times)
+        self._chunk_k.extend(chunk_token_counts(r))
+        self._chunk_start.append(len(self._chunk_t))
+        if not r.ok:
+            self._errors[i] = r.error or ""
+            self._failed_by_kind[r.error_kind or "other"] += 1
+
+    def extend(self, records: Iterable[RequestRecord]) -> None:
+        for r in records:
+            self.add(r)
+
+    def summary(
+        self,
+        *,
+        duration_s: float,
+        slo: SLO | None = None,
+        phase: str = "",
+        load: BaseModel | Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        percentiles: Iterable[float] = DEFAULT_PERCENTILES,
+        spec_decode: SpecDecodeStats | None = None,
+        server_gauges: Mapping[str, Any] | None = None,
+        detailed: bool = True,
+    ) -> dict[str, Any]:
+        """The flat summary; see :func:`summarize`."""
+        if not duration_s > 0:
+            raise ValueError(f"duration_s must be > 0, got {duration_s}")
+        # p99 always: it is one of vllm's default keys.
+        ps = sorted({float(p) for p in percentiles} | {99.0})
+        for p in ps:
+            if not 0 <= p <= 100:
+                raise ValueError(f"percentiles: {p} is not in [0, 100]")
+
+        n = len(self._sent)
+        ok = np.array(self._ok, dtype=bool) if n else np.zeros(0, dtype=bool)
+        sent = _np(self._sent)
+        lag = _np(self._lag)
+        ttft = _np(self._ttft)
+        e2e = _np(self._e2e)
+        out = np.asarray(self._out, dtype=np.int64)
+        prompt = np.asarray(self._prompt, dtype=np.int64)
+        max_itl = _np(self._max_itl)
+        starts = np.asarray(self._chunk_start, dtype=np.int64)
+        ct = _np(self._chunk_t)
+        ck = np.asarray(self._chunk_k, dtype=np.int64)
+        counts = np.diff(starts)
+        chunk_req = np.repeat(np.arange(n), counts)
+        chunk_ok = ok[chunk_req] if n else np.zeros(0, bool)
+        first_chunk = np.zeros(ct.size, dtype=bool)
+        first_chunk[starts[:-1][counts > 0]] = True
+
+        completed = int(ok.sum())
+        failed = n - completed
+        total_in = int(prompt[ok].sum())
+        total_out = int(out[ok].sum())
+
+        ttft_ok = ttft[ok & ~np.isnan(ttft)]
+        e2e_ok = e2e[ok & ~np.isnan(e2e)]
+        has_tpot = ok & (out > 1) & ~np.isnan(ttft) & ~np.isnan(e2e)
+        tpot = (e2e[has_tpot] - ttft[has_tpot]) / (out[has_tpot] - 1)
+
+        # per-chunk ITL (vllm's): every chunk but a request's first
+        gaps = np.diff(ct, prepend=0.0) if ct.size else ct
+        itl_chunk = gaps[chunk_ok & ~first_chunk]
+        # per-token ITL and tokens per chunk: token-bearing chunks only
+        tb = ck > 0
+        t_tb, k_tb, req_tb = ct[tb], ck[tb], chunk_req[tb]
+        first_tb = np.ones(t_tb.size, dtype=bool)
+        first_tb[1:] = req_tb[1:] != req_tb[:-1]
+        ok_tb = ok[req_tb] if n else np.zeros(0, bool)
+        gaps_tb = np.diff(t_tb, prepend=0.0) if t_tb.size else t_tb
+        sel = ok_tb & ~first_tb
+        itl_token = np.repeat(gaps_tb[sel] / k_tb[sel], k_tb[sel])
+        tpc = k_tb[sel].astype(float)
+
+        # goodput
+        good: int | None = None
+        if slo is not None and slo_given(slo):
+            good = 0
+            for i in np.flatnonzero(ok):
+                if np.isnan(ttft[i]) or np.isnan(e2e[i]):
+                    continue
+                tp = (e2e[i] - ttft[i]) / (out[i] - 1) if out[i] > 1 else None
+                if meets_slo(slo, ttft=ttft[i], tpot=tp, max_itl=max_itl[i], e2e=e2e[i]):
+                    good += 1
+
+        peak_ok = ok & ~np.isnan(e2e)
+        peak_chunks = peak_ok[chunk_req] if n else np.zeros(0, bool)
+        max_tok_s, max_conc = peak_output_and_concurrency(
+            sent[peak_ok], sent[peak_ok] + e2e[peak_ok], ct[peak_chunks], ck[peak_chunks]
+        )
+
+        s: dict[str, Any] = {
+            "date": datetime.now().strftime("%Y%m%d-%H%M%S"),
+            "endpoint_type": "openai",
+            "backend": "openai",
+            "label": None,
+            "model_id": None,
+            "tokenizer_id": None,
+            "num_prompts": n,
+        }
+        lf = load_fields(load)
+        for k in (
+            "request_rate",
+            "burstiness",
+            "max_concurrency",
+            "ramp_up_strategy",
+            "ramp_up_start_rps",
+            "ramp_up_end_rps",
+        ):
+            s[k] = lf[k]
+        s.update(
+            duration=float(duration_s),
+            completed=completed,
+            failed=failed,
+            total_input_tokens=total_in,
+            total_output_tokens=total_out,
+            request_throughput=request_throughput(completed, duration_s),
+            request_goodput=None if good is None else good / duration_s,
+            output_throughput=output_throughput(total_out, duration_s),
+            total_token_throughput=total_token_throughput(total_in, total_out, duration_s),
+        )
+        if detailed:
+            s["input_lens"] = prompt.tolist()
+            s["output_lens"] = out.tolist()
+            s["ttfts"] = np.nan_to_num(ttft, nan=0.0).tolist()
+            s["itls"] = [np.diff(ct[starts[i] : starts[i + 1]]).tolist() for i in range(n)]
+            s["latencies"] = np.nan_to_num(e2e, nan=0.0).tolist()
+            s["start_times"] = sent.tolist()
+            s["queue_times"] = lag.tolist()
+            s["generated_texts"] = [""] * n
+            s["errors"] = [self._errors.get(i, "") for i in range(n)]
+        else:
+            s.update(dict.fromkeys(DETAILED_KEYS))
+        s["max_output_tokens_per_s"] = max_tok_s
+        s["max_concurrent_requests"] = max_conc
+        s["rtfx"] = 0.0
+        if spec_decode is not None:
+            s.update(spec_decode.as_bench_keys())
+        else:
+            s.update(dict.fromkeys(SPEC_BENCH_KEYS))
+
+        s.update(latency_keys("ttft", ttft_ok, ps))
+        s.update(latency_keys("tpot", tpot, ps))
+        s.update(latency_keys("itl", itl_chunk, ps))
+        s.update(latency_keys("itl_token", itl_token, ps))
+        s.update(latency_keys("e2el", e2e_ok, ps))
+        # vllm's --max-concurrency extras: waiting for a slot is our dispatch lag
+        lag_ok = lag[ok]
+        s.update(latency_keys("client_queue_time", lag_ok, ps))
+        s.update(latency_keys("e2el_including_client_queue", (e2e + lag)[peak_ok], ps))
+
+        # ours
+        s["phase"] = phase
+        s["load_shape"] = lf["load_shape"]
+        s["load_level"] = lf["load_level"]
+        tpc_d = distribution(tpc, (10.0, 90.0))
+        s["mean_tokens_per_chunk"] = tpc_d["mean"]
+        s["median_tokens_per_chunk"] = tpc_d["median"]
+        s["p10_tokens_per_chunk"] = tpc_d["p10"]
+        s["p90_tokens_per_chunk"] = tpc_d["p90"]
+        lag_d = distribution(lag * 1000.0, (50.0, 99.0))
+        s["mean_dispatch_lag_ms"] = lag_d["mean"]
+        s["p50_dispatch_lag_ms"] = lag_d["p50"]
+        s["p99_dispatch_lag_ms"] = lag_d["p99"]
+        s["max_dispatch_lag_ms"] = lag_d["max"]
+        s["goodput_fraction"] = None if good is None else (good / n if n else 0.0)
+        s["failed_by_kind"] = dict(sorted(self._failed_by_kind.items()))
+        gauges = dict(server_gauges or {})
+        for k in GAUGE_SUMMARY_KEYS:
+            s[k] = gauges.get(k)
+        s["complete"] = True
+        if extra:
+            s.update(extra)
+        return s
+
+
+def _np(a: array) -> np.ndarray:
+    """A float copy (a view would pin the array: it could not grow on the next add)."""
+    return np.array(a, dtype=np.float64) if len(a) else np.zeros(0)
+
+
+def summarize(
+    records: Iterable[RequestRecord],
+    *,
+    duration_s: float,
+    slo: SLO | None = None,
+    phase: str = "",
+    load: BaseModel | Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    percentiles: Iterable[float] = DEFAULT_PERCENTILES,
+    spec_decode: SpecDecodeStats | None = None,
+    server_gauges: Mapping[str, Any] | None = None,
+    detailed: bool = True,
+) -> dict[str, Any]:
+    """One phase's flat summary: every :data:`BENCH_KEYS` key plus ours.
+
+    ``duration_s`` is the phase's measured wall time (the throughput denominator).
+    ``extra`` is merged last, so the caller sets ``label``, ``model_id``,
+    ``tokenizer_id``, ``backend``, ``complete`` and the like there. ``spec_decode``
+    (from server_metrics.spec_decode_delta) fills the spec_decode_* keys, None leaves
+    them None; ``server_gauges`` (server_metrics.summarize_samples) fills the gauge keys.
+    ``percentiles`` is vllm's --metric-percentiles (99 is always added).
+    """
+    acc = SummaryAccumulator()
+    acc.extend(records)
+    return acc.summary(
+        duration_s=duration_s,
+        slo=slo,
+        phase=phase,
+        load=load,
+        extra=extra,
+        percentiles=percentiles,
+        spec_decode=spec_decode,
+        server_gauges=server_gauges,
+        detailed=detailed,
+    )
