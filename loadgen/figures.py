@@ -1,0 +1,259 @@
+"""Report figures (PNG, matplotlib Agg) from the tidy table of ``loadgen.report.build_tables``.
+
+matplotlib is imported inside the functions: importing it costs most of a second and
+``python -m loadgen run`` should not pay for it. Figures are built on ``Figure`` objects
+directly (no pyplot global state), so no backend switch is needed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+DPI = 110
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "scenario"
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, format="png")
+    return path
+
+
+def _x_axis(df: pd.DataFrame) -> tuple[dict[str, float], list[float], list[str], bool]:
+    """Phase -> x position. Numeric load levels when every phase has a distinct one, else
+    positions 0..n-1 labelled with the phase names. Also says whether a log axis fits."""
+    phases = list(dict.fromkeys(df["phase"]))
+    levels = {}
+    for p in phases:
+        v = df.loc[df["phase"] == p, "load_level"].iloc[0]
+        levels[p] = float(v) if v is not None and not _isnan(v) else None
+    vals = list(levels.values())
+    if all(v is not None for v in vals) and len(set(vals)) == len(vals):
+        xs = {p: float(v) for p, v in levels.items()}  # type: ignore[arg-type]
+        ticks = sorted(xs.values())
+        labels = [_fmt_level(v) for v in ticks]
+        log = min(ticks) > 0 and max(ticks) / min(ticks) >= 8
+        return xs, ticks, labels, log
+    xs = {p: float(i) for i, p in enumerate(phases)}
+    return xs, list(xs.values()), phases, False
+
+
+def _fmt_level(v: float) -> str:
+    return f"{v:g}"
+
+
+def _isnan(v: Any) -> bool:
+    try:
+        return math.isnan(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _load_name(df: pd.DataFrame) -> str:
+    shapes = [s for s in dict.fromkeys(df["load_shape"]) if isinstance(s, str)]
+    if len(shapes) == 1:
+        return {
+            "concurrency": "concurrency (requests in flight)",
+            "burst": "burst size",
+            "ramp": "end rate (req/s)",
+        }.get(shapes[0], "request rate (req/s)")
+    return "load level"
+
+
+def _style_x(ax: Axes, ticks: list[float], labels: list[str], log: bool, name: str) -> None:
+    if log:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, labels)
+    ax.minorticks_off()
+    ax.set_xlabel(name)
+    ax.grid(True, alpha=0.3)
+
+
+def _configs(df: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(df["label"]))
+
+
+def _series(df: pd.DataFrame, label: str, col: str, xs: dict[str, float]) -> tuple[list, list]:
+    g = df[df["label"] == label]
+    pts = sorted(
+        (xs[p], float(v)) for p, v in zip(g["phase"], g[col], strict=True) if not _isnan(v)
+    )
+    return [x for x, _ in pts], [y for _, y in pts]
+
+
+def latency_figure(df: pd.DataFrame, out: Path) -> Path:
+    """TTFT, TPOT, ITL (per token) and E2E vs load: p50 solid, p99 dashed, one colour per config."""
+    fig = _new_figure(12, 8)
+    axes = fig.subplots(2, 2).flatten()
+    xs, ticks, labels, log = _x_axis(df)
+    colours = _colours(len(_configs(df)))
+    for ax, (metric, title) in zip(
+        axes,
+        (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL per token"), ("e2el", "E2E latency")),
+        strict=True,
+    ):
+        for colour, label in zip(colours, _configs(df), strict=True):
+            for pct, style in (("p50", "-"), ("p99", "--")):
+                x, y = _series(df, label, f"{metric}_{pct}_ms", xs)
+                if x:
+                    ax.plot(x, y, style, marker="o", ms=3, color=colour, label=f"{label} {pct}")
+        ax.set_title(title)
+        ax.set_ylabel("ms")
+        _style_x(ax, ticks, labels, log, _load_name(df))
+    handles, names = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="outside right upper", fontsize="small")
+    fig.suptitle("Latency vs load (p50 solid, p99 dashed)")
+    return _save(fig, out)
+
+
+def throughput_figure(df: pd.DataFrame, out: Path) -> Path:
+    fig = _new_figure(8, 5)
+    ax = fig.subplots()
+    xs, ticks, labels, log = _x_axis(df)
+    for colour, label in zip(_colours(len(_configs(df))), _configs(df), strict=True):
+        x, y = _series(df, label, "output_throughput", xs)
+        if x:
+            ax.plot(x, y, "-", marker="o", color=colour, label=label)
+    ax.set_ylabel("output tokens/s")
+    ax.set_title("Output throughput vs load")
+    _style_x(ax, ticks, labels, log, _load_name(df))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+    return _save(fig, out)
+
+
+def tokens_per_chunk_figure(df: pd.DataFrame, out: Path) -> Path:
+    """Tokens per streamed chunk: ~1 without speculation, ~acceptance length with it."""
+    fig = _new_figure(8, 5)
+    ax = fig.subplots()
+    xs, ticks, labels, log = _x_axis(df)
+    for colour, label in zip(_colours(len(_configs(df))), _configs(df), strict=True):
+        x, y = _series(df, label, "tokens_per_chunk", xs)
+        if x:
+            ax.plot(x, y, "-", marker="o", color=colour, label=label)
+    ax.set_ylabel("mean output tokens per chunk")
+    ax.set_title("Tokens per chunk vs load")
+    _style_x(ax, ticks, labels, log, _load_name(df))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+    return _save(fig, out)
+
+
+def speedup_heatmap(df: pd.DataFrame, out: Path) -> Path | None:
+    """Config x load for TPOT and throughput speedup, diverging colours centred at 1.0."""
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.colors import TwoSlopeNorm
+
+    spec = df[~df["is_baseline"].astype(bool)]
+    configs = _configs(spec)
+    phases = list(dict.fromkeys(df["phase"]))
+    if not configs or not phases:
+        return None
+    fig = _new_figure(max(6.0, 1.1 * len(phases) + 3), 1.0 + 0.9 * len(configs) * 2 + 1)
+    axes = fig.subplots(2, 1)
+    cmap = colormaps["RdBu"].with_extremes(bad="#dddddd")
+    for ax, (col, title) in zip(
+        axes,
+        (("tpot_speedup", "TPOT speedup"), ("throughput_speedup", "Throughput speedup")),
+        strict=True,
+    ):
+        grid = [[_cell(spec, label, phase, col) for phase in phases] for label in configs]
+        flat = [v for row in grid for v in row if not math.isnan(v)]
+        # Symmetric in ratio: 2x faster and 2x slower get the same colour strength.
+        top = max([1.1] + [max(v, 1.0 / v) for v in flat if v > 0])
+        norm = TwoSlopeNorm(vcenter=1.0, vmin=1.0 / top, vmax=top)
+        im = ax.imshow(
+            np.ma.masked_invalid(np.array(grid, dtype=float)), cmap=cmap, norm=norm, aspect="auto"
+        )
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                text = "n/a" if math.isnan(v) else f"{v:.2f}x"
+                dark = not math.isnan(v) and abs(float(norm(v)) - 0.5) > 0.3
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                    color="white" if dark else "black",
+                )
+        ax.set_xticks(range(len(phases)), phases, rotation=30, ha="right")
+        ax.set_yticks(range(len(configs)), configs)
+        ax.set_title(title + " vs baseline (>1 = better)")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    return _save(fig, out)
+
+
+def _cell(df: pd.DataFrame, label: str, phase: str, col: str) -> float:
+    v = df.loc[(df["label"] == label) & (df["phase"] == phase), col]
+    if v.empty or _isnan(v.iloc[0]):
+        return math.nan
+    return float(v.iloc[0])
+
+
+def acceptance_figure(df: pd.DataFrame, out: Path) -> Path | None:
+    """Per-position acceptance rate, one panel per speculative config, one bar per load level."""
+    rows = [r for r in df.to_dict("records") if isinstance(r["acceptance_per_position"], list)]
+    configs = list(dict.fromkeys(r["label"] for r in rows))
+    if not configs:
+        return None
+    fig = _new_figure(max(6.0, 4.0 * len(configs)), 4.5)
+    axes = fig.subplots(1, len(configs), squeeze=False)[0]
+    for ax, label in zip(axes, configs, strict=True):
+        mine = [r for r in rows if r["label"] == label]
+        width = 0.8 / len(mine)
+        colours = _colours(len(mine))
+        for k, (r, colour) in enumerate(zip(mine, colours, strict=True)):
+            rates = [v if v is not None else math.nan for v in r["acceptance_per_position"]]
+            pos = [i + 1 + (k - (len(mine) - 1) / 2) * width for i in range(len(rates))]
+            ax.bar(pos, rates, width=width, color=colour, label=str(r["phase"]))
+        n = max(len(r["acceptance_per_position"]) for r in mine)
+        ax.set_xticks(range(1, n + 1))
+        ax.set_xlabel("draft position")
+        ax.set_ylabel("acceptance rate")
+        ax.set_ylim(0, 1.05)
+        ax.set_title(label)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize="x-small", title="load")
+    fig.suptitle("Acceptance per draft position")
+    return _save(fig, out)
+
+
+def _colours(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def scenario_figures(df: pd.DataFrame, scenario: str, out_dir: Path) -> list[Path]:
+    """All figures of one scenario's rows; returns the PNGs written (empty ones are skipped)."""
+    stem = _slug(scenario)
+    made: Sequence[Path | None] = [
+        latency_figure(df, out_dir / f"{stem}_latency.png"),
+        throughput_figure(df, out_dir / f"{stem}_throughput.png"),
+        speedup_heatmap(df, out_dir / f"{stem}_speedup.png"),
+        acceptance_figure(df, out_dir / f"{stem}_acceptance.png"),
+        tokens_per_chunk_figure(df, out_dir / f"{stem}_tokens_per_chunk.png"),
+    ]
+    return [p for p in made if p is not None]

@@ -1,0 +1,838 @@
+"""Cross-run reports: what speculative decoding buys at each load level.
+
+Reads finished (or interrupted) run directories, lines the configurations up per scenario
+and load level against a baseline, finds where speculation stops paying off, and writes
+report.md / report.html / report.csv / report.json with figures.
+
+pandas and matplotlib are imported inside functions so ``python -m loadgen`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import math
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from loadgen.console import (
+    NA,
+    as_float,
+    fmt_int,
+    fmt_num,
+    fmt_pair,
+    fmt_pct,
+    fmt_rate,
+    fmt_speedup,
+    pick,
+)
+from loadgen.errors import SpecloadError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+DEFAULT_BASELINE = "none"
+
+# Tidy-table column -> summary keys to try, ours first, then vLLM bench serve's names.
+METRIC_KEYS: dict[str, tuple[str, ...]] = {
+    "completed": ("completed",),
+    "failed": ("failed",),
+    "duration_s": ("duration",),
+    "request_throughput": ("request_throughput",),
+    "output_throughput": ("output_throughput",),
+    "ttft_p50_ms": ("p50_ttft_ms", "median_ttft_ms"),
+    "ttft_p99_ms": ("p99_ttft_ms",),
+    "tpot_p50_ms": ("p50_tpot_ms", "median_tpot_ms"),
+    "tpot_p99_ms": ("p99_tpot_ms",),
+    # ITL per token: a chunk of k speculated tokens counts as k gaps of gap/k.
+    "itl_p50_ms": ("p50_itl_token_ms", "p50_itl_ms", "median_itl_ms"),
+    "itl_p99_ms": ("p99_itl_token_ms", "p99_itl_ms"),
+    # ITL per chunk (vLLM's definition), kept in the CSV.
+    "itl_chunk_p50_ms": ("p50_itl_ms", "median_itl_ms"),
+    "itl_chunk_p99_ms": ("p99_itl_ms",),
+    "e2el_p50_ms": ("p50_e2el_ms", "median_e2el_ms"),
+    "e2el_p99_ms": ("p99_e2el_ms",),
+    "tokens_per_chunk": ("mean_tokens_per_chunk",),
+    "acceptance_length": ("spec_decode_acceptance_length",),
+    "acceptance_rate_pct": ("spec_decode_acceptance_rate",),
+    "request_goodput": ("request_goodput",),
+    "goodput_fraction": ("goodput_fraction",),
+    "dispatch_lag_p99_ms": ("p99_dispatch_lag_ms",),
+}
+SPEEDUPS = ("tpot_speedup", "throughput_speedup", "e2e_speedup")
+
+
+# --- discovery ---------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One RUN_DIR: a config label running one scenario, with its per-phase summaries.
+
+    ``phases`` maps phase name -> flat summary, in load order; ``expected_phases`` also
+    lists phases the scenario asked for but the run never summarised (interrupted runs).
+    """
+
+    path: Path
+    label: str
+    scenario: str
+    spec: dict[str, Any] | None
+    phases: dict[str, dict[str, Any]]
+    expected_phases: list[str] = field(default_factory=list)
+    levels: dict[str, float | None] = field(default_factory=dict)
+    shapes: dict[str, str | None] = field(default_factory=dict)
+    complete: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def spec_method(self) -> str | None:
+        if not self.spec:
+            return None
+        return str(self.spec.get("method") or self.spec.get("type") or "spec")
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[Run]:
+    """Every run under ``paths``: each is a RUN_DIR (has run.json) or a directory above some.
+
+    Raises SpecloadError (one line) for a path that does not exist or holds no run.
+    """
+    runs: list[Run] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        root = Path(raw)
+        if not root.exists():
+            raise SpecloadError(f"{raw}: no such directory")
+        if not root.is_dir():
+            raise SpecloadError(f"{raw}: not a directory")
+        if (root / "run.json").is_file():
+            found = [root / "run.json"]
+        else:
+            found = sorted(root.rglob("run.json"))
+        if not found:
+            raise SpecloadError(f"{raw}: no run.json in it or below (not a run or sweep directory)")
+        for rj in found:
+            run_dir = rj.parent.resolve()
+            if run_dir in seen:
+                continue
+            seen.add(run_dir)
+            # In a sweep (SWEEP_DIR/<label>/<scenario>/) the label dir names the config.
+            default_label = rj.parent.name
+            if rj.parent != root and rj.parent.parent != root:
+                default_label = rj.parent.parent.name
+            runs.append(load_run(rj.parent, default_label=default_label))
+    _disambiguate(runs)
+    return runs
+
+
+def _disambiguate(runs: list[Run]) -> None:
+    """Runs sharing a label and scenario (two 'none' runs) get the shortest path tail that
+    tells them apart appended: 'none@a/none/conc'."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for r in runs:
+        groups.setdefault((r.label, r.scenario), []).append(r)
+    for (label, _), group in groups.items():
+        if len(group) < 2:
+            continue
+        depth = max(len(r.path.parts) for r in group)
+        k = next(
+            (
+                k
+                for k in range(1, depth + 1)
+                if len({r.path.parts[-k:] for r in group}) == len(group)
+            ),
+            depth,
+        )
+        for r in group:
+            r.label = f"{label}@{'/'.join(r.path.parts[-k:])}"
+            r.notes.append(f"label '{label}' is used by several runs; shown as '{r.label}'")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SpecloadError(f"{path}: malformed JSON: {e.msg} (line {e.lineno})") from None
+    except OSError as e:
+        raise SpecloadError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")
+
+
+def load_run(run_dir: str | Path, default_label: str | None = None) -> Run:
+    """Read one RUN_DIR, tolerating a missing or partial summary.json (noted in ``notes``)."""
+    run_dir = Path(run_dir)
+    meta = _read_json(run_dir / "run.json")
+    if not isinstance(meta, dict):
+        raise SpecloadError(f"{run_dir / 'run.json'}: expected a JSON object")
+    notes: list[str] = []
+    summary: dict[str, Any] = {}
+    if (run_dir / "summary.json").is_file():
+        try:
+            loaded = _read_json(run_dir / "summary.json")
+            summary = loaded if isinstance(loaded, dict) else {}
+        except SpecloadError as e:
+            notes.append(str(e))
+    else:
+        notes.append("no summary.json (run interrupted?); used the per-phase summaries")
+
+    scen_doc = meta.get("scenario") if isinstance(meta.get("scenario"), dict) else {}
+    scenario = str(scen_doc.get("name") or summary.get("scenario") or run_dir.name)
+    label = str(meta.get("label") or summary.get("label") or default_label or run_dir.name)
+    spec = meta.get("spec") if isinstance(meta.get("spec"), dict) else None
+
+    phases: dict[str, dict[str, Any]] = {}
+    raw_phases = summary.get("phases")
+    if isinstance(raw_phases, dict):
+        for slug, s in raw_phases.items():
+            if isinstance(s, dict):
+                phases[str(s.get("phase") or slug)] = s
+    # Per-phase files fill what summary.json lacks (it is written last, or not at all).
+    known = {_slug(n) for n in phases}
+    for sub in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+        sj = sub / "summary.json"
+        if sj.is_file():
+            try:
+                s = _read_json(sj)
+            except SpecloadError as e:
+                notes.append(str(e))
+                continue
+            name = str(s.get("phase") or sub.name) if isinstance(s, dict) else sub.name
+            if isinstance(s, dict) and _slug(name) not in known and _slug(sub.name) not in known:
+                phases[name] = s
+                known.add(_slug(name))
+        elif (sub / "requests.jsonl").is_file() and _slug(sub.name) not in known:
+            notes.append(f"phase '{sub.name}': requests.jsonl but no summary.json; not summarised")
+
+    expected, levels, shapes = _expected_phases(scen_doc)
+    # Map summarised phases onto the scenario's names where only the slug differs.
+    by_slug = {_slug(n): n for n in expected}
+    phases = {by_slug.get(_slug(n), n): s for n, s in phases.items()}
+    for name, s in phases.items():
+        lvl = as_float(s.get("load_level"))
+        if lvl is not None or name not in levels:
+            levels[name] = lvl if lvl is not None else _level_from_name(name)
+        if s.get("load_shape") or name not in shapes:
+            shapes[name] = s.get("load_shape") or shapes.get(name)
+    missing = [n for n in expected if n not in phases]
+    if missing:
+        notes.append("phases without results: " + ", ".join(missing))
+    order = {n: i for i, n in enumerate(expected)}
+    ordered = sorted(phases, key=lambda n: _phase_sort_key(levels.get(n), order.get(n, 10**6), n))
+    complete = bool(summary.get("complete", False)) and not missing
+    if summary and not summary.get("complete", False):
+        notes.append("run marked incomplete")
+    return Run(
+        path=run_dir,
+        label=label,
+        scenario=scenario,
+        spec=spec,
+        phases={n: phases[n] for n in ordered},
+        expected_phases=expected or ordered,
+        levels=levels,
+        shapes=shapes,
+        complete=complete,
+        notes=notes,
+    )
+
+
+def _expected_phases(
+    scen_doc: Mapping[str, Any],
+) -> tuple[list[str], dict[str, float | None], dict[str, str | None]]:
+    """The phases the scenario asked for, from the resolved scenario in run.json."""
+    if not scen_doc:
+        return [], {}, {}
+    from loadgen.scenario import Scenario
+
+    try:
+        phases = Scenario.model_validate(dict(scen_doc)).phases()
+    except Exception:  # an older or hand-edited run.json: fall back to what was summarised
+        return [], {}, {}
+    levels: dict[str, float | None] = {}
+    shapes: dict[str, str | None] = {}
+    for p in phases:
+        d = p.load.model_dump()
+        main = {"concurrency": "concurrency", "burst": "size", "ramp": "end_rate"}.get(
+            d["shape"], "rate"
+        )
+        levels[p.name] = as_float(d.get(main))
+        shapes[p.name] = d["shape"]
+    return [p.name for p in phases], levels, shapes
+
+
+def _level_from_name(name: str) -> float | None:
+    m = re.search(r"=\s*([-+0-9.eE]+)", name) or re.search(r"([0-9]+(?:\.[0-9]+)?)", name)
+    return as_float(m.group(1)) if m else None
+
+
+def _phase_sort_key(level: float | None, index: int, name: str) -> tuple[Any, ...]:
+    return (level is None, level if level is not None else 0.0, index, name)
+
+
+# --- the tidy table ----------------------------------------------------------------------
+
+
+def resolve_baseline(runs: Sequence[Run], baseline: str | None = DEFAULT_BASELINE) -> str | None:
+    """The baseline label: ``baseline`` if some run has it; for the default 'none', else the
+    single label whose spec is null. An explicitly named label that no run has is an error."""
+    labels = list(dict.fromkeys(r.label for r in runs))
+    if baseline and baseline in labels:
+        return baseline
+    if baseline and baseline != DEFAULT_BASELINE:
+        raise SpecloadError(
+            f"--baseline: no run labelled '{baseline}' (labels: {', '.join(labels)})"
+        )
+    plain = list(dict.fromkeys(r.label for r in runs if r.spec is None))
+    return plain[0] if plain else None
+
+
+def build_tables(runs: Sequence[Run], baseline: str | None = DEFAULT_BASELINE) -> pd.DataFrame:
+    """One row per (scenario, phase, config label) with latencies, throughput and speedups.
+
+    Every config of a scenario gets a row at every load level any config reached; a missing
+    cell holds NaN and says why in ``note``. Speedups compare with the baseline label at the
+    same scenario and phase: TPOT and E2E as baseline median / config median (above 1 is
+    faster), throughput as config / baseline output tokens per second.
+    """
+    import pandas as pd
+
+    base_label = resolve_baseline(runs, baseline)
+    rows: list[dict[str, Any]] = []
+    scenarios = list(dict.fromkeys(r.scenario for r in runs))
+    for scen in scenarios:
+        scen_runs = sorted(
+            (r for r in runs if r.scenario == scen),
+            key=lambda r: (r.label != base_label, r.label),
+        )
+        phase_rank: dict[str, tuple[Any, ...]] = {}
+        levels: dict[str, float | None] = {}
+        shapes: dict[str, str | None] = {}
+        for r in scen_runs:
+            for i, name in enumerate(list(r.phases) + r.expected_phases):
+                levels.setdefault(name, r.levels.get(name))
+                shapes.setdefault(name, r.shapes.get(name))
+                key = _phase_sort_key(levels[name], i, name)
+                phase_rank[name] = min(phase_rank.get(name, key), key)
+        phase_names = sorted(phase_rank, key=phase_rank.__getitem__)
+        base_run = next((r for r in scen_runs if r.label == base_label), None)
+        for phase in phase_names:
+            base = base_run.phases.get(phase) if base_run else None
+            for r in scen_runs:
+                rows.append(
+                    _row(scen, phase, levels.get(phase), shapes.get(phase), r, base, base_label)
+                )
+    df = pd.DataFrame(rows, columns=_COLUMNS)
+    return df
+
+
+_COLUMNS = [
+    "scenario",
+    "phase",
+    "load_shape",
+    "load_level",
+    "label",
+    "spec_method",
+    "is_baseline",
+    *METRIC_KEYS,
+    *SPEEDUPS,
+    "acceptance_per_position",
+    "run_complete",
+    "note",
+    "run_dir",
+]
+
+
+def _row(
+    scen: str,
+    phase: str,
+    level: float | None,
+    shape: str | None,
+    run: Run,
+    base: Mapping[str, Any] | None,
+    base_label: str | None,
+) -> dict[str, Any]:
+    s = run.phases.get(phase)
+    notes: list[str] = []
+    row: dict[str, Any] = {
+        "scenario": scen,
+        "phase": phase,
+        "load_shape": shape,
+        "load_level": level,
+        "label": run.label,
+        "spec_method": run.spec_method,
+        "is_baseline": run.label == base_label,
+        "run_complete": run.complete,
+        "run_dir": str(run.path),
+    }
+    if s is None:
+        notes.append("no results at this level" + ("" if run.complete else " (run incomplete)"))
+        s = {}
+    elif s.get("complete") is False:
+        notes.append("phase incomplete")
+    for col, keys in METRIC_KEYS.items():
+        v = as_float(pick(s, *keys))
+        row[col] = math.nan if v is None else v
+    if col_missing := [c for c in ("tpot_p50_ms", "output_throughput") if s and math.isnan(row[c])]:
+        notes.append("missing " + ", ".join(col_missing))
+    pos = s.get("spec_decode_per_position_acceptance_rates")
+    row["acceptance_per_position"] = (
+        [as_float(x) for x in pos] if isinstance(pos, list) and pos else None
+    )
+    if base_label is None:
+        notes.append("no baseline run")
+        b: Mapping[str, Any] = {}
+    elif base is None:
+        b = {}
+        if run.label != base_label:
+            notes.append(f"baseline '{base_label}' has no results at this level")
+    else:
+        b = base
+    b_tpot = as_float(pick(b, *METRIC_KEYS["tpot_p50_ms"]))
+    b_e2e = as_float(pick(b, *METRIC_KEYS["e2el_p50_ms"]))
+    b_thru = as_float(pick(b, *METRIC_KEYS["output_throughput"]))
+    row["tpot_speedup"] = _ratio(b_tpot, row["tpot_p50_ms"])
+    row["e2e_speedup"] = _ratio(b_e2e, row["e2el_p50_ms"])
+    row["throughput_speedup"] = _ratio(row["output_throughput"], b_thru)
+    row["note"] = "; ".join(notes)
+    return row
+
+
+def _ratio(num: float | None, den: float | None) -> float:
+    n, d = as_float(num), as_float(den)
+    if n is None or d is None or d <= 0:
+        return math.nan
+    return n / d
+
+
+# --- crossover ---------------------------------------------------------------------------
+
+CrossoverKind = Literal["crossover", "wins_everywhere", "never_wins", "wins_above", "no_data"]
+
+
+@dataclass(frozen=True)
+class Crossover:
+    """Where a speedup series (in increasing load order) stops paying off.
+
+    - ``crossover``: >= 1.0 at some lower level, then below 1.0 first at ``level``
+      (``last_win`` is the level just before).
+    - ``wins_everywhere`` / ``never_wins``: >= 1.0 at every level / at none.
+    - ``wins_above``: below 1.0 at low load, >= 1.0 from ``level`` on and never drops back.
+    - ``no_data``: no level had a value.
+    Levels without a value are skipped (``gaps`` counts them).
+    """
+
+    kind: CrossoverKind
+    level: Any = None
+    last_win: Any = None
+    gaps: int = 0
+
+    def describe(self, what: str = "speculation") -> str:
+        gaps = f" ({self.gaps} level(s) without data)" if self.gaps else ""
+        text = {
+            "crossover": f"{what} stops paying off at {self.level} (last win at {self.last_win})",
+            "wins_everywhere": f"{what} wins at every level",
+            "never_wins": f"{what} never wins",
+            "wins_above": f"{what} loses at low load and wins from {self.level} on",
+            "no_data": f"{what}: no data",
+        }[self.kind]
+        return text + gaps
+
+
+def find_crossover(levels: Sequence[Any], speedups: Sequence[float | None]) -> Crossover:
+    """Classify a speedup series given in increasing load order (pure; NaN/None = no data)."""
+    if len(levels) != len(speedups):
+        raise ValueError("levels and speedups differ in length")
+    points = [(lv, as_float(s)) for lv, s in zip(levels, speedups, strict=True)]
+    valid = [(lv, s) for lv, s in points if s is not None]
+    gaps = len(points) - len(valid)
+    if not valid:
+        return Crossover("no_data", gaps=gaps)
+    last_win = None
+    for lv, s in valid:
+        if s >= 1.0:
+            last_win = lv
+        elif last_win is not None:
+            return Crossover("crossover", level=lv, last_win=last_win, gaps=gaps)
+    if all(s >= 1.0 for _, s in valid):
+        return Crossover("wins_everywhere", gaps=gaps)
+    if last_win is None:
+        return Crossover("never_wins", gaps=gaps)
+    first_win = next(lv for lv, s in valid if s >= 1.0)
+    return Crossover("wins_above", level=first_win, gaps=gaps)
+
+
+def crossovers(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Crossover per (scenario, non-baseline config) for TPOT and throughput speedups."""
+    out: list[dict[str, Any]] = []
+    for (scen, label), g in df.groupby(["scenario", "label"], sort=False):
+        if g["is_baseline"].any():
+            continue
+        for metric, what in (("tpot_speedup", "TPOT"), ("throughput_speedup", "throughput")):
+            c = find_crossover(list(g["phase"]), list(g[metric]))
+            out.append(
+                {
+                    "scenario": scen,
+                    "label": label,
+                    "metric": metric,
+                    "kind": c.kind,
+                    "level": c.level,
+                    "last_win": c.last_win,
+                    "text": c.describe(f"{what} speedup"),
+                }
+            )
+    return out
+
+
+# --- writing -----------------------------------------------------------------------------
+
+# (header, cell formatter over a row) for the per-level tables.
+_TABLE: list[tuple[str, Any]] = [
+    ("config", lambda r: f"{r['label']} (baseline)" if r["is_baseline"] else str(r["label"])),
+    ("ok/failed", lambda r: _done(r)),
+    ("out tok/s", lambda r: fmt_rate(r["output_throughput"])),
+    ("TTFT p50/p99", lambda r: fmt_pair(r["ttft_p50_ms"], r["ttft_p99_ms"])),
+    ("TPOT p50/p99", lambda r: fmt_pair(r["tpot_p50_ms"], r["tpot_p99_ms"])),
+    ("ITL/token p50/p99", lambda r: fmt_pair(r["itl_p50_ms"], r["itl_p99_ms"])),
+    ("E2E p50/p99", lambda r: fmt_pair(r["e2el_p50_ms"], r["e2el_p99_ms"])),
+    ("tok/chunk", lambda r: fmt_num(r["tokens_per_chunk"])),
+    ("accept len", lambda r: fmt_num(r["acceptance_length"])),
+    ("goodput", lambda r: _goodput(r)),
+    ("TPOT speedup", lambda r: fmt_speedup(r["tpot_speedup"])),
+    ("thru speedup", lambda r: fmt_speedup(r["throughput_speedup"])),
+    ("E2E speedup", lambda r: fmt_speedup(r["e2e_speedup"])),
+]
+
+
+def _done(r: Mapping[str, Any]) -> str:
+    if as_float(r["completed"]) is None and as_float(r["failed"]) is None:
+        return NA
+    return f"{fmt_int(r['completed'])}/{fmt_int(r['failed'])}"
+
+
+def _goodput(r: Mapping[str, Any]) -> str:
+    if as_float(r["request_goodput"]) is None:
+        return fmt_pct(r["goodput_fraction"])
+    if as_float(r["goodput_fraction"]) is None:
+        return f"{fmt_rate(r['request_goodput'])}/s"
+    return f"{fmt_rate(r['request_goodput'])}/s ({fmt_pct(r['goodput_fraction'])})"
+
+
+def _sections(df: pd.DataFrame) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """(scenario, phase, rows) in table order."""
+    out = []
+    for (scen, phase), g in df.groupby(["scenario", "phase"], sort=False):
+        out.append((str(scen), str(phase), g.to_dict("records")))
+    return out
+
+
+def _md_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    head = [h for h, _ in _TABLE]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        cells = [f(r).replace("|", "\\|") for _, f in _TABLE]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _html_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in _TABLE)
+    body = []
+    for r in rows:
+        cells = []
+        for h, f in _TABLE:
+            text = f(r)
+            cls = ""
+            if h.endswith("speedup") and text != NA:
+                cls = ' class="win"' if as_float(r[_SPEEDUP_COL[h]]) >= 1.0 else ' class="loss"'
+            elif text == NA:
+                cls = ' class="na"'
+            cells.append(f"<td{cls}>{html.escape(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+_SPEEDUP_COL = {
+    "TPOT speedup": "tpot_speedup",
+    "thru speedup": "throughput_speedup",
+    "E2E speedup": "e2e_speedup",
+}
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f2f2f2}td:first-child{text-align:left}
+td.win{color:#06681c;font-weight:600}td.loss{color:#a40000;font-weight:600}td.na{color:#999}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}
+.note{color:#666;font-size:.85em}
+"""
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalars
+        return _json_safe(value.item())
+    return value
+
+
+def write_report(
+    paths: Sequence[str | Path],
+    out_dir: str | Path | None = None,
+    baseline: str | None = DEFAULT_BASELINE,
+    figures: bool = True,
+) -> Path:
+    """Write report.md, report.html, report.csv, report.json and figures; return report.md.
+
+    ``out_dir`` defaults to ``<first path>/report/``.
+    """
+    if not paths:
+        raise SpecloadError("report: give at least one run or sweep directory")
+    runs = find_runs(paths)
+    df = build_tables(runs, baseline)
+    base_label = resolve_baseline(runs, baseline)
+    out = Path(out_dir) if out_dir is not None else Path(paths[0]) / "report"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SpecloadError(f"--out: cannot create {out}: {e.strerror}") from None
+    cross = crossovers(df)
+
+    fig_paths: dict[str, list[Path]] = {}
+    if figures:
+        from loadgen import figures as figs
+
+        for scen in dict.fromkeys(df["scenario"]):
+            fig_paths[scen] = figs.scenario_figures(df[df["scenario"] == scen], scen, out)
+
+    csv_df = df.copy()
+    csv_df["acceptance_per_position"] = [
+        json.dumps(v) if isinstance(v, list) else "" for v in csv_df["acceptance_per_position"]
+    ]
+    csv_df.to_csv(out / "report.csv", index=False)
+
+    run_info = [
+        {
+            "label": r.label,
+            "scenario": r.scenario,
+            "path": str(r.path),
+            "spec": r.spec,
+            "complete": r.complete,
+            "notes": r.notes,
+        }
+        for r in runs
+    ]
+    doc = {
+        "baseline": base_label,
+        "runs": run_info,
+        "rows": df.to_dict("records"),
+        "crossovers": cross,
+        "figures": {s: [p.name for p in ps] for s, ps in fig_paths.items()},
+    }
+    (out / "report.json").write_text(json.dumps(_json_safe(doc), indent=2) + "\n")
+
+    (out / "report.md").write_text(_markdown(df, runs, base_label, cross, fig_paths))
+    (out / "report.html").write_text(_html(df, runs, base_label, cross, fig_paths))
+    return out / "report.md"
+
+
+def _intro(runs: Sequence[Run], base_label: str | None) -> list[str]:
+    lines = [
+        f"Baseline: **{base_label}**." if base_label else "Baseline: none found; no speedups.",
+        "Speedups: TPOT and E2E = baseline median / config median; throughput = config output "
+        "tok/s / baseline's. Above 1.00x the config is better. ITL is per token. "
+        "Latencies in ms (p50 / p99).",
+    ]
+    return lines
+
+
+def _notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [f"{r['label']}: {r['note']}" for r in rows if r.get("note")]
+
+
+def _run_notes(runs: Sequence[Run]) -> list[str]:
+    return [f"{r.label} / {r.scenario} ({r.path}): {n}" for r in runs for n in r.notes]
+
+
+def _markdown(
+    df: pd.DataFrame,
+    runs: Sequence[Run],
+    base_label: str | None,
+    cross: Sequence[Mapping[str, Any]],
+    fig_paths: Mapping[str, Sequence[Path]],
+) -> str:
+    out = ["# Speculative decoding load report", "", *_intro(runs, base_label), ""]
+    runs_notes = _run_notes(runs)
+    if runs_notes:
+        out += ["Run notes:", "", *(f"- {n}" for n in runs_notes), ""]
+    current = None
+    for scen, phase, rows in _sections(df):
+        if scen != current:
+            current = scen
+            out += [f"## Scenario `{scen}`", ""]
+        out += [f"### {phase}", "", _md_table(rows), ""]
+        notes = _notes(rows)
+        if notes:
+            out += [*(f"- note: {n}" for n in notes), ""]
+    out += ["## Crossover: where speculation stops paying off", ""]
+    if not cross:
+        out += ["No speculative config to compare with the baseline.", ""]
+    for c in cross:
+        out.append(f"- `{c['scenario']}` **{c['label']}**: {c['text']}")
+    out.append("")
+    if fig_paths:
+        out += ["## Figures", ""]
+        for scen, ps in fig_paths.items():
+            for p in ps:
+                out.append(f"- [{scen}: {p.stem}]({p.name})")
+        out.append("")
+    return "\n".join(out)
+
+
+def _html(
+    df: pd.DataFrame,
+    runs: Sequence[Run],
+    base_label: str | None,
+    cross: Sequence[Mapping[str, Any]],
+    fig_paths: Mapping[str, Sequence[Path]],
+) -> str:
+    e = html.escape
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        "<title>Speculative decoding load report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>Speculative decoding load report</h1>",
+    ]
+    parts += [f"<p>{e(line).replace('**', '')}</p>" for line in _intro(runs, base_label)]
+    runs_notes = _run_notes(runs)
+    if runs_notes:
+        items = "".join(f"<li>{e(n)}</li>" for n in runs_notes)
+        parts.append(f"<p>Run notes:</p><ul class='note'>{items}</ul>")
+    parts.append("<h2>Crossover: where speculation stops paying off</h2><ul>")
+    for c in cross:
+        parts.append(f"<li><code>{e(str(c['scenario']))}</code> <b>{e(str(c['label']))}</b>: ")
+        parts.append(f"{e(c['text'])}</li>")
+    if not cross:
+        parts.append("<li>No speculative config to compare with the baseline.</li>")
+    parts.append("</ul>")
+    current = None
+    for scen, phase, rows in _sections(df):
+        if scen != current:
+            if current is not None:
+                parts += _html_figures(fig_paths.get(current, ()))
+            current = scen
+            parts.append(f"<h2>Scenario <code>{e(scen)}</code></h2>")
+        parts.append(f"<h3>{e(phase)}</h3>")
+        parts.append(_html_table(rows))
+        notes = _notes(rows)
+        if notes:
+            parts.append("<ul class='note'>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
+    if current is not None:
+        parts += _html_figures(fig_paths.get(current, ()))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _html_figures(paths: Iterable[Path]) -> list[str]:
+    out = []
+    for p in paths:
+        data = base64.b64encode(p.read_bytes()).decode("ascii")
+        out.append(f"<figure><img alt='{html.escape(p.stem)}' src='data:image/png;base64,{data}'>")
+        out.append(f"<figcaption>{html.escape(p.stem)}</figcaption></figure>")
+    return out
+
+
+# --- CLI ---------------------------------------------------------------------------------
+
+
+def _parser(prog: str, description: str, many: bool) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument(
+        "dirs",
+        nargs="+",
+        metavar="DIR",
+        help="run directories, one config each (label from run.json, else the dir name)"
+        if many
+        else "run directory (holds run.json) or a sweep directory above several",
+    )
+    p.add_argument(
+        "--baseline",
+        default=DEFAULT_BASELINE,
+        metavar="LABEL",
+        help="config label the speedups compare with (default: 'none', else the run "
+        "without speculative decoding)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="where to write report.md/.html/.csv/.json and figures"
+        + (" (default: <first DIR>/report/)" if not many else " (default: print only)"),
+    )
+    p.add_argument("--no-figures", action="store_true", help="skip the matplotlib figures")
+    return p
+
+
+def report_main(argv: list[str]) -> int:
+    """``loadgen report DIR [--baseline L] [--out DIR]``: write the report files."""
+    args = _parser(
+        "loadgen report", "Write report.md/.html/.csv/.json and figures for runs.", False
+    ).parse_args(argv)
+    try:
+        md = write_report(args.dirs, args.out, args.baseline, figures=not args.no_figures)
+    except SpecloadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(f"report: {md}  (also {md.with_suffix('.html').name}, report.csv, report.json)")
+    return 0
+
+
+def compare_main(argv: list[str]) -> int:
+    """``loadgen compare DIR1 DIR2 ... [--baseline L] [--out DIR]``: configs side by side."""
+    args = _parser(
+        "loadgen compare",
+        "Compare configs (one run directory each) per load level against a baseline.",
+        True,
+    ).parse_args(argv)
+    from loadgen.console import print_comparison_table
+
+    try:
+        runs = find_runs(args.dirs)
+        df = build_tables(runs, args.baseline)
+        base_label = resolve_baseline(runs, args.baseline)
+        print_comparison_table(df.to_dict("records"), base_label)
+        for c in crossovers(df):
+            print(f"{c['scenario']} {c['label']}: {c['text']}")
+        if args.out:
+            md = write_report(args.dirs, args.out, args.baseline, figures=not args.no_figures)
+            print(f"report: {md}")
+    except SpecloadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+__all__ = [
+    "Crossover",
+    "Run",
+    "build_tables",
+    "compare_main",
+    "crossovers",
+    "find_crossover",
+    "find_runs",
+    "load_run",
+    "report_main",
+    "resolve_baseline",
+    "write_report",
+]
