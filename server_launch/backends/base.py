@@ -1,0 +1,183 @@
+"""What a server backend must do, and the pieces every backend shares.
+
+A backend turns one matrix row (a ``ServerRun``) into a running vLLM server and a handle to
+watch and stop it. The sweep only talks to this protocol, so the local-process and Docker
+backends (and the fakes in the tests) are interchangeable.
+
+Servers are expensive to leave behind (a GPU held by a forgotten container), so every
+handle is tracked from start to stop and stopped at interpreter exit, and SIGTERM/SIGHUP
+are turned into an exception so ``finally`` blocks run on ``kill`` as they do on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import httpx
+
+from loadgen.errors import SpecloadError
+
+if TYPE_CHECKING:
+    from server_launch.matrix import ServerRun
+
+CONTAINER_PORT = 8000  # vLLM's default port, used inside containers
+
+
+class ServerStartError(SpecloadError):
+    """The server did not become healthy: it exited, crashed or timed out.
+
+    ``str(err)`` is one line; the server's last log lines are in ``log_tail``.
+    """
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM/SIGHUP raised like Ctrl-C: cleanup runs, and ``except Exception`` can't eat it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@runtime_checkable
+class ServerHandle(Protocol):
+    base_url: str
+
+    def wait_healthy(self, deadline_s: float) -> None:
+        """Block until GET /health answers 200; raise ServerStartError after ``deadline_s``."""
+        ...
+
+    def is_alive(self) -> bool: ...
+
+    def stop(self) -> None:
+        """Stop the server and everything it started. Safe to call twice."""
+        ...
+
+    def log_tail(self, n: int = 50) -> str: ...
+
+
+class ServerBackend(Protocol):
+    name: str
+
+    def command(self, run: ServerRun, port: int) -> list[str]:
+        """The server's argv (for --dry-run and the sweep's record); starts nothing."""
+        ...
+
+    def start(self, run: ServerRun, port: int, log_path: Path) -> ServerHandle: ...
+
+
+def server_flags(run: ServerRun, port: int, host: str) -> list[str]:
+    """vLLM flags after the model: server options, speculative config, then where to listen."""
+    return [
+        *run.server.vllm_args(),
+        *run.spec.vllm_args(),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+
+
+def http_healthy(base_url: str, timeout_s: float = 2.0) -> bool:
+    """GET /health == 200. Any error (refused, reset, timeout) means not (yet) healthy."""
+    try:
+        r = httpx.get(f"{base_url}/health", timeout=timeout_s, trust_env=False)
+    except httpx.HTTPError:
+        return False
+    return r.status_code == 200
+
+
+def wait_until_healthy(
+    *,
+    what: str,
+    base_url: str,
+    deadline_s: float,
+    exit_status: Callable[[], str | None],
+    log_tail: Callable[[], str],
+    interval_s: float = 1.0,
+    probe: Callable[[str], bool] = http_healthy,
+) -> None:
+    """Poll /health until 200; fail early when ``exit_status()`` says the server is gone."""
+    end = time.monotonic() + deadline_s
+    while True:
+        gone = exit_status()
+        if gone is not None:
+            raise ServerStartError(f"{what} {gone} before /health answered", log_tail())
+        if probe(base_url):
+            return
+        if time.monotonic() >= end:
+            raise ServerStartError(
+                f"{what} not healthy after {deadline_s:g}s (GET {base_url}/health)", log_tail()
+            )
+        time.sleep(min(interval_s, max(0.0, end - time.monotonic())) or 0.01)
+
+
+def tail_file(path: Path, n: int = 50, max_bytes: int = 256 * 1024) -> str:
+    """The last ``n`` lines of a (possibly huge, possibly missing) log file."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return ""
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return "\n".join(lines[-n:])
+
+
+# --- never leave a server behind ----------------------------------------------------------
+
+_live: dict[int, ServerHandle] = {}
+_lock = threading.Lock()
+_atexit_done = False
+
+
+def track(handle: ServerHandle) -> None:
+    """Remember a started server so ``stop_all`` (run at exit) can stop it."""
+    global _atexit_done
+    with _lock:
+        _live[id(handle)] = handle
+        if not _atexit_done:
+            atexit.register(stop_all)
+            _atexit_done = True
+
+
+def untrack(handle: ServerHandle) -> None:
+    with _lock:
+        _live.pop(id(handle), None)
+
+
+def live_handles() -> list[ServerHandle]:
+    with _lock:
+        return list(_live.values())
+
+
+def stop_all() -> None:
+    """Stop every tracked server (atexit, and the CLI on the way out)."""
+    for h in live_handles():
+        with contextlib.suppress(Exception):
+            h.stop()
+
+
+def _raise_interrupted(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> None:
+    """Make SIGTERM/SIGHUP unwind the stack like Ctrl-C does (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) in (signal.SIG_DFL, None):
+            signal.signal(sig, _raise_interrupted)
