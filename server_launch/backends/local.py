@@ -184,13 +184,25 @@ class LocalHandle:
         return tail_file(self.log_path, n)
 
     def _group_alive(self) -> bool:
+        """Any live (non-zombie) process left in the server's group? Zombies don't count:
+        where PID 1 does not reap orphans they would otherwise hold stop() for the grace."""
         try:
             os.killpg(self.pgid, 0)
         except ProcessLookupError:
             return False
         except PermissionError:
             return True
-        return True
+        proc = Path("/proc")
+        if not proc.is_dir():
+            return True
+        for stat in proc.glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if len(fields) > 2 and fields[2] == str(self.pgid) and fields[0] != "Z":
+                return True
+        return False
 
     def _signal_group(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
