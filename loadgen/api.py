@@ -109,7 +109,9 @@ def make_tokenizer(scenario: Scenario, base_url: str, model: str, api_key: str |
         tdir = model  # vLLM names a model served from a directory by its path
     if tdir is not None:
         return LocalTokenizer(tdir)
-    return ServerTokenizer(base_url, model, api_key=api_key)
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    client = httpx.Client(timeout=30.0, trust_env=False, headers=headers)
+    return ServerTokenizer(base_url, model, client)
 
 
 def host_info() -> dict[str, Any]:
@@ -318,15 +320,14 @@ async def _run_phase(
         spec = server_metrics.spec_decode_delta(
             server_metrics.parse_prometheus(before), server_metrics.parse_prometheus(after)
         )
-    if spec is not None:
-        extra.update(spec.as_bench_keys())
-    extra.update(server_metrics.summarize_samples(sampler.samples))
     summary = acc.summary(
         duration_s=outcome.duration_s,
         slo=scenario.slo,
-        phase=phase,
+        phase=phase.name,
         load=phase.load,
         extra=extra,
+        spec_decode=spec,
+        server_gauges=server_metrics.summarize_samples(sampler.samples),
     )
     results.write_phase_summary(slug, summary)
     return summary

@@ -10,7 +10,9 @@ several tokens, and counting chunks would understate throughput and overstate IT
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,9 +71,16 @@ class RequestSettings:
         return body
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One TLS context for all clients: building one per client costs ~100 ms of CPU."""
+    return ssl.create_default_context()
+
+
 def make_http_client(settings: RequestSettings) -> httpx.AsyncClient:
     """One client per in-flight slot: a shared pool overstated TTFT by ~43 ms at 64 streams."""
     return httpx.AsyncClient(
+        verify=_ssl_context(),
         timeout=httpx.Timeout(settings.timeout_s, connect=min(30.0, settings.timeout_s)),
         limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
         http2=False,
