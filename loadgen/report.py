@@ -37,6 +37,8 @@ from loadgen.errors import SpecloadError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from loadgen.scenario import Phase, Scenario
+
 DEFAULT_BASELINE = "none"
 
 # Tidy-table column -> summary keys to try, ours first, then vLLM bench serve's names.
@@ -188,15 +190,23 @@ def load_run(run_dir: str | Path, default_label: str | None = None) -> Run:
     label = str(meta.get("label") or summary.get("label") or default_label or run_dir.name)
     spec = meta.get("spec") if isinstance(meta.get("spec"), dict) else None
 
+    scen_obj = _parse_scenario(scen_doc)
+    phase_objs = {p.name: p for p in scen_obj.phases()} if scen_obj else {}
+    expected = list(phase_objs)
+    by_slug = {_slug(n): n for n in expected}
+
     phases: dict[str, dict[str, Any]] = {}
     raw_phases = summary.get("phases")
     if isinstance(raw_phases, dict):
         for slug, s in raw_phases.items():
             if isinstance(s, dict):
                 phases[str(s.get("phase") or slug)] = s
-    # Per-phase files fill what summary.json lacks (it is written last, or not at all).
+    # Per-phase files fill what summary.json lacks (it is written after each phase, or not
+    # at all); a phase killed mid-way has only requests.jsonl, summarised here afresh.
     known = {_slug(n) for n in phases}
     for sub in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+        if _slug(sub.name) in known:
+            continue
         sj = sub / "summary.json"
         if sj.is_file():
             try:
@@ -205,22 +215,38 @@ def load_run(run_dir: str | Path, default_label: str | None = None) -> Run:
                 notes.append(str(e))
                 continue
             name = str(s.get("phase") or sub.name) if isinstance(s, dict) else sub.name
-            if isinstance(s, dict) and _slug(name) not in known and _slug(sub.name) not in known:
+            if isinstance(s, dict) and _slug(name) not in known:
                 phases[name] = s
                 known.add(_slug(name))
-        elif (sub / "requests.jsonl").is_file() and _slug(sub.name) not in known:
-            notes.append(f"phase '{sub.name}': requests.jsonl but no summary.json; not summarised")
+        elif (sub / "requests.jsonl").is_file():
+            name = by_slug.get(_slug(sub.name), sub.name)
+            s = _recompute(sub / "requests.jsonl", name, phase_objs.get(name), scen_obj)
+            if s is None:
+                notes.append(f"phase '{name}': requests.jsonl holds no usable record")
+            else:
+                phases[name] = s
+                known.add(_slug(name))
+                notes.append(
+                    f"phase '{name}': no summary.json; recomputed from requests.jsonl "
+                    "(duration = first send to last byte; no acceptance data)"
+                )
 
-    expected, levels, shapes = _expected_phases(scen_doc)
     # Map summarised phases onto the scenario's names where only the slug differs.
-    by_slug = {_slug(n): n for n in expected}
     phases = {by_slug.get(_slug(n), n): s for n, s in phases.items()}
+    levels: dict[str, float | None] = {}
+    shapes: dict[str, str | None] = {}
+    for name, p in phase_objs.items():
+        lf = load_fields_of(p.load)
+        levels[name], shapes[name] = as_float(lf["load_level"]), lf["load_shape"]
     for name, s in phases.items():
         lvl = as_float(s.get("load_level"))
-        if lvl is not None or name not in levels:
+        if lvl is not None or levels.get(name) is None:
             levels[name] = lvl if lvl is not None else _level_from_name(name)
         if s.get("load_shape") or name not in shapes:
             shapes[name] = s.get("load_shape") or shapes.get(name)
+        if s.get("complete") is False:
+            why = f" ({s['stop_reason']})" if s.get("stop_reason") else ""
+            notes.append(f"phase '{name}' stopped early{why}")
     missing = [n for n in expected if n not in phases]
     if missing:
         notes.append("phases without results: " + ", ".join(missing))
@@ -228,7 +254,8 @@ def load_run(run_dir: str | Path, default_label: str | None = None) -> Run:
     ordered = sorted(phases, key=lambda n: _phase_sort_key(levels.get(n), order.get(n, 10**6), n))
     complete = bool(summary.get("complete", False)) and not missing
     if summary and not summary.get("complete", False):
-        notes.append("run marked incomplete")
+        why = f": {summary['stop_reason']}" if summary.get("stop_reason") else ""
+        notes.append(f"run marked incomplete{why}")
     return Run(
         path=run_dir,
         label=label,
@@ -243,28 +270,51 @@ def load_run(run_dir: str | Path, default_label: str | None = None) -> Run:
     )
 
 
-def _expected_phases(
-    scen_doc: Mapping[str, Any],
-) -> tuple[list[str], dict[str, float | None], dict[str, str | None]]:
-    """The phases the scenario asked for, from the resolved scenario in run.json."""
+def _parse_scenario(scen_doc: Mapping[str, Any]) -> Scenario | None:
+    """The resolved scenario from run.json, or None for an older or hand-edited one."""
     if not scen_doc:
-        return [], {}, {}
+        return None
     from loadgen.scenario import Scenario
 
     try:
-        phases = Scenario.model_validate(dict(scen_doc)).phases()
-    except Exception:  # an older or hand-edited run.json: fall back to what was summarised
-        return [], {}, {}
-    levels: dict[str, float | None] = {}
-    shapes: dict[str, str | None] = {}
-    for p in phases:
-        d = p.load.model_dump()
-        main = {"concurrency": "concurrency", "burst": "size", "ramp": "end_rate"}.get(
-            d["shape"], "rate"
-        )
-        levels[p.name] = as_float(d.get(main))
-        shapes[p.name] = d["shape"]
-    return [p.name for p in phases], levels, shapes
+        return Scenario.model_validate(dict(scen_doc))
+    except Exception:
+        return None
+
+
+def load_fields_of(load: Any) -> dict[str, Any]:
+    """load_shape and load_level as metrics.py defines them (one definition, one place)."""
+    from loadgen.metrics import load_fields
+
+    return load_fields(load)
+
+
+def _recompute(
+    path: Path, name: str, phase: Phase | None, scen: Scenario | None
+) -> dict[str, Any] | None:
+    """A flat summary from a phase's records, for a phase that never wrote summary.json."""
+    from loadgen.metrics import summarize
+    from loadgen.results import read_records
+
+    try:
+        records = [r for r in read_records(path) if not r.warmup]
+    except OSError:
+        return None
+    if not records:
+        return None
+    first = min(r.sent_s for r in records)
+    last = max(max(r.end_s or r.sent_s, *r.chunk_times) for r in records)
+    if not last > first:
+        return None
+    return summarize(
+        records,
+        duration_s=last - first,
+        slo=scen.slo if scen else None,
+        phase=name,
+        load=phase.load if phase else None,
+        extra={"complete": False, "recomputed": True},
+        detailed=False,
+    )
 
 
 def _level_from_name(name: str) -> float | None:
@@ -376,8 +426,15 @@ def _row(
         s = {}
     elif s.get("complete") is False:
         notes.append("phase incomplete")
+    # metrics.py writes 0.0 for a statistic of no samples: with nothing completed, the
+    # latencies and throughputs are not measurements.
+    nothing_done = bool(s) and as_float(s.get("completed")) == 0
+    if nothing_done:
+        notes.append("no request completed")
     for col, keys in METRIC_KEYS.items():
         v = as_float(pick(s, *keys))
+        if nothing_done and col not in ("completed", "failed", "duration_s"):
+            v = None
         row[col] = math.nan if v is None else v
     if col_missing := [c for c in ("tpot_p50_ms", "output_throughput") if s and math.isnan(row[c])]:
         notes.append("missing " + ", ".join(col_missing))
@@ -394,6 +451,10 @@ def _row(
             notes.append(f"baseline '{base_label}' has no results at this level")
     else:
         b = base
+    if as_float(b.get("completed")) == 0:
+        b = {}
+        if run.label != base_label:
+            notes.append(f"baseline '{base_label}' completed no request at this level")
     b_tpot = as_float(pick(b, *METRIC_KEYS["tpot_p50_ms"]))
     b_e2e = as_float(pick(b, *METRIC_KEYS["e2el_p50_ms"]))
     b_thru = as_float(pick(b, *METRIC_KEYS["output_throughput"]))
@@ -406,7 +467,7 @@ def _row(
 
 def _ratio(num: float | None, den: float | None) -> float:
     n, d = as_float(num), as_float(den)
-    if n is None or d is None or d <= 0:
+    if n is None or d is None or n <= 0 or d <= 0:
         return math.nan
     return n / d
 

@@ -13,6 +13,8 @@ from rich.console import Console
 
 from loadgen.console import print_comparison_table, print_summary_table
 from loadgen.errors import SpecloadError
+from loadgen.metrics import summarize
+from loadgen.records import RequestRecord
 from loadgen.report import (
     build_tables,
     compare_main,
@@ -22,6 +24,8 @@ from loadgen.report import (
     report_main,
     write_report,
 )
+from loadgen.results import slugify
+from loadgen.scenario import parse_scenario
 
 LEVELS = [1, 4, 16]
 SCENARIO = {
@@ -225,7 +229,7 @@ def test_missing_cell_is_na_with_note(tmp_path: Path) -> None:
     note = df[(df["label"] == "ngram-k3") & (df["phase"] == "concurrency=16")]["note"].iloc[0]
     assert "no results" in note
 
-    md = write_report([root]).read_text()
+    md = write_report([root], figures=False).read_text()
     row = next(line for line in md.splitlines() if line.startswith("| ngram-k3") and "n/a" in line)
     assert row.count("n/a") >= 3
     assert "no results at this level" in md
@@ -333,3 +337,103 @@ def test_print_comparison_table(sweep: Path) -> None:
     text = console.export_text()
     assert "none (base)" in text
     assert "0.75x" in text
+
+
+def _records(phase: str, n: int, tokens_per_chunk: int, gap_s: float) -> list[RequestRecord]:
+    """n sequential requests of 64 output tokens, ``tokens_per_chunk`` per chunk."""
+    out = []
+    t = 0.0
+    for i in range(n):
+        sent = t
+        first = sent + 0.05
+        chunks = 64 // tokens_per_chunk
+        times = [first + j * gap_s for j in range(chunks)]
+        out.append(
+            RequestRecord(
+                request_id=i,
+                phase=phase,
+                scheduled_s=sent,
+                sent_s=sent,
+                prompt_tokens=32,
+                expected_output_tokens=64,
+                first_token_s=first,
+                end_s=times[-1],
+                chunk_times=times,
+                chunk_tokens=[tokens_per_chunk] * chunks,
+                output_tokens=64,
+            )
+        )
+        t = times[-1] + 0.01
+    return out
+
+
+def _write_real_run(root: Path, label: str, spec: dict | None, tpc: int, gap: float) -> Path:
+    """A run whose summaries come from metrics.summarize, as the runner writes them."""
+    scen = parse_scenario(
+        {"name": "real", "load": {"shape": "concurrency", "concurrency": 1}, "num_requests": 8},
+        "test",
+    )
+    run_dir = root / label / "real"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(
+        json.dumps({"scenario": scen.model_dump(), "label": label, "spec": spec})
+    )
+    phase = scen.phases()[0]
+    recs = _records(phase.name, 8, tpc, gap)
+    s = summarize(recs, duration_s=recs[-1].end_s, phase=phase.name, load=phase.load)
+    slug = slugify(phase.name)
+    (run_dir / slug).mkdir()
+    (run_dir / slug / "summary.json").write_text(json.dumps(s))
+    (run_dir / slug / "requests.jsonl").write_text("".join(r.to_json() + "\n" for r in recs))
+    doc = {"complete": True, "scenario": "real", "label": label, "phases": {slug: s}}
+    (run_dir / "summary.json").write_text(json.dumps(doc))
+    return run_dir
+
+
+def test_with_metrics_summaries_and_recompute(tmp_path: Path) -> None:
+    root = tmp_path / "sweep"
+    _write_real_run(root, "none", None, 1, 0.020)
+    spec_dir = _write_real_run(root, "ngram-k3", {"method": "ngram"}, 2, 0.025)
+    df = build_tables(find_runs([root]))
+    base = df[df["label"] == "none"].iloc[0]
+    ngram = df[df["label"] == "ngram-k3"].iloc[0]
+    assert base["phase"] == "concurrency=1" and base["load_level"] == 1
+    assert base["tpot_p50_ms"] == pytest.approx(20.0)
+    spec_tpot = 31 * 25.0 / 63  # 32 chunks of 2: (e2e - ttft) / (64 - 1)
+    assert ngram["tpot_p50_ms"] == pytest.approx(spec_tpot)
+    assert ngram["itl_p50_ms"] == pytest.approx(12.5)  # per token
+    assert ngram["itl_chunk_p50_ms"] == pytest.approx(25.0)
+    assert ngram["tokens_per_chunk"] == pytest.approx(2.0)
+    assert ngram["tpot_speedup"] == pytest.approx(20.0 / spec_tpot)
+    assert ngram["throughput_speedup"] == pytest.approx(
+        ngram["output_throughput"] / base["output_throughput"]
+    )
+
+    # killed mid-phase: only requests.jsonl is left, the report recomputes the summary
+    (spec_dir / "summary.json").unlink()
+    (spec_dir / "concurrency=1" / "summary.json").unlink()
+    runs = find_runs([root])
+    ngram_run = next(r for r in runs if r.label == "ngram-k3")
+    assert any("recomputed from requests.jsonl" in n for n in ngram_run.notes)
+    df2 = build_tables(runs)
+    again = df2[df2["label"] == "ngram-k3"].iloc[0]
+    assert again["tpot_p50_ms"] == pytest.approx(spec_tpot)
+    assert again["tpot_speedup"] == pytest.approx(20.0 / spec_tpot)
+    assert again["output_throughput"] == pytest.approx(ngram["output_throughput"])
+
+
+def test_nothing_completed_is_not_a_speedup(tmp_path: Path) -> None:
+    root = tmp_path / "sweep"
+    base_dir = _write_run(root, "none")
+    _write_run(root, "ngram-k3")
+    doc = json.loads((base_dir / "summary.json").read_text())
+    doc["phases"]["concurrency=4"].update(completed=0, failed=20, p50_tpot_ms=0.0)
+    doc["phases"]["concurrency=4"].update(output_throughput=0.0, p50_e2el_ms=0.0)
+    (base_dir / "summary.json").write_text(json.dumps(doc))
+    df = build_tables(find_runs([root]))
+    for col in ("tpot_speedup", "throughput_speedup", "e2e_speedup"):
+        assert math.isnan(_cell(df, "ngram-k3", 4, col))
+    assert math.isnan(_cell(df, "none", 4, "tpot_p50_ms"))
+    note = df[(df["label"] == "ngram-k3") & (df["phase"] == "concurrency=4")]["note"].iloc[0]
+    assert "completed no request" in note
+    assert _cell(df, "ngram-k3", 1, "tpot_speedup") == pytest.approx(2.0)
