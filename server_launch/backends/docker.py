@@ -56,11 +56,15 @@ def _cache_dirs() -> tuple[Path, Path]:
 
 
 def _local_path(name: str | None) -> Path | None:
-    """An existing local file/directory named by a model argument, made absolute."""
+    """A local file/directory named by a model argument, made absolute: one that exists,
+    or any absolute path (a dummy model the sweep has yet to write). ``org/name`` stays a
+    Hugging Face id unless such a directory exists here."""
     if not name:
         return None
     p = Path(name).expanduser()
-    return p.resolve() if p.exists() else None
+    if p.exists():
+        return p.resolve()
+    return p if p.is_absolute() else None
 
 
 def container_name(label: str, port: int) -> str:

@@ -1,0 +1,256 @@
+"""``python -m server_launch``: run a matrix sweep (start vLLM per config, run scenarios, stop)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import shlex
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from loadgen.errors import SpecloadError
+
+BACKENDS = ("docker", "local")
+DEFAULT_BACKEND = "docker"
+DEFAULT_HEALTH_TIMEOUT_S = 1200.0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that fails with one line naming the flag, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _port(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 1..65535, got {v}")
+    return v
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
+
+
+def _gpus(text: str) -> int:
+    if text == "all":
+        return -1
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'all' or a GPU count, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"'all' or a GPU count >= 1, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m server_launch",
+        description=(
+            "Sweep a matrix of vLLM server configurations: for each one start the server "
+            "(Docker container or local process), wait for /health, run the matrix's "
+            "scenarios with the load generator, stop the server. Results: one loadgen run "
+            "directory per (config, scenario) under the sweep directory, state in sweep.json "
+            "(resumable), and a report at the end."
+        ),
+    )
+    p.add_argument(
+        "--matrix", required=True, type=Path, help="matrix YAML (native or original format)"
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help=f"how to start vLLM (default: the matrix's 'backend', else {DEFAULT_BACKEND})",
+    )
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        help="sweep directory (default: results/sweep-<matrix name>-<timestamp>)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the sweep in --output-dir: skip cells (config x scenario x phase) "
+        "already done, run the rest",
+    )
+    p.add_argument(
+        "--port", type=_port, default=8000, help="host port the server listens on (default 8000)"
+    )
+    p.add_argument(
+        "--health-timeout",
+        type=_seconds,
+        default=DEFAULT_HEALTH_TIMEOUT_S,
+        metavar="S",
+        help="seconds to wait for GET /health == 200 after each start "
+        "(default %(default)g; vLLM compiles at first start)",
+    )
+    p.add_argument(
+        "--image",
+        help="docker backend: vLLM image (default: the matrix's 'image', else "
+        "vllm/vllm-openai:v0.26.0)",
+    )
+    p.add_argument(
+        "--gpus",
+        type=_gpus,
+        help="docker backend: GPUs to give the container, 'all' or a count (default all)",
+    )
+    p.add_argument(
+        "--vllm-cmd",
+        metavar="CMD",
+        help="local backend: command prefix that starts the server, e.g. "
+        "'python3 -m vllm.entrypoints.cli.main serve' (shell-split; the model goes after "
+        "--model). Default: 'vllm serve' if that CLI works, else "
+        "'python -m vllm.entrypoints.openai.api_server'",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        metavar="LABEL",
+        help="run only these configuration labels (see --dry-run for the labels)",
+    )
+    p.add_argument(
+        "--dummy-models",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve dummy-weight models for known names (overrides the matrix's dummy_models)",
+    )
+    p.add_argument("--model-dir", help="where dummy model directories go (default models/)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print each server command and its cells, start nothing",
+    )
+    p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    p.add_argument("--no-progress", action="store_true", help="no live progress bars")
+    return p
+
+
+def _default_output_dir(name: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("results") / f"sweep-{name}-{stamp}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except SpecloadError as e:
+        print(f"server_launch: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("server_launch: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `--dry-run | head`
+        return 0
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from server_launch.matrix import load_matrix
+
+    matrix = load_matrix(args.matrix, dummy_models=args.dummy_models, model_dir=args.model_dir)
+    backend_name = args.backend or matrix.backend or DEFAULT_BACKEND
+    if backend_name not in BACKENDS:
+        raise SpecloadError(
+            f"{args.matrix}: field 'backend': '{backend_name}' is not one of {', '.join(BACKENDS)}"
+        )
+    if args.vllm_cmd is not None and backend_name != "local":
+        raise SpecloadError("--vllm-cmd: only for --backend local")
+    if (args.image is not None or args.gpus is not None) and backend_name != "docker":
+        flag = "--image" if args.image is not None else "--gpus"
+        raise SpecloadError(f"{flag}: only for --backend docker")
+    if args.only:
+        labels = [r.label for r in matrix.runs]
+        unknown = [x for x in args.only if x not in labels]
+        if unknown:
+            raise SpecloadError(
+                f"--only: no configuration labelled '{unknown[0]}' (have: {', '.join(labels)})"
+            )
+        matrix = matrix.model_copy(
+            update={"runs": [r for r in matrix.runs if r.label in args.only]}
+        )
+    if args.resume and args.output_dir is None:
+        raise SpecloadError("--resume: give the --output-dir of the sweep to resume")
+    backend = _make_backend(backend_name, args, matrix.image)
+    out = args.output_dir or _default_output_dir(matrix.name)
+
+    if args.dry_run:
+        _print_plan(matrix, backend, args.port, out)
+        return 0
+
+    from server_launch.sweep import run_sweep
+
+    result = run_sweep(
+        matrix,
+        backend=backend,
+        output_dir=out,
+        resume=args.resume,
+        health_deadline_s=args.health_timeout,
+        port=args.port,
+        matrix_path=args.matrix,
+        progress=not args.no_progress,
+        report=not args.no_report,
+    )
+    c = result.cells
+    state = (
+        "interrupted" if result.interrupted else ("complete" if result.complete else "INCOMPLETE")
+    )
+    print(
+        f"sweep {state}: {c.get('done', 0)} cells done, {c.get('failed', 0)} failed, "
+        f"{c.get('pending', 0)} pending -> {out}",
+        file=sys.stderr,
+    )
+    if result.failed_runs:
+        print(f"servers that failed: {', '.join(result.failed_runs)}", file=sys.stderr)
+    if result.report is not None:
+        print(f"report: {result.report}", file=sys.stderr)
+    if not result.complete and not result.interrupted:
+        print(f"continue with: --resume --output-dir {shlex.quote(str(out))}", file=sys.stderr)
+    return result.exit_code
+
+
+def _make_backend(name: str, args: argparse.Namespace, matrix_image: str | None):
+    if name == "local":
+        from server_launch.backends.local import LocalBackend
+
+        cmd = None
+        if args.vllm_cmd is not None:
+            try:
+                cmd = shlex.split(args.vllm_cmd)
+            except ValueError as e:
+                raise SpecloadError(f"--vllm-cmd: {e}") from None
+            if not cmd:
+                raise SpecloadError("--vllm-cmd: empty command")
+        return LocalBackend(cmd)
+    from server_launch.backends.docker import DEFAULT_IMAGE, DockerBackend
+
+    return DockerBackend(image=args.image or matrix_image or DEFAULT_IMAGE, gpus=args.gpus)
+
+
+def _print_plan(matrix, backend, port: int, out: Path) -> None:
+    from server_launch.sweep import phase_slugs
+
+    n_cells = 0
+    print(
+        f"matrix {matrix.name}: {len(matrix.runs)} server configuration(s), "
+        f"backend {backend.name}, output {out}"
+    )
+    for run in matrix.runs:
+        print(f"\n[{run.label}]")
+        print("  " + shlex.join(backend.command(run, port)))
+        for sc in run.scenarios:
+            slugs = phase_slugs(sc)
+            n_cells += len(slugs)
+            print(f"  {sc.name}: {', '.join(slugs)}")
+    print(f"\n{n_cells} cell(s)")
