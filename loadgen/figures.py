@@ -150,6 +150,7 @@ def tokens_per_chunk_figure(df: pd.DataFrame, out: Path) -> Path:
         if x:
             ax.plot(x, y, "-", marker="o", color=colour, label=label)
     ax.set_ylabel("mean output tokens per chunk")
+    ax.set_ylim(bottom=0)
     ax.set_title("Tokens per chunk vs load")
     _style_x(ax, ticks, labels, log, _load_name(df))
     if ax.get_legend_handles_labels()[0]:
