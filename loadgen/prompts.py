@@ -275,19 +275,29 @@ class ServerTokenizer:
         return self._special_ids
 
     def _decodes(self, start: int, window: int = 4096) -> bool:
+        """Does anything in ids [start, start + window) decode to text?
+
+        HF tokenizers skip unknown ids silently; a server that rejects them instead fails the
+        whole window, so on an error retry ``start`` alone to keep the predicate monotone.
+        """
         import httpx
 
         url = f"{self.base_url}/detokenize"
-        body: dict[str, Any] = {"tokens": list(range(start, start + window))}
-        if self.model is not None:
-            body["model"] = self.model
-        try:
-            r = self._client.post(url, json=body)
-        except httpx.HTTPError as e:
-            raise SpecloadError(f"--base-url: {url}: {type(e).__name__}: {e}") from None
-        if r.status_code in (404, 405):
-            raise SpecloadError(f"--base-url: server has no /detokenize endpoint ({r.status_code})")
-        return r.status_code == 200 and bool(r.json().get("prompt"))
+        for ids in (list(range(start, start + window)), [start]):
+            body: dict[str, Any] = {"tokens": ids}
+            if self.model is not None:
+                body["model"] = self.model
+            try:
+                r = self._client.post(url, json=body)
+            except httpx.HTTPError as e:
+                raise SpecloadError(f"--base-url: {url}: {type(e).__name__}: {e}") from None
+            if r.status_code in (404, 405):
+                raise SpecloadError(
+                    f"--base-url: server has no /detokenize endpoint (HTTP {r.status_code})"
+                )
+            if r.status_code == 200:
+                return bool(r.json().get("prompt"))
+        return False
 
     def _find_vocab_size(self) -> int:
         if not self._decodes(0):

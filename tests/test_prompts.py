@@ -309,6 +309,7 @@ def test_copy_heavy_prompts_carry_text_to_copy():
 
 class _Handler(BaseHTTPRequestHandler):
     tok: Tokenizer
+    strict = False  # reject out-of-vocabulary ids instead of skipping them as HF does
 
     def log_message(self, *args):  # keep pytest output clean
         pass
@@ -319,6 +320,9 @@ class _Handler(BaseHTTPRequestHandler):
             ids = self.tok.encode(body["prompt"], add_special_tokens=body["add_special_tokens"]).ids
             out = {"tokens": ids, "count": len(ids), "max_model_len": 2048}
         elif self.path == "/detokenize":
+            if self.strict and max(body["tokens"]) >= self.tok.get_vocab_size():
+                self.send_error(400, "Token id is out of vocabulary")
+                return
             out = {"prompt": self.tok.decode(body["tokens"], skip_special_tokens=False)}
         else:
             self.send_error(404)
@@ -334,9 +338,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_error(404)
 
 
-@pytest.fixture
-def server(tok_dir):
-    handler = type("H", (_Handler,), {"tok": Tokenizer.from_file(str(tok_dir / "tokenizer.json"))})
+@pytest.fixture(params=[False, True], ids=["hf-skips-oov", "strict-oov"])
+def server(request, tok_dir):
+    tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    handler = type("H", (_Handler,), {"tok": tok, "strict": request.param})
     srv = ThreadingHTTPServer(("127.0.0.1", 0), handler, bind_and_activate=False)
     srv.request_queue_size = 64  # the default backlog of 5 resets concurrent batch calls
     srv.server_bind()
