@@ -361,9 +361,9 @@ def load_prompts(spec: PromptSpec, n: int, *, seed: int, tokenizer: Tokenizer | 
             n,
             spec.input_tokens,
             seed=seed,
-            prefix_len=int(getattr(spec, "prefix_tokens", 0) or 0),
-            range_ratio=float(getattr(spec, "range_ratio", 0.0) or 0.0),
-            sampling=str(getattr(spec, "sampling", "vllm") or "vllm"),
+            prefix_len=spec.prefix_tokens,
+            range_ratio=spec.range_ratio,
+            sampling=spec.sampling,
         )
     if src == "base_prompt":
         count = _count(tokenizer, [spec.base_prompt])[0]

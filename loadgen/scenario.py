@@ -112,6 +112,11 @@ class PromptSpec(_Strict):
     tokenizer: str | None = Field(
         None, description="tokenizer directory; default: the server's /tokenize endpoint"
     )
+    prefix_tokens: int = Field(0, ge=0, description="random: a shared prefix of this many tokens")
+    range_ratio: float = Field(0.0, ge=0, lt=1, description="random: input length +- this ratio")
+    sampling: Literal["vllm", "uniform"] = Field(
+        "vllm", description="random: ids as vllm bench serve draws them, or independent"
+    )
 
     @model_validator(mode="after")
     def _needs_path(self) -> PromptSpec:
