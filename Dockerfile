@@ -1,0 +1,19 @@
+# The load generator and the sweep driver (no vLLM inside: vLLM runs in its own image).
+# Everything comes from the base image and PyPI.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY loadgen ./loadgen
+COPY server_launch ./server_launch
+COPY scenarios ./scenarios
+# Editable, so scenarios/ (found next to the package) is /app/scenarios; [docker] adds the
+# Docker SDK the sweep profile needs.
+RUN pip install -e ".[docker]"
+
+CMD ["python", "-m", "loadgen", "--help"]
