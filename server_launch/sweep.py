@@ -35,6 +35,7 @@ from server_launch.backends.base import (
     ServerStartError,
     http_healthy,
     install_signal_handlers,
+    wait_port_free,
 )
 
 if TYPE_CHECKING:
@@ -108,6 +109,8 @@ class SweepState:
                 "error": old.get("error"),
                 "scenarios": scenarios,
             }
+        for label, entry in old_runs.items():
+            runs.setdefault(label, entry)  # e.g. left out by --only: keep what they did
         doc = {
             "version": STATE_VERSION,
             "name": getattr(matrix, "name", None),
@@ -117,6 +120,7 @@ class SweepState:
             "updated_at": _now(),
             "resumed": previous is not None,
             "matrix": _dump(matrix),
+            "active": [run.label for run in matrix.runs],  # what this invocation runs
             "runs": runs,
         }
         return cls(path, doc)
@@ -146,9 +150,10 @@ class SweepState:
         self.save()
 
     def counts(self) -> dict[str, int]:
+        """Cells by status, over the runs of this invocation's matrix."""
         out = {DONE: 0, FAILED: 0, PENDING: 0}
-        for run in self.doc["runs"].values():
-            for cells in run["scenarios"].values():
+        for label in self.doc["active"]:
+            for cells in self.doc["runs"][label]["scenarios"].values():
                 for c in cells.values():
                     out[c["status"]] = out.get(c["status"], 0) + 1
         return out
@@ -205,6 +210,7 @@ def run_sweep(
     progress: bool = True,
     report: bool = True,
     log: Callable[[str], None] | None = None,
+    port_free_wait_s: float = 15.0,
 ) -> SweepResult:
     """Run every server configuration of ``matrix``; see the module docstring."""
     runner = runner or _default_runner
@@ -242,12 +248,18 @@ def run_sweep(
                 else None,
                 progress=progress,
                 say=say,
+                port_free_wait_s=port_free_wait_s,
             )
             if not ok:
                 failed_runs.append(run.label)
     except KeyboardInterrupt as e:
         interrupted = True
         say(f"interrupted ({e or 'SIGINT'}): server stopped, state saved in {state.path}")
+    except SpecloadError as e:  # e.g. no Docker engine, no GPU runtime, port taken
+        state.doc["status"] = "failed"
+        state.doc["error"] = str(e)
+        state.save()
+        raise
 
     counts = state.counts()
     complete = counts.get(FAILED, 0) == 0 and counts.get(PENDING, 0) == 0
@@ -284,6 +296,7 @@ def _run_server(
     csv_path: Path | None,
     progress: bool,
     say: Callable[[str], None],
+    port_free_wait_s: float = 15.0,
 ) -> bool:
     """One server configuration. False when the server failed (start or mid-run)."""
     label = run.label
@@ -293,6 +306,7 @@ def _run_server(
     state.set_run(label, "starting", command=command, started_at=_now())
     say(f"[{label}] starting server ({backend.name}) on port {port}")
     handle: ServerHandle | None = None
+    wait_port_free(port, port_free_wait_s)
     try:
         try:
             handle = backend.start(run, port, log_path)

@@ -156,7 +156,16 @@ class FakeRunner:
         return SimpleNamespace(complete=complete, phases=phases, exit_code=code, stop_reason=reason)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def sweep(matrix_file: Path, out: Path, backend: FakeBackend, runner: Any, **kw: Any):
+    kw.setdefault("port", free_port())
     return run_sweep(
         load_matrix(matrix_file),
         backend=backend,
@@ -184,7 +193,8 @@ def test_full_sweep_layout_and_state(tmp_path: Path, matrix_file: Path) -> None:
     backend = FakeBackend()
     runner = FakeRunner(backend)
     out = tmp_path / "sw"
-    res = sweep(matrix_file, out, backend, runner)
+    res_port = free_port()
+    res = sweep(matrix_file, out, backend, runner, port=res_port)
     assert res.complete and not res.interrupted and res.exit_code == 0
     assert res.cells == {"done": 8, "failed": 0, "pending": 0}
     assert backend.events == [
@@ -195,7 +205,7 @@ def test_full_sweep_layout_and_state(tmp_path: Path, matrix_file: Path) -> None:
     doc = json.loads((out / "sweep.json").read_text())
     assert doc["status"] == "complete"
     assert doc["matrix"]["name"] == "t"
-    assert doc["runs"]["none"]["command"] == ["fake-vllm", "org/model", "8000"]
+    assert doc["runs"]["none"]["command"] == ["fake-vllm", "org/model", str(res_port)]
     assert (out / "matrix.yaml").read_text() == matrix_file.read_text()
     assert (out / "ngram-k3" / "sweep3" / "concurrency=4" / "requests.jsonl").exists()
     assert (out / "none" / "server.log").exists()
@@ -354,7 +364,7 @@ def test_original_format_appends_csv_rows(tmp_path: Path) -> None:
 
     run_sweep(
         load_matrix(m), backend=backend, output_dir=tmp_path / "sw", runner=runner,
-        csv_dir=tmp_path / "raw_data", report=False, log=lambda s: None,
+        csv_dir=tmp_path / "raw_data", report=False, log=lambda s: None, port=free_port(),
     )  # fmt: skip
     import csv
 
@@ -362,6 +372,40 @@ def test_original_format_appends_csv_rows(tmp_path: Path) -> None:
     assert len(rows) == 1
     assert rows[0]["speculative_model"] == "none" and rows[0]["batch_size"] == "1"
     assert rows[0]["median_tpot_ms"] == "5.5"
+
+
+def test_resume_with_only_keeps_the_other_runs_state(tmp_path: Path, matrix_file) -> None:
+    out = tmp_path / "sw"
+    m = load_matrix(matrix_file)
+    only_none = m.model_copy(update={"runs": [r for r in m.runs if r.label == "none"]})
+    backend = FakeBackend()
+    kw = {"output_dir": out, "report": False, "log": lambda s: None, "progress": False}
+    run_sweep(m, backend=backend, runner=FakeRunner(backend), port=free_port(), **kw)
+    b2 = FakeBackend()
+    res = run_sweep(
+        only_none, backend=b2, runner=FakeRunner(b2), port=free_port(), resume=True, **kw
+    )
+    assert res.cells == {"done": 4, "failed": 0, "pending": 0}  # this invocation's cells
+    assert cells(out)[("ngram-k3", "one", "rate=2.0")] == "done"  # kept, not forgotten
+    assert b2.events == []
+
+
+def test_port_in_use_aborts_with_one_line_error(tmp_path: Path, matrix_file) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        backend = FakeBackend()
+        with pytest.raises(SpecloadError, match=f"--port: {port} is already in use"):
+            run_sweep(
+                load_matrix(matrix_file), backend=backend, output_dir=tmp_path / "sw",
+                runner=FakeRunner(backend), port=port, report=False, log=lambda m: None,
+                port_free_wait_s=0.5,
+            )  # fmt: skip
+    assert backend.events == []  # never started a server that would answer someone's /health
+    assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["status"] == "failed"
 
 
 # --- CLI ------------------------------------------------------------------------------------

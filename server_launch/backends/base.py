@@ -122,6 +122,29 @@ def wait_until_healthy(
         time.sleep(min(interval_s, max(0.0, end - time.monotonic())) or 0.01)
 
 
+def port_in_use(port: int, host: str = "127.0.0.1", timeout_s: float = 0.5) -> bool:
+    """Something already listens there (a forgotten server would answer our /health)."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def wait_port_free(port: int, wait_s: float = 15.0) -> None:
+    """Raise unless the port is free (or frees up within ``wait_s``, after a stop)."""
+    end = time.monotonic() + wait_s
+    while port_in_use(port):
+        if time.monotonic() >= end:
+            raise SpecloadError(
+                f"--port: {port} is already in use on 127.0.0.1 (another server?); "
+                "stop it or pick another port"
+            )
+        time.sleep(0.5)
+
+
 def tail_file(path: Path, n: int = 50, max_bytes: int = 256 * 1024) -> str:
     """The last ``n`` lines of a (possibly huge, possibly missing) log file."""
     try:
