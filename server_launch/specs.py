@@ -221,8 +221,18 @@ def expand_specs(raw: dict[str, Any], source: str = "specs") -> list[SpecConfig]
         try:
             out.append(SpecConfig.model_validate({**fixed, **combo}))
         except ValidationError as e:
-            raise SpecloadError(describe_validation_error(source, e)) from None
+            raise SpecloadError(_describe(source, e)) from None
     return out
+
+
+def _describe(source: str, err: ValidationError) -> str:
+    """Like describe_validation_error, but a whole-spec check (no field location) reads
+    ``source: <message>``: the message itself names the field."""
+    first = err.errors()[0]
+    if first.get("loc"):
+        return describe_validation_error(source, err)
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"{source}: {msg}"
 
 
 def _is_list_of_lists(value: Any) -> bool:
