@@ -29,8 +29,8 @@ with ``n - 1 > j``.
 Faults (per request; at most one, first match wins in the order fail, cut, stall,
 malformed): rates are a probability ``"0.1"`` or a deterministic ``"every:N"`` (the
 N-th, 2N-th, ... inference request). The header ``x-mock-fault`` overrides them.
-``cut`` closes the connection after half the chunks (no ``[DONE]``, no final HTTP
-chunk); ``stall`` sends half the chunks then sends nothing until the client hangs up;
+``cut`` closes the connection after ``len(chunks) // 2`` chunks (no ``[DONE]``, no final
+HTTP chunk); ``stall`` sends that many chunks then sends nothing until the client hangs up;
 ``malformed`` inserts one invalid JSON ``data:`` line before the middle chunk and
 otherwise completes; ``nousage`` omits all usage; ``empty`` streams 0 tokens; a status
 fault answers at once with vLLM's error JSON.
@@ -1045,7 +1045,8 @@ class MockServer:
             mid_open = '","logprobs":null,"finish_reason":'
             fin_open = 'null,"stop_reason":null'
             mid_close = ',"prompt_token_ids":null,"token_ids":null}]'
-        cut_at = max(1, len(sizes) // 2) if fault in ("cut", "stall", "malformed") else -1
+        # faults strike before chunk len//2: half the chunks got out (none if there is one)
+        cut_at = len(sizes) // 2 if fault in ("cut", "stall", "malformed") else -1
         frame = _frame if chunked else _raw
         loop = asyncio.get_running_loop()
         metrics = self.metrics
@@ -1100,6 +1101,9 @@ class MockServer:
         return keep
 
     def _write_log(self, job: _Job) -> None:
+        """One JSON line per request. ``recv``: body fully read; ``start``: admitted (a
+        ``--max-num-seqs`` slot); ``chunks``: [time.time() after write+drain, tokens];
+        ``outcome``: done | error | cut | stall | malformed | client_closed."""
         if self._log is None:
             return
         rec = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -387,17 +388,45 @@ def test_raw_pipelined_requests_on_one_socket() -> None:
     assert data.count(b"data: [DONE]") == 2 and data.count(b"0\r\n\r\n") >= 2
 
 
+def test_http10_stream_is_close_delimited_and_single_chunk_cut() -> None:
+    async def go(srv: MockServer, c: httpx.AsyncClient) -> tuple[bytes, list[str]]:
+        body = json.dumps(comp(3, stream=True)).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        writer.write(
+            b"POST /v1/completions HTTP/1.0\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        data = await asyncio.wait_for(reader.read(), 5)  # returns only because the server closes
+        writer.close()
+        got: list[str] = []
+        with pytest.raises(httpx.RemoteProtocolError):
+            req = comp(1, stream=True)
+            async with c.stream(
+                "POST", "/v1/completions", json=req, headers={"x-mock-fault": "cut"}
+            ) as r:
+                got += [line async for line in r.aiter_lines()]
+        return data, got
+
+    data, got = run(MockConfig(), go)
+    assert b"transfer-encoding" not in data.lower() and data.count(b"data: {") == 3
+    assert data.endswith(b"data: [DONE]\n\n")
+    assert got == []  # a 1-chunk stream is cut before its only chunk
+
+
 def test_max_num_seqs_queues_and_gauges() -> None:
     async def go(srv: MockServer, c: httpx.AsyncClient) -> None:
-        tasks = [asyncio.create_task(c.post("/v1/completions", json=comp(4))) for _ in range(3)]
-        await asyncio.sleep(0.05)
-        m = (await c.get("/metrics")).text
-        assert 'vllm:num_requests_running{model_name="mock-model",engine="0"} 1.0' in m
-        assert 'vllm:num_requests_waiting{model_name="mock-model",engine="0"} 2.0' in m
-        assert 'kv_cache_usage_perc{model_name="mock-model",engine="0"} 0.0' not in m
+        tasks = [asyncio.create_task(c.post("/v1/completions", json=comp(1))) for _ in range(3)]
+        lab = '{model_name="mock-model",engine="0"}'
+        for _ in range(100):  # until all three arrived: one admitted, two queued
+            m = (await c.get("/metrics")).text
+            if f"vllm:num_requests_waiting{lab} 2.0" in m:
+                break
+            await asyncio.sleep(0.01)
+        assert f"vllm:num_requests_waiting{lab} 2.0" in m
+        assert f"vllm:num_requests_running{lab} 1.0" in m
+        assert f"vllm:kv_cache_usage_perc{lab} 3e-05" in m  # 3 prompt tokens / 100000
         assert all(r.status_code == 200 for r in await asyncio.gather(*tasks))
 
-    run(MockConfig(max_num_seqs=1, itl_ms=30), go)
+    run(MockConfig(max_num_seqs=1, ttft_ms=250), go)
 
 
 # ------------------------------------------------------------------ timing ground truth
@@ -406,8 +435,8 @@ def test_max_num_seqs_queues_and_gauges() -> None:
 def test_log_chunk_times_follow_absolute_schedule_and_match_client(tmp_path: Path) -> None:
     """Out-of-process server (the timing contract): chunk i at start + ttft + i*itl."""
     log = tmp_path / "gt.jsonl"
-    ttft, itl, n = 0.040, 0.015, 20
-    args = ["--ttft-ms", "40", "--itl-ms", "15", "--log", str(log), "--log-flush-s", "0.05"]
+    ttft, itl, n = 0.040, 0.010, 40
+    args = ["--ttft-ms", "40", "--itl-ms", "10", "--log", str(log), "--log-flush-s", "0.05"]
     proc, url = start_mock_process(args)
     try:
         arrivals: list[float] = []
@@ -429,12 +458,17 @@ def test_log_chunk_times_follow_absolute_schedule_and_match_client(tmp_path: Pat
     assert rec["request_id"] == "r1" and rec["outcome"] == "done"
     times = [t for t, k in rec["chunks"]]
     assert [k for _, k in rec["chunks"]] == [1] * n
-    assert abs(times[0] - rec["start"] - ttft) < 0.006
-    errs = [abs(t - (times[0] + i * itl)) for i, t in enumerate(times)]
-    assert max(errs) < 0.006, errs  # no drift: absolute schedule
-    # the client read each chunk shortly after the server wrote it (same host clock)
+    # offsets from the absolute schedule; medians keep it robust on a busy CI box
+    offs = [t - (rec["start"] + ttft + i * itl) for i, t in enumerate(times)]
+    half = n // 2
+    assert 0 <= statistics.median(offs) < 0.003, offs
+    # no drift: relative sleeps would add each wake-up's overshoot to every later chunk,
+    # so the second half would sit ~n/2 overshoots later than the first
+    drift = statistics.median(offs[half:]) - statistics.median(offs[:half])
+    assert abs(drift) < 0.001, offs
+    # the client read each chunk right after the server wrote it (same host clock)
     lags = [a - t for a, t in zip(arrivals, times, strict=True)]
-    assert min(lags) > -0.001 and max(lags) < 0.010, lags
+    assert min(lags) > -0.002 and statistics.median(lags) < 0.005, lags
 
 
 def test_cli_bad_flag_is_one_line_error() -> None:
