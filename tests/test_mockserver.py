@@ -205,6 +205,21 @@ def test_non_stream_shapes_models_health_tokenize() -> None:
     run(MockConfig(), go)
 
 
+def test_eos_prob_stops_early_unless_ignore_eos() -> None:
+    async def go(srv: MockServer, c: httpx.AsyncClient) -> tuple[list[Any], list[Any]]:
+        free, forced = [], []
+        for _ in range(10):
+            free.append((await c.post("/v1/completions", json=comp(50))).json())
+            forced.append((await c.post("/v1/completions", json=comp(50, ignore_eos=True))).json())
+        return free, forced
+
+    free, forced = run(MockConfig(eos_prob=0.2, seed=1), go)
+    assert all(r["usage"]["completion_tokens"] == 50 for r in forced)
+    assert all(r["choices"][0]["finish_reason"] == "length" for r in forced)
+    early = [r for r in free if r["usage"]["completion_tokens"] < 50]
+    assert len(early) >= 8 and all(r["choices"][0]["finish_reason"] == "stop" for r in early)
+
+
 # ------------------------------------------------------------------ faults
 
 
