@@ -288,7 +288,7 @@ async def _run_phase(
     async with httpx.AsyncClient(timeout=10.0, trust_env=False, headers=headers) as ctl:
         before = await _scrape(ctl, settings.base_url, pdir / "metrics_before.prom")
         acc = SummaryAccumulator()
-        total = schedule.num_requests if schedule.closed else len(schedule.offsets or [])
+        total = schedule.num_requests if schedule.offsets is None else len(schedule.offsets)
         live.start_phase(phase.name, total)
         sampler = server_metrics.GaugeSampler(
             ctl, settings.base_url, pdir / "server_samples.jsonl", clock=clock

@@ -108,10 +108,17 @@ async def send_request(
     body = json.dumps(settings.body(prompt, max_tokens)).encode()
     headers = settings.headers(request_id)
     record.expected_output_tokens = max_tokens
+
+    async def trace(event: str, _info: dict[str, Any]) -> None:
+        if event == "http11.send_request_body.complete":
+            record.written_s = clock()
+
     record.sent_s = clock()
     try:
         async with asyncio.timeout(settings.timeout_s):
-            async with client.stream("POST", settings.url, content=body, headers=headers) as resp:
+            async with client.stream(
+                "POST", settings.url, content=body, headers=headers, extensions={"trace": trace}
+            ) as resp:
                 record.status_code = resp.status_code
                 if resp.status_code >= 400:
                     text = (await resp.aread()).decode("utf-8", "replace")

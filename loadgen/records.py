@@ -40,6 +40,7 @@ class RequestRecord:
     phase: str
     scheduled_s: float  # when the schedule said to send (closed loop: when a slot freed)
     sent_s: float  # when the client actually started sending
+    written_s: float | None = None  # when the request's last byte went to the socket
     prompt_tokens: int | None = None  # from the server's usage, else the prompt source
     expected_output_tokens: int | None = None  # max_tokens asked for
     first_token_s: float | None = None  # arrival of the first chunk with content
@@ -70,6 +71,13 @@ class RequestRecord:
         if self.end_s is None:
             return None
         return self.end_s - self.sent_s
+
+    @property
+    def send_overhead_s(self) -> float | None:
+        """Client time spent before the request was on the wire (connect included)."""
+        if self.written_s is None:
+            return None
+        return self.written_s - self.sent_s
 
     @property
     def dispatch_lag_s(self) -> float:

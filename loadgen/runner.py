@@ -10,6 +10,7 @@ budget, dead server) cancels what is in flight and marks those records ``cancell
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,6 +87,17 @@ class ClientPool:
             self._all.append(c)
             self._free.append(c)
 
+    async def connect(self) -> None:
+        """Open each pre-created client's connection (GET /health), so the first measured
+        requests don't pay the TCP handshake. Servers without /health just answer 404."""
+        url = self._settings.base_url.rstrip("/") + "/health"
+
+        async def one(c: httpx.AsyncClient) -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                await c.get(url, timeout=5.0)
+
+        await asyncio.gather(*(one(c) for c in self._free))
+
     def take(self) -> httpx.AsyncClient:
         if self._free:
             return self._free.pop()
@@ -147,6 +159,7 @@ class PhaseRunner:
     async def run(self, schedule: Schedule, warmup_requests: int = 0) -> PhaseOutcome:
         self._pool.prefill(prefill_size(schedule))
         try:
+            await self._pool.connect()
             if warmup_requests:
                 conc = schedule.concurrency or min(warmup_requests, 16)
                 await self._closed_loop(conc, warmup_requests, None, warmup=True)
