@@ -1,0 +1,9 @@
+"""Graphs from the sweep's results CSV, as the original experiment's analyze_results.py.
+
+python analyze_results.py raw_data/vllm_benchmark_results.csv   # -> visualizations/
+"""
+
+from server_launch.analyze import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
