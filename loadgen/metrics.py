@@ -27,6 +27,7 @@ import math
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -211,24 +212,34 @@ def tokens_per_chunk(r: RequestRecord) -> list[int]:
 
 
 def distribution(
-    values: Sequence[float] | np.ndarray, percentiles: Iterable[float] = DEFAULT_PERCENTILES
+    values: Sequence[float] | np.ndarray,
+    percentiles: Iterable[float] = DEFAULT_PERCENTILES,
+    *,
+    scale: float = 1.0,
+    overwrite: bool = False,
 ) -> dict[str, float]:
     """mean, std (ddof=0), median, min, max and ``p<word>`` percentiles (np.percentile,
-    linear), in the values' own unit. No values: every statistic is 0.0 (vllm's rule)."""
+    linear), each times ``scale``. No values: every statistic is 0.0 (vllm's rule).
+
+    Scaling the statistics rather than the values is what vllm does (``np.mean(x) * 1000``)
+    and saves a copy. ``overwrite=True`` lets the percentile partition the caller's
+    array in place (for the large per-chunk arrays the summary owns).
+    """
     a = np.asarray(values, dtype=float)
     ps = list(percentiles)
     if a.size == 0:
         a = np.zeros(1)
     out = {
-        "mean": float(np.mean(a)),
-        "std": float(np.std(a)),
-        "median": float(np.median(a)),
-        "min": float(np.min(a)),
-        "max": float(np.max(a)),
+        "mean": float(np.mean(a)) * scale,
+        "std": float(np.std(a)) * scale,
+        "median": 0.0,
+        "min": float(np.min(a)) * scale,
+        "max": float(np.max(a)) * scale,
     }
-    if ps:
-        for p, v in zip(ps, np.percentile(a, ps), strict=True):
-            out[f"p{percentile_word(p)}"] = float(v)
+    qs = np.percentile(a, [50.0, *ps], overwrite_input=overwrite)
+    out["median"] = float(qs[0]) * scale
+    for p, v in zip(ps, qs[1:], strict=True):
+        out[f"p{percentile_word(p)}"] = float(v) * scale
     return out
 
 
@@ -236,9 +247,11 @@ def latency_keys(
     metric: str,
     values_s: Sequence[float] | np.ndarray,
     percentiles: Iterable[float] = DEFAULT_PERCENTILES,
+    *,
+    overwrite: bool = False,
 ) -> dict[str, float]:
     """``{stat}_{metric}_ms`` keys (vllm's spelling) from latencies in seconds."""
-    d = distribution(np.asarray(values_s, dtype=float) * 1000.0, percentiles)
+    d = distribution(values_s, percentiles, scale=1000.0, overwrite=overwrite)
     return {f"{stat}_{metric}_ms": v for stat, v in d.items()}
 
 
@@ -257,6 +270,23 @@ def total_token_throughput(total_input: int, total_output: int, duration_s: floa
     return (total_input + total_output) / duration_s
 
 
+def token_buckets(
+    chunk_times: np.ndarray, chunk_tokens: np.ndarray, t0: float, n: int
+) -> np.ndarray:
+    """Output tokens per one-second bucket ``int(t - t0)`` (n buckets; others dropped)."""
+    idx = (chunk_times - t0).astype(np.int64)
+    keep = (idx >= 0) & (idx < n)
+    return np.bincount(idx[keep], weights=chunk_tokens[keep], minlength=n)[:n]
+
+
+def concurrency_buckets(sent_s: np.ndarray, end_s: np.ndarray, t0: float, n: int) -> np.ndarray:
+    """Requests active per bucket: each counts from int(sent - t0) to int(end - t0)."""
+    diff = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(diff, np.clip((sent_s - t0).astype(np.int64), 0, n), 1)
+    np.add.at(diff, np.clip((end_s - t0).astype(np.int64) + 1, 0, n), -1)
+    return np.cumsum(diff[:n])
+
+
 def peak_output_and_concurrency(
     sent_s: np.ndarray,
     end_s: np.ndarray,
@@ -266,27 +296,20 @@ def peak_output_and_concurrency(
     """``max_output_tokens_per_s`` and ``max_concurrent_requests`` as vllm bench serve
     computes them, over completed requests.
 
-    One-second buckets from the earliest send (bucket = int(t - first send); there are
-    ceil(last end - first send) + 1). Tokens/s: each chunk adds its tokens to its
-    arrival's bucket; the peak bucket is max_output_tokens_per_s (tokens/s). Concurrency:
-    a request counts in every bucket from its send's to its end's, inclusive; the peak
-    is max_concurrent_requests. One deliberate difference: vllm adds 1 per chunk (its
-    ITL list has one entry per chunk), which undercounts multi-token chunks under
+    One-second buckets from the earliest send t0 (bucket = int(t - t0); there are
+    ceil(last end - t0) + 1). Tokens/s: each chunk adds its tokens to its arrival's
+    bucket; the peak bucket is max_output_tokens_per_s (tokens/s). Concurrency: a
+    request counts in every bucket from its send's to its end's, inclusive; the peak is
+    max_concurrent_requests. One deliberate difference: vllm adds 1 per chunk (its ITL
+    list has one entry per chunk), which undercounts multi-token chunks under
     speculative decoding; here a chunk adds the tokens it carried.
     """
     if sent_s.size == 0:
         return 0.0, 0
     t0 = float(np.min(sent_s))
     n = math.ceil(float(np.max(end_s)) - t0) + 1
-    idx = (chunk_times - t0).astype(np.int64)
-    keep = (idx >= 0) & (idx < n)
-    tokens = np.bincount(idx[keep], weights=chunk_tokens[keep], minlength=n)
-    start_b = (sent_s - t0).astype(np.int64)
-    end_b = (end_s - t0).astype(np.int64)
-    diff = np.zeros(n + 1, dtype=np.int64)
-    np.add.at(diff, start_b, 1)
-    np.add.at(diff, end_b + 1, -1)
-    conc = np.cumsum(diff[:n])
+    tokens = token_buckets(chunk_times, chunk_tokens, t0, n)
+    conc = concurrency_buckets(sent_s, end_s, t0, n)
     return float(np.max(tokens)), int(np.max(conc))
 
 
@@ -416,6 +439,61 @@ class SummaryAccumulator:
         for r in records:
             self.add(r)
 
+    def _chunk_pass(
+        self,
+        ok: np.ndarray,
+        peak_ok: np.ndarray,
+        starts: np.ndarray,
+        t0: float,
+        nb: int,
+        detailed: bool,
+    ) -> _ChunkStats:
+        """One pass over the chunk arrays, a block of requests at a time.
+
+        Slicing an ``array`` copies, so no numpy view pins the arrays (they can still
+        grow after a summary) and the temporaries stay a few block sizes.
+        """
+        n = len(ok)
+        itl_parts: list[np.ndarray] = []
+        gap_parts: list[np.ndarray] = []
+        k_parts: list[np.ndarray] = []
+        tokens = np.zeros(nb)
+        itls: list[list[float]] | None = [] if detailed else None
+        lo = 0
+        while lo < n:
+            hi = int(np.searchsorted(starts, starts[lo] + _BLOCK_CHUNKS, side="right")) - 1
+            hi = min(max(hi, lo + 1), n)
+            a, b = int(starts[lo]), int(starts[hi])
+            ct = np.frombuffer(self._chunk_t[a:b], dtype=np.float64)
+            ck = np.frombuffer(self._chunk_k[a:b], dtype=np.intc)
+            req = np.repeat(np.arange(lo, hi), np.diff(starts[lo : hi + 1]))
+            first = np.ones(ct.size, dtype=bool)
+            first[1:] = req[1:] != req[:-1]
+            gaps = np.diff(ct, prepend=ct[:1])
+            itl_parts.append(gaps[ok[req] & ~first])
+            if itls is not None:
+                cuts = starts[lo + 1 : hi] - a
+                itls.extend(g[1:].tolist() for g in np.split(gaps, cuts))
+            # token-bearing chunks: per-token ITL and tokens per chunk
+            tb = ck > 0
+            t_tb, k_tb, r_tb = ct[tb], ck[tb], req[tb]
+            first_tb = np.ones(t_tb.size, dtype=bool)
+            first_tb[1:] = r_tb[1:] != r_tb[:-1]
+            sel = ok[r_tb] & ~first_tb
+            gap_parts.append(np.diff(t_tb, prepend=t_tb[:1])[sel])
+            k_parts.append(k_tb[sel])
+            if nb:
+                pk = peak_ok[req]
+                tokens += token_buckets(ct[pk], ck[pk], t0, nb)
+            lo = hi
+        return _ChunkStats(
+            itl=np.concatenate(itl_parts) if itl_parts else np.zeros(0),
+            token_gaps=np.concatenate(gap_parts) if gap_parts else np.zeros(0),
+            token_k=np.concatenate(k_parts) if k_parts else np.zeros(0, dtype=np.intc),
+            tokens_per_s=tokens,
+            itls=itls,
+        )
+
     def summary(
         self,
         *,
@@ -444,17 +522,10 @@ class SummaryAccumulator:
         lag = _np(self._lag)
         ttft = _np(self._ttft)
         e2e = _np(self._e2e)
-        out = np.asarray(self._out, dtype=np.int64)
-        prompt = np.asarray(self._prompt, dtype=np.int64)
+        out = np.array(self._out, dtype=np.int64)
+        prompt = np.array(self._prompt, dtype=np.int64)
         max_itl = _np(self._max_itl)
-        starts = np.asarray(self._chunk_start, dtype=np.int64)
-        ct = _np(self._chunk_t)
-        ck = np.asarray(self._chunk_k, dtype=np.int64)
-        counts = np.diff(starts)
-        chunk_req = np.repeat(np.arange(n), counts)
-        chunk_ok = ok[chunk_req] if n else np.zeros(0, bool)
-        first_chunk = np.zeros(ct.size, dtype=bool)
-        first_chunk[starts[:-1][counts > 0]] = True
+        starts = np.array(self._chunk_start, dtype=np.int64)
 
         completed = int(ok.sum())
         failed = n - completed
@@ -466,19 +537,19 @@ class SummaryAccumulator:
         has_tpot = ok & (out > 1) & ~np.isnan(ttft) & ~np.isnan(e2e)
         tpot = (e2e[has_tpot] - ttft[has_tpot]) / (out[has_tpot] - 1)
 
-        # per-chunk ITL (vllm's): every chunk but a request's first
-        gaps = np.diff(ct, prepend=0.0) if ct.size else ct
-        itl_chunk = gaps[chunk_ok & ~first_chunk]
-        # per-token ITL and tokens per chunk: token-bearing chunks only
-        tb = ck > 0
-        t_tb, k_tb, req_tb = ct[tb], ck[tb], chunk_req[tb]
-        first_tb = np.ones(t_tb.size, dtype=bool)
-        first_tb[1:] = req_tb[1:] != req_tb[:-1]
-        ok_tb = ok[req_tb] if n else np.zeros(0, bool)
-        gaps_tb = np.diff(t_tb, prepend=0.0) if t_tb.size else t_tb
-        sel = ok_tb & ~first_tb
-        itl_token = np.repeat(gaps_tb[sel] / k_tb[sel], k_tb[sel])
-        tpc = k_tb[sel].astype(float)
+        # completed requests with an end: the ones the peak buckets see, as vllm's
+        peak_ok = ok & ~np.isnan(e2e)
+        if peak_ok.any():
+            t0 = float(np.min(sent[peak_ok]))
+            nb = math.ceil(float(np.max((sent + e2e)[peak_ok])) - t0) + 1
+        else:
+            t0, nb = 0.0, 0
+        chunks = self._chunk_pass(ok, peak_ok, starts, t0, nb, detailed)
+        if nb:
+            conc = concurrency_buckets(sent[peak_ok], (sent + e2e)[peak_ok], t0, nb)
+            max_tok_s, max_conc = float(np.max(chunks.tokens_per_s)), int(np.max(conc))
+        else:
+            max_tok_s, max_conc = 0.0, 0
 
         # goodput
         good: int | None = None
@@ -490,12 +561,6 @@ class SummaryAccumulator:
                 tp = (e2e[i] - ttft[i]) / (out[i] - 1) if out[i] > 1 else None
                 if meets_slo(slo, ttft=ttft[i], tpot=tp, max_itl=max_itl[i], e2e=e2e[i]):
                     good += 1
-
-        peak_ok = ok & ~np.isnan(e2e)
-        peak_chunks = peak_ok[chunk_req] if n else np.zeros(0, bool)
-        max_tok_s, max_conc = peak_output_and_concurrency(
-            sent[peak_ok], sent[peak_ok] + e2e[peak_ok], ct[peak_chunks], ck[peak_chunks]
-        )
 
         s: dict[str, Any] = {
             "date": datetime.now().strftime("%Y%m%d-%H%M%S"),
@@ -531,7 +596,7 @@ class SummaryAccumulator:
             s["input_lens"] = prompt.tolist()
             s["output_lens"] = out.tolist()
             s["ttfts"] = np.nan_to_num(ttft, nan=0.0).tolist()
-            s["itls"] = [np.diff(ct[starts[i] : starts[i + 1]]).tolist() for i in range(n)]
+            s["itls"] = chunks.itls
             s["latencies"] = np.nan_to_num(e2e, nan=0.0).tolist()
             s["start_times"] = sent.tolist()
             s["queue_times"] = lag.tolist()
@@ -549,8 +614,11 @@ class SummaryAccumulator:
 
         s.update(latency_keys("ttft", ttft_ok, ps))
         s.update(latency_keys("tpot", tpot, ps))
-        s.update(latency_keys("itl", itl_chunk, ps))
-        s.update(latency_keys("itl_token", itl_token, ps))
+        s.update(latency_keys("itl", chunks.itl, ps, overwrite=True))
+        # per-token ITL: chunk gap g over k tokens -> k samples of g/k
+        itl_token = np.repeat(chunks.token_gaps / chunks.token_k, chunks.token_k)
+        s.update(latency_keys("itl_token", itl_token, ps, overwrite=True))
+        del itl_token
         s.update(latency_keys("e2el", e2e_ok, ps))
         # vllm's --max-concurrency extras: waiting for a slot is our dispatch lag
         lag_ok = lag[ok]
@@ -561,7 +629,7 @@ class SummaryAccumulator:
         s["phase"] = phase
         s["load_shape"] = lf["load_shape"]
         s["load_level"] = lf["load_level"]
-        tpc_d = distribution(tpc, (10.0, 90.0))
+        tpc_d = distribution(chunks.token_k, (10.0, 90.0))
         s["mean_tokens_per_chunk"] = tpc_d["mean"]
         s["median_tokens_per_chunk"] = tpc_d["median"]
         s["p10_tokens_per_chunk"] = tpc_d["p10"]
@@ -580,6 +648,21 @@ class SummaryAccumulator:
         if extra:
             s.update(extra)
         return s
+
+
+@dataclass(slots=True)
+class _ChunkStats:
+    """What the summary needs from the per-chunk arrays (completed requests only)."""
+
+    itl: np.ndarray  # every inter-chunk gap, s
+    token_gaps: np.ndarray  # gap before each non-first token-bearing chunk, s
+    token_k: np.ndarray  # tokens that chunk carried
+    tokens_per_s: np.ndarray  # output tokens per one-second bucket
+    itls: list[list[float]] | None  # per request (failed too), for vllm's "itls"
+
+
+# Chunks per block in SummaryAccumulator._chunk_pass: bounds the summary's temporaries.
+_BLOCK_CHUNKS = 1 << 20
 
 
 def _np(a: array) -> np.ndarray:

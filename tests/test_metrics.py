@@ -7,12 +7,14 @@ import importlib.util
 import json
 import math
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import loadgen.metrics as metrics_mod
 from loadgen.metrics import (
     BENCH_KEYS,
     DETAILED_KEYS,
@@ -556,3 +558,44 @@ def test_matches_vllm_calculate_metrics_one_token_chunks(vllm_serve, seed):
         for p, v in getattr(m, f"percentiles_{metric}_ms"):
             key = f"p{percentile_word(p)}_{metric}_ms"
             assert s[key] == pytest.approx(v), key
+
+
+record_st = st.builds(
+    lambda i, sent, gaps, toks, fail: rec(
+        i,
+        sent=sent,
+        chunks=list(np.cumsum(gaps)) if gaps else [],
+        tokens=toks[: len(gaps)] + [1] * (len(gaps) - len(toks)),
+        error="x" if fail else None,
+        kind="other" if fail else None,
+    ),
+    st.integers(0, 10**6),
+    st.floats(0, 5),
+    st.lists(st.floats(0.001, 0.5), max_size=12),
+    st.lists(st.integers(0, 5), max_size=12),
+    st.booleans(),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(recs=st.lists(record_st, max_size=25), block=st.sampled_from([1, 2, 5, 1 << 20]))
+def test_summary_agrees_with_per_request_functions_across_blocks(recs, block):
+    """The vectorised, block-wise summary equals the per-record functions, whatever the
+    block size (blocks of one chunk up to one block for everything)."""
+    with mock.patch.object(metrics_mod, "_BLOCK_CHUNKS", block):
+        s = summarize(recs, duration_s=3.0)
+    ok = [r for r in recs if r.ok]
+    for key, samples in (
+        ("itl", [g for r in ok for g in itl_chunk_s(r)]),
+        ("itl_token", [g for r in ok for g in itl_token_s(r)]),
+        ("ttft", [ttft_s(r) for r in ok if r.chunk_times]),
+        ("tpot", [t for r in ok if (t := tpot_s(r)) is not None]),
+    ):
+        want = distribution(samples, (50, 99), scale=1000.0)
+        for stat in ("mean", "std", "max", "p99"):
+            assert s[f"{stat}_{key}_ms"] == pytest.approx(want[stat], abs=1e-9), (key, stat)
+    tpc = distribution([k for r in ok for k in tokens_per_chunk(r)], (10, 90))
+    assert s["mean_tokens_per_chunk"] == pytest.approx(tpc["mean"])
+    assert s["p90_tokens_per_chunk"] == pytest.approx(tpc["p90"])
+    assert s["itls"] == [pytest.approx(itl_chunk_s(r)) for r in recs]
+    assert s["output_lens"] == [output_token_count(r) if r.ok else 0 for r in recs]
