@@ -446,3 +446,21 @@ async def _test_gauge_sampler_keeps_cadence_and_rejects_bad_interval():
     # one poll per 0.05 s grid tick (0, 0.05, ...): a busy loop may skip ticks, never add
     assert 4 <= len(sampler.samples) <= math.floor(elapsed / 0.05) + 1
     assert server.calls == len(sampler.samples)
+
+
+def test_reads_the_mock_servers_metrics():
+    """loadgen.mockserver's /metrics (what the integration tests scrape) parses the same."""
+    from loadgen.mockserver import MockMetrics, render_metrics
+
+    m = MockMetrics(spec_k=3)
+    before = parse_prometheus(render_metrics(m, MODEL, running=0, kv_usage=0.0))
+    for n in (1, 4, 2, 3):  # tokens per chunk: 1 + accepted drafts
+        m.observe_chunk(n)
+    after = parse_prometheus(render_metrics(m, MODEL, running=2, kv_usage=0.5))
+    s = spec_decode_delta(before, after)
+    assert s is not None
+    assert (s.num_drafts, s.draft_tokens, s.accepted_tokens) == (4, 12, 6)
+    assert s.acceptance_length == pytest.approx(2.5)
+    assert s.per_position_acceptance_rates == pytest.approx([0.75, 0.5, 0.25])
+    row = gauge_sample(after, 3.0)
+    assert (row["num_requests_running"], row["kv_cache_usage_perc"]) == (2.0, 0.5)
