@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -478,3 +479,34 @@ def test_help_documents_every_flag(capsys) -> None:
     flags = "--matrix --backend --output-dir --resume --port --health-timeout --image --gpus"
     for flag in (*flags.split(), "--vllm-cmd", "--only", "--dry-run", "--no-report"):
         assert flag in text
+
+
+def test_cli_sweep_with_real_local_processes(tmp_path: Path, matrix_file, monkeypatch) -> None:
+    """The whole path: CLI -> LocalBackend -> real (fake-vLLM) processes -> runner -> stop."""
+    from server_launch import sweep as sweep_mod
+    from tests.test_backends import FAKE_SERVER, pid_alive
+
+    script = tmp_path / "fake_vllm.py"
+    script.write_text(FAKE_SERVER)
+    info = tmp_path / "info.json"
+    monkeypatch.setenv("FAKE_OUT", str(info))
+    monkeypatch.setenv("FAKE_MODE", "ok")
+    pids: list[int] = []
+
+    def runner(scenario: Any, **kw: Any) -> Any:
+        assert kw["health_check"]() is True  # a live process answering /health
+        pids.append(json.loads(info.read_text())["pid"])
+        phases = {s: {"complete": True} for s in SLUGS[scenario.name]}
+        return SimpleNamespace(complete=True, phases=phases, exit_code=0, stop_reason=None)
+
+    monkeypatch.setattr(sweep_mod, "_default_runner", runner)
+    out = tmp_path / "sw"
+    rc = cli.main(
+        ["--matrix", str(matrix_file), "--output-dir", str(out), "--port", str(free_port()),
+         "--vllm-cmd", f"{sys.executable} {script}", "--health-timeout", "30", "--no-report"]
+    )  # fmt: skip
+    assert rc == 0
+    assert set(cells(out).values()) == {"done"}
+    assert len(set(pids)) == 2  # one server per configuration
+    assert not any(pid_alive(p) for p in pids)
+    assert "fake vllm starting" in (out / "ngram-k3" / "server.log").read_text()
