@@ -394,6 +394,10 @@ def _run_scenario_cells(
         state.mark(label, scenario.name, todo, FAILED, error=msg)
         say(f"[{label}] scenario {scenario.name} failed: {msg}")
         return {"interrupted": False, "server_lost": not handle.is_alive(), "reason": msg}
+    finally:
+        # asyncio's remove_signal_handler (loadgen's run) resets SIGTERM to SIG_DFL, which
+        # would let a `kill` between scenarios leave the server (own session) running.
+        install_signal_handlers()
 
     code = getattr(result, "exit_code", 0)
     reason = getattr(result, "stop_reason", None)

@@ -344,6 +344,27 @@ def test_sigterm_stops_the_server_and_saves_state(tmp_path: Path, matrix_file) -
     assert set(cells(out).values()) == {"pending"}
 
 
+def test_sigterm_handler_survives_asyncio_resetting_it(tmp_path: Path, matrix_file) -> None:
+    """loadgen's asyncio run resets SIGTERM to SIG_DFL on exit; the sweep puts ours back."""
+    from server_launch.backends import base
+
+    backend = FakeBackend()
+    seen = []
+
+    def runner(scenario: Any, **kw: Any) -> Any:
+        seen.append(signal.getsignal(signal.SIGTERM))
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # what loop.remove_signal_handler does
+        return FakeRunner(backend)(scenario, **kw)
+
+    saved = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        sweep(matrix_file, tmp_path / "sw", backend, runner)
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+    assert len(seen) == 4
+    assert all(h is base._raise_interrupted for h in seen)
+
+
 def test_original_format_appends_csv_rows(tmp_path: Path) -> None:
     m = tmp_path / "config.yaml"
     m.write_text(
