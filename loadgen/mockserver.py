@@ -8,7 +8,8 @@ So it is raw asyncio streams plus a minimal HTTP/1.1 parser: no framework on the
 Chunk JSON is byte-for-byte what vLLM 0.32 emits (``model_dump_json`` of its pydantic
 models) for completions and chat, including chat's first ``role: assistant`` chunk.
 
-Timing model: the request is "received" when its body is fully read and "admitted" when
+Timing model (on ``time.monotonic``; the log holds ``time.time``): the request is
+"received" when its body is fully read and "admitted" when
 a ``--max-num-seqs`` slot frees (at once by default). Chunk ``i`` is scheduled at the
 absolute time ``admit + ttft + i * itl + U(-jitter, +jitter)`` (never before chunk
 ``i-1``), so sleep overshoot never accumulates. The logged time of a chunk is taken
@@ -856,7 +857,6 @@ class MockServer:
             total, finish = job.max_tokens, "length"
         sizes = cfg.plan.sizes(total, job.rng) if total else [0]
         job.finish_reason = finish
-        loop = asyncio.get_running_loop()
         live = _Live(job.prompt_tokens)
         if self._sem is not None:
             self.metrics.waiting += 1
@@ -864,8 +864,8 @@ class MockServer:
                 await self._sem.acquire()
             finally:
                 self.metrics.waiting -= 1
-        t_admit = loop.time()
-        job.start = time.time()
+        job.start = time.time()  # wall clock first: the schedule base is never before it
+        t_admit = time.monotonic()  # not loop.time(): uvloop's is cached per iteration, in ms
         self._live[id(live)] = live
         self.metrics.prompt_tokens += job.prompt_tokens
         try:
@@ -879,7 +879,7 @@ class MockServer:
                 self._sem.release()
 
     def _schedule(self, t0: float, n: int, rng: random.Random) -> list[float]:
-        """Absolute loop times of each chunk: no drift, never out of order."""
+        """Absolute monotonic times of each chunk: no drift, never out of order."""
         cfg = self.config
         ttft, itl, jit = cfg.ttft_ms / 1e3, cfg.itl_ms / 1e3, cfg.jitter_ms / 1e3
         out: list[float] = []
@@ -913,9 +913,7 @@ class MockServer:
         live: _Live,
     ) -> bool:
         """Non-streaming: one JSON body when the last chunk would have gone out."""
-        loop = asyncio.get_running_loop()
-        delay = targets[-1] - loop.time()
-        if delay > 0:
+        while (delay := targets[-1] - time.monotonic()) > 0:
             await asyncio.sleep(delay)
         fault = job.fault
         if fault == "cut":
@@ -1004,7 +1002,8 @@ class MockServer:
         writer: asyncio.StreamWriter,
         live: _Live,
     ) -> bool:
-        """SSE: one HTTP chunk per event, chunk i written at targets[i]."""
+        """SSE: one HTTP chunk per event, chunk i written at targets[i] (time.monotonic)."""
+        mono = time.monotonic
         cfg = self.config
         fault = job.fault
         chunked = req.chunked_ok
@@ -1048,13 +1047,11 @@ class MockServer:
         # faults strike before chunk len//2: half the chunks got out (none if there is one)
         cut_at = len(sizes) // 2 if fault in ("cut", "stall", "malformed") else -1
         frame = _frame if chunked else _raw
-        loop = asyncio.get_running_loop()
         metrics = self.metrics
         done = 0
         last = len(sizes) - 1
         for i, n in enumerate(sizes):
-            delay = targets[i] - loop.time()
-            if delay > 0:
+            while (delay := targets[i] - mono()) > 0:  # timers may fire early
                 await asyncio.sleep(delay)
             if writer.transport.is_closing():
                 job.outcome = "client_closed"

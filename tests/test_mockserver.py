@@ -476,11 +476,12 @@ def test_log_chunk_times_follow_absolute_schedule_and_match_client(tmp_path: Pat
     # offsets from the absolute schedule; medians keep it robust on a busy CI box
     offs = [t - (rec["start"] + ttft + i * itl) for i, t in enumerate(times)]
     half = n // 2
-    assert 0 <= statistics.median(offs) < 0.003, offs
+    assert min(offs) > -0.0005 and statistics.median(offs) < 0.003, offs
     # no drift: relative sleeps would add each wake-up's overshoot to every later chunk,
-    # so the second half would sit ~n/2 overshoots later than the first
+    # so the second half would sit ~n/2 overshoots later than the first. (Earlier is
+    # fine: after a CPU stall an absolute schedule catches up.)
     drift = statistics.median(offs[half:]) - statistics.median(offs[:half])
-    assert abs(drift) < 0.001, offs
+    assert drift < 0.001, offs
     # the client read each chunk right after the server wrote it (same host clock)
     lags = [a - t for a, t in zip(arrivals, times, strict=True)]
     assert min(lags) > -0.002 and statistics.median(lags) < 0.005, lags
