@@ -246,9 +246,9 @@ NATIVE_KEYS = {
 
 def _native(doc: dict[str, Any], source: Path) -> Matrix:
     _check_keys(doc, NATIVE_KEYS, source)
-    server_raw = dict(doc.get("server") or {})
-    if not isinstance(doc.get("server", {}) or {}, dict):
+    if not isinstance(doc.get("server") or {}, dict):
         raise SpecloadError(f"{source}: field 'server': expected a mapping")
+    server_raw = dict(doc.get("server") or {})
     if "model" in doc:
         if "model" in server_raw and server_raw["model"] != doc["model"]:
             raise SpecloadError(f"{source}: field 'model': conflicts with server.model")

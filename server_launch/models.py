@@ -129,6 +129,18 @@ _TINY = {
     "tie_word_embeddings": True,
     "torch_dtype": "float32",
 }
+# A 2-layer target cannot supply EAGLE-3's default three auxiliary hidden states (layers
+# 2, L/2, L-3), so the tiny head names two: vLLM sizes the head's fc layer from this list
+# and the target's runner reads it to know which layers to export.
+_TINY_EAGLE3 = {
+    **_TINY,
+    "architectures": ["LlamaForCausalLMEagle3"],
+    "num_hidden_layers": 1,
+    "draft_vocab_size": 1024,
+    "target_hidden_size": _TINY["hidden_size"],
+    "tie_word_embeddings": False,
+    "eagle_config": {"eagle_aux_hidden_state_layer_ids": [0, 1]},
+}
 _OPT_SPECIALS = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
 _OPT_BASE: dict[str, Any] = {
     "architectures": ["OPTForCausalLM"],
@@ -173,6 +185,9 @@ MODELS: dict[str, ModelSpec] = {
     "tiny-llama-badvocab": _llama(
         {**_TINY, "num_hidden_layers": 1, "vocab_size": 2048},
         "1-layer tiny Llama with vocab 2048: a draft vLLM must refuse",
+    ),
+    "tiny-llama-eagle3": _llama(
+        _TINY_EAGLE3, "EAGLE-3 one-layer head for tiny-llama (draft vocab 1024; CPU tests)"
     ),
     "opt-125m": _opt_spec(_opt(768, 12, 12, 768, True), "OPT-125m shapes", "facebook/opt-125m"),
     "opt-350m": _opt_spec(_opt(1024, 24, 16, 512, False), "OPT-350m shapes", "facebook/opt-350m"),
