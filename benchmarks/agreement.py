@@ -6,7 +6,7 @@ Markdown table: per config and concurrency, each client's median TTFT, median TP
 throughput and acceptance length (mean over repeats, with min-max), the difference of the
 means, and vLLM's own server-side histograms over the same windows as a third witness.
 
-    python benchmarks/agreement.py results/gpu-agreement-h100 > results/gpu-agreement-h100/agreement.md
+    python benchmarks/agreement.py DIR > DIR/agreement.md
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def _vals(runs: list[dict], key: str) -> list[float]:
 
 def table(root: Path) -> tuple[str, list[dict]]:
     lines = [
-        "| config | c | metric | vllm bench serve | loadgen | diff | server (bench runs) | server (loadgen runs) |",
+        "| config | c | metric | vllm bench serve | loadgen | diff "
+        "| server (bench runs) | server (loadgen runs) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     rows = []
