@@ -39,6 +39,7 @@ EXIT_SERVER_LOST = 4
 EXIT_INTERRUPTED = 130
 
 HEALTH_INTERVAL_S = 5.0
+DETAILED_MAX_REQUESTS = 20_000
 _PROMPT_POOL_MAX = 10_000
 
 
@@ -286,7 +287,12 @@ async def _run_phase(
     pdir = results.phase_dir(slug)
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     async with httpx.AsyncClient(timeout=10.0, trust_env=False, headers=headers) as ctl:
-        before = await _scrape(ctl, settings.base_url, pdir / "metrics_before.prom")
+        scraped: dict[str, str | None] = {}
+
+        async def measure_start() -> None:
+            # After warmup: the counters' deltas then cover measured requests only.
+            scraped["before"] = await _scrape(ctl, settings.base_url, pdir / "metrics_before.prom")
+
         acc = SummaryAccumulator()
         total = schedule.num_requests if schedule.offsets is None else len(schedule.offsets)
         live.start_phase(phase.name, total)
@@ -308,10 +314,12 @@ async def _run_phase(
                 max_error_rate=scenario.max_error_rate,
             )
             async with sampler:
-                outcome = await runner.run(schedule, phase.warmup_requests)
+                outcome = await runner.run(schedule, phase.warmup_requests, measure_start)
         live.stop()
         after = await _scrape(ctl, settings.base_url, pdir / "metrics_after.prom")
+        before = scraped.get("before")
     extra = dict(extra)
+    extra["repeat"] = phase.repeat
     extra["complete"] = not stop.is_set()
     if stop.reason:
         extra["stop_reason"] = stop.reason
@@ -328,6 +336,9 @@ async def _run_phase(
         extra=extra,
         spec_decode=spec,
         server_gauges=server_metrics.summarize_samples(sampler.samples),
+        # Per-request lists (ttfts, itls, ...) as vllm saves them, up to a size where
+        # summary.json stays readable; requests.jsonl has them all anyway.
+        detailed=len(acc) <= DETAILED_MAX_REQUESTS,
     )
     results.write_phase_summary(slug, summary)
     return summary

@@ -39,7 +39,7 @@ class RequestRecord:
     request_id: int
     phase: str
     scheduled_s: float  # when the schedule said to send (closed loop: when a slot freed)
-    sent_s: float  # when the client actually started sending
+    sent_s: float  # when the request's first byte went to the socket (TTFT/E2E start here)
     written_s: float | None = None  # when the request's last byte went to the socket
     prompt_tokens: int | None = None  # from the server's usage, else the prompt source
     expected_output_tokens: int | None = None  # max_tokens asked for
@@ -74,7 +74,7 @@ class RequestRecord:
 
     @property
     def send_overhead_s(self) -> float | None:
-        """Client time spent before the request was on the wire (connect included)."""
+        """Time to write the request out, from its first byte to its last."""
         if self.written_s is None:
             return None
         return self.written_s - self.sent_s

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -156,13 +156,21 @@ class PhaseRunner:
         self._failed = 0
         self._sent = 0
 
-    async def run(self, schedule: Schedule, warmup_requests: int = 0) -> PhaseOutcome:
+    async def run(
+        self,
+        schedule: Schedule,
+        warmup_requests: int = 0,
+        on_measure_start: Callable[[], Awaitable[None]] | None = None,
+    ) -> PhaseOutcome:
+        """Warm up, then call ``on_measure_start`` (e.g. scrape /metrics), then measure."""
         self._pool.prefill(prefill_size(schedule))
         try:
             await self._pool.connect()
             if warmup_requests:
                 conc = schedule.concurrency or min(warmup_requests, 16)
                 await self._closed_loop(conc, warmup_requests, None, warmup=True)
+            if on_measure_start is not None:
+                await on_measure_start()
             start = self.clock()
             if schedule.closed:
                 assert schedule.concurrency is not None

@@ -145,6 +145,7 @@ class Phase(_Strict):
     num_requests: int | None = Field(None, gt=0)
     duration_s: float | None = Field(None, gt=0)
     warmup_requests: int = Field(0, ge=0)
+    repeat: int = Field(1, ge=1, description="which repeat of this load level (1-based)")
 
 
 class Scenario(_Strict):
@@ -159,6 +160,9 @@ class Scenario(_Strict):
     num_requests: int | None = Field(None, gt=0)
     duration_s: float | None = Field(None, gt=0)
     warmup_requests: int = Field(0, ge=0)
+    repeats: int = Field(
+        1, ge=1, le=100, description="run each phase this many times, back to back"
+    )
     prompts: PromptSpec = PromptSpec()
     output_tokens: int = Field(128, gt=0)
     ignore_eos: bool = True
@@ -186,7 +190,9 @@ class Scenario(_Strict):
         return self
 
     def phases(self) -> list[Phase]:
-        """Expand ``sweep`` into phases (cartesian product, in file order)."""
+        """Expand ``sweep`` into phases (cartesian product, in file order); with ``repeats``,
+        each level runs that many times back to back (repeats of one level share a warm
+        server, and their spread says how stable the figure is)."""
         base = self.load.model_dump()
         if not self.sweep:
             combos: list[dict[str, Any]] = [{}]
@@ -199,15 +205,17 @@ class Scenario(_Strict):
         out = []
         for combo in combos:
             label = ",".join(f"{k}={v}" for k, v in combo.items()) or _label(self.load)
-            out.append(
-                Phase(
-                    name=label,
-                    load={**base, **combo},
-                    num_requests=self.num_requests,
-                    duration_s=self.duration_s,
-                    warmup_requests=self.warmup_requests,
+            for r in range(1, self.repeats + 1):
+                out.append(
+                    Phase(
+                        name=label if self.repeats == 1 else f"{label} r{r}",
+                        load={**base, **combo},
+                        num_requests=self.num_requests,
+                        duration_s=self.duration_s,
+                        warmup_requests=self.warmup_requests,
+                        repeat=r,
+                    )
                 )
-            )
         return out
 
 
