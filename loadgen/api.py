@@ -103,9 +103,11 @@ def resolve_model(requested: str | None, served: list[str], base_url: str) -> st
     raise SpecloadError(f"--model: {base_url} serves several models, pick one: {', '.join(served)}")
 
 
-def make_tokenizer(scenario: Scenario, base_url: str, model: str, api_key: str | None) -> Tokenizer:
+def make_tokenizer(
+    scenario: Scenario, base_url: str, model: str, api_key: str | None, tdir: str | None = None
+) -> Tokenizer:
     """The prompts' tokenizer: a local directory when we have one, else the server's."""
-    tdir = scenario.prompts.tokenizer
+    tdir = scenario.prompts.tokenizer or tdir
     if tdir is None and Path(model, "tokenizer.json").is_file():
         tdir = model  # vLLM names a model served from a directory by its path
     if tdir is not None:
@@ -137,6 +139,7 @@ async def run_scenario_async(
     health_check: Callable[[], bool] | None = None,
     cli: list[str] | None = None,
     only_phases: list[str] | None = None,
+    tokenizer: str | None = None,
 ) -> RunResult:
     info = await probe_server(base_url, api_key)
     model = resolve_model(model or scenario.model, info.models, base_url)
@@ -149,13 +152,13 @@ async def run_scenario_async(
         )
         for p in phases
     ]
-    tokenizer = make_tokenizer(scenario, base_url, model, api_key)
+    tok = make_tokenizer(scenario, base_url, model, api_key, tokenizer)
     prompt_set = await asyncio.to_thread(
         load_prompts,
         scenario.prompts,
         prompts_needed_for(phases, schedules),
         seed=scenario.seed,
-        tokenizer=tokenizer,
+        tokenizer=tok,
     )
     prompts = prompt_set.prompts
 
@@ -221,7 +224,7 @@ async def run_scenario_async(
                     "backend": "openai-chat" if scenario.endpoint == "chat" else "openai",
                     "label": label,
                     "model_id": model,
-                    "tokenizer_id": scenario.prompts.tokenizer or model,
+                    "tokenizer_id": scenario.prompts.tokenizer or tokenizer or model,
                     "scenario": scenario.name,
                     "server_version": info.version,
                 },

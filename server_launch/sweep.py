@@ -383,6 +383,9 @@ def _run_scenario_cells(
     }
     if subset:
         kwargs["only_phases"] = list(todo)
+    if scenario.prompts.tokenizer is None and (Path(run.server.model) / "tokenizer.json").is_file():
+        # The served name may hide the directory; its tokenizer is faster than /tokenize.
+        kwargs["tokenizer"] = str(run.server.model)
     say(f"[{label}] scenario {scenario.name}: {len(todo)} phase(s)")
     try:
         result = runner(scenario, **kwargs)
