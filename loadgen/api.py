@@ -41,6 +41,7 @@ EXIT_INTERRUPTED = 130
 HEALTH_INTERVAL_S = 5.0
 DETAILED_MAX_REQUESTS = 20_000
 _PROMPT_POOL_MAX = 10_000
+_PROMPT_POOL_UNCOUNTED = 1_000  # timed phases: prompts cycle after this many
 
 
 @dataclass
@@ -266,7 +267,7 @@ def prompts_needed_for(phases: list[Phase], schedules: list[Schedule]) -> int:
             if sched.closed
             else (0 if sched.offsets is None else len(sched.offsets))
         )
-        need = max(need, (n or _PROMPT_POOL_MAX) + phase.warmup_requests)
+        need = max(need, (n or _PROMPT_POOL_UNCOUNTED) + phase.warmup_requests)
     return min(max(need, 1), _PROMPT_POOL_MAX)
 
 
