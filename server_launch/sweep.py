@@ -105,6 +105,7 @@ class SweepState:
                     for slug in phase_slugs(sc)
                 }
             runs[run.label] = {
+                **old,  # command, started_at: how its results were made, if it is skipped
                 "status": old.get("status", PENDING),
                 "error": old.get("error"),
                 "scenarios": scenarios,
