@@ -66,6 +66,32 @@ def fmt_speedup(value: Any) -> str:
     return NA if f is None else f"{f:.2f}x"
 
 
+def fmt_spread(value: Any) -> str:
+    """Spread over repeats, (max - min) as a percentage of the median."""
+    f = as_float(value)
+    return NA if f is None else f"{f:.1f}%"
+
+
+def fmt_speedup_range(value: Any, lo: Any, hi: Any, stable: Any) -> str:
+    """'1.50x' alone without repeats; '1.50x (1.32-1.71) stable' with them.
+
+    ``stable`` is the verdict of ``loadgen.report.speedup_range``: True when the range over
+    repeat pairings excludes 1.0, False when it includes it, None when there is no range.
+    """
+    text = fmt_speedup(value)
+    flag = as_flag(stable)
+    if text == NA or as_float(lo) is None or as_float(hi) is None or flag is None:
+        return text
+    return f"{text} ({as_float(lo):.2f}-{as_float(hi):.2f}) {'stable' if flag else 'unstable'}"
+
+
+def as_flag(value: Any) -> bool | None:
+    """True / False, or None for a missing flag (None, NaN: pandas fills gaps with NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return bool(value)
+
+
 def fmt_pct(value: Any) -> str:
     """A fraction in [0, 1] as a percentage."""
     f = as_float(value)
@@ -163,12 +189,21 @@ def print_summary_table(summaries: Mapping[str, Mapping[str, Any]], console: Any
 def print_comparison_table(
     rows: Sequence[Mapping[str, Any]], baseline: str | None, console: Any = None
 ) -> None:
-    """Configs side by side, one section per scenario + load level (rows of the tidy table)."""
+    """Configs side by side, one section per scenario + load level (rows of the tidy table).
+
+    With repeated levels (some ``n_repeats`` > 1) it adds ``n`` and each speedup's range
+    over repeat pairings, yellow where that range includes 1.0 (not a stable verdict).
+    """
     console = _console(console)
+    repeated = any((as_float(r.get("n_repeats")) or 1) > 1 for r in rows)
     title = f"Comparison (baseline: {baseline or 'none found'}; latencies in ms, p50 / p99)"
+    if repeated:
+        title += "; medians over repeats, speedup (min-max over repeat pairings)"
     table = Table(title=title, title_justify="left")
     for name in ("scenario", "load", "config"):
         table.add_column(name, no_wrap=True)
+    if repeated:
+        table.add_column("n", justify="right")
     for name in ("out tok/s", "TTFT", "TPOT", "ITL/token", "E2E", "accept len"):
         table.add_column(name, justify="right")
     for name in ("TPOT speedup", "thru speedup", "E2E speedup"):
@@ -183,26 +218,33 @@ def print_comparison_table(
         label = str(r.get("label"))
         if r.get("is_baseline"):
             label += " (base)"
-        table.add_row(
+        cells = [
             str(r.get("scenario")) if first else "",
             str(r.get("phase")) if first else "",
             label,
+        ]
+        if repeated:
+            cells.append(fmt_int(r.get("n_repeats")))
+        table.add_row(
+            *cells,
             fmt_rate(r.get("output_throughput")),
             fmt_pair(r.get("ttft_p50_ms"), r.get("ttft_p99_ms")),
             fmt_pair(r.get("tpot_p50_ms"), r.get("tpot_p99_ms")),
             fmt_pair(r.get("itl_p50_ms"), r.get("itl_p99_ms")),
             fmt_pair(r.get("e2el_p50_ms"), r.get("e2el_p99_ms")),
             fmt_num(r.get("acceptance_length")),
-            _speedup_cell(r.get("tpot_speedup")),
-            _speedup_cell(r.get("throughput_speedup")),
-            _speedup_cell(r.get("e2e_speedup")),
+            _speedup_cell(r, "tpot_speedup"),
+            _speedup_cell(r, "throughput_speedup"),
+            _speedup_cell(r, "e2e_speedup"),
         )
     console.print(table)
 
 
-def _speedup_cell(value: Any) -> str:
-    f = as_float(value)
+def _speedup_cell(r: Mapping[str, Any], col: str) -> str:
+    f = as_float(r.get(col))
     if f is None:
         return NA
-    colour = "green" if f >= 1.0 else "red"
-    return f"[{colour}]{fmt_speedup(f)}[/{colour}]"
+    stable = as_flag(r.get(f"{col}_stable"))
+    colour = "yellow" if stable is False else ("green" if f >= 1.0 else "red")
+    text = fmt_speedup_range(f, r.get(f"{col}_lo"), r.get(f"{col}_hi"), stable)
+    return f"[{colour}]{text}[/{colour}]"

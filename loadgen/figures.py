@@ -1,5 +1,8 @@
 """Report figures (PNG, matplotlib Agg) from the tidy table of ``loadgen.report.build_tables``.
 
+Rows are aggregated over repeats: lines are medians, and where a level was repeated an error
+bar spans the min-max over repeats (columns ``<metric>_min`` / ``_max``).
+
 matplotlib is imported inside the functions: importing it costs most of a second and
 ``python -m loadgen run`` should not pay for it. Figures are built on ``Figure`` objects
 directly (no pyplot global state), so no backend switch is needed.
@@ -98,6 +101,50 @@ def _series(df: pd.DataFrame, label: str, col: str, xs: dict[str, float]) -> tup
     return [x for x, _ in pts], [y for _, y in pts]
 
 
+def error_bars(
+    df: pd.DataFrame, label: str, col: str, xs: dict[str, float]
+) -> list[tuple[float, float, float, float]]:
+    """(x, median, min, max) of the points of one config that have a min-max over repeats."""
+    lo_col, hi_col = f"{col}_min", f"{col}_max"
+    if lo_col not in df.columns or hi_col not in df.columns:
+        return []
+    g = df[df["label"] == label]
+    pts = []
+    for p, v, lo, hi in zip(g["phase"], g[col], g[lo_col], g[hi_col], strict=True):
+        if not (_isnan(v) or _isnan(lo) or _isnan(hi)):
+            pts.append((xs[p], float(v), float(lo), float(hi)))
+    return sorted(pts)
+
+
+def _line(
+    ax: Axes, df: pd.DataFrame, config: str, col: str, xs: dict[str, float], fmt: str, **kw: Any
+) -> None:
+    """The median line of one config, with min-max error bars where a level was repeated."""
+    x, y = _series(df, config, col, xs)
+    if not x:
+        return
+    ax.plot(x, y, fmt, **kw)
+    bars = error_bars(df, config, col, xs)
+    if bars:
+        bx, by, lo, hi = (list(v) for v in zip(*bars, strict=True))
+        ax.errorbar(
+            bx,
+            by,
+            yerr=[
+                [m - a for m, a in zip(by, lo, strict=True)],
+                [b - m for m, b in zip(by, hi, strict=True)],
+            ],
+            fmt="none",
+            ecolor=kw.get("color"),
+            elinewidth=1,
+            capsize=3,
+        )
+
+
+def _has_repeats(df: pd.DataFrame) -> bool:
+    return "n_repeats" in df.columns and bool((df["n_repeats"] > 1).any())
+
+
 def latency_figure(df: pd.DataFrame, out: Path) -> Path:
     """TTFT, TPOT, ITL (per token) and E2E vs load: p50 solid, p99 dashed, one colour per config."""
     fig = _new_figure(12, 8)
@@ -111,16 +158,27 @@ def latency_figure(df: pd.DataFrame, out: Path) -> Path:
     ):
         for colour, label in zip(colours, _configs(df), strict=True):
             for pct, style in (("p50", "-"), ("p99", "--")):
-                x, y = _series(df, label, f"{metric}_{pct}_ms", xs)
-                if x:
-                    ax.plot(x, y, style, marker="o", ms=3, color=colour, label=f"{label} {pct}")
+                col = f"{metric}_{pct}_ms"
+                _line(
+                    ax,
+                    df,
+                    label,
+                    col,
+                    xs,
+                    style,
+                    marker="o",
+                    ms=3,
+                    color=colour,
+                    label=f"{label} {pct}",
+                )
         ax.set_title(title)
         ax.set_ylabel("ms")
         _style_x(ax, ticks, labels, log, _load_name(df))
     handles, names = axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, names, loc="outside right upper", fontsize="small")
-    fig.suptitle("Latency vs load (p50 solid, p99 dashed)")
+    bars = "; bars on p50: min-max over repeats" if _has_repeats(df) else ""
+    fig.suptitle(f"Latency vs load (p50 solid, p99 dashed{bars})")
     return _save(fig, out)
 
 
@@ -129,11 +187,10 @@ def throughput_figure(df: pd.DataFrame, out: Path) -> Path:
     ax = fig.subplots()
     xs, ticks, labels, log = _x_axis(df)
     for colour, label in zip(_colours(len(_configs(df))), _configs(df), strict=True):
-        x, y = _series(df, label, "output_throughput", xs)
-        if x:
-            ax.plot(x, y, "-", marker="o", color=colour, label=label)
+        _line(ax, df, label, "output_throughput", xs, "-", marker="o", color=colour, label=label)
     ax.set_ylabel("output tokens/s")
-    ax.set_title("Output throughput vs load")
+    bars = " (bars: min-max over repeats)" if _has_repeats(df) else ""
+    ax.set_title(f"Output throughput vs load{bars}")
     _style_x(ax, ticks, labels, log, _load_name(df))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
@@ -163,6 +220,7 @@ def speedup_heatmap(df: pd.DataFrame, out: Path) -> Path | None:
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.patches import Rectangle
 
     spec = df[~df["is_baseline"].astype(bool)]
     configs = _configs(spec)
@@ -178,6 +236,17 @@ def speedup_heatmap(df: pd.DataFrame, out: Path) -> Path | None:
         strict=True,
     ):
         grid = [[_cell(spec, label, phase, col) for phase in phases] for label in configs]
+        ranges = [
+            [
+                (_cell(spec, label, phase, f"{col}_lo"), _cell(spec, label, phase, f"{col}_hi"))
+                for phase in phases
+            ]
+            for label in configs
+        ]
+        unstable = [
+            [_flag(spec, label, phase, f"{col}_stable") is False for phase in phases]
+            for label in configs
+        ]
         flat = [v for row in grid for v in row if not math.isnan(v)]
         # Symmetric in ratio: 2x faster and 2x slower get the same colour strength.
         top = max([1.1] + [max(v, 1.0 / v) for v in flat if v > 0])
@@ -188,6 +257,22 @@ def speedup_heatmap(df: pd.DataFrame, out: Path) -> Path | None:
         for i, row in enumerate(grid):
             for j, v in enumerate(row):
                 text = "n/a" if math.isnan(v) else f"{v:.2f}x"
+                lo, hi = ranges[i][j]
+                if not (math.isnan(v) or math.isnan(lo) or math.isnan(hi)):
+                    text += f"\n{lo:.2f}-{hi:.2f}"
+                if unstable[i][j]:
+                    # the repeats do not settle win vs loss here
+                    ax.add_patch(
+                        Rectangle(
+                            (j - 0.5, i - 0.5),
+                            1,
+                            1,
+                            fill=False,
+                            hatch="///",
+                            edgecolor="#777777",
+                            linewidth=0,
+                        )
+                    )
                 dark = not math.isnan(v) and abs(float(norm(v)) - 0.5) > 0.3
                 ax.text(
                     j,
@@ -200,16 +285,29 @@ def speedup_heatmap(df: pd.DataFrame, out: Path) -> Path | None:
                 )
         ax.set_xticks(range(len(phases)), phases, rotation=30, ha="right")
         ax.set_yticks(range(len(configs)), configs)
-        ax.set_title(title + " vs baseline (>1 = better)")
+        hatched = any(map(any, unstable))
+        hatch = "\nhatched: unstable, range over repeats includes 1.0" if hatched else ""
+        ax.set_title(title + " vs baseline (>1 = better)" + hatch)
         fig.colorbar(im, ax=ax, shrink=0.8)
     return _save(fig, out)
 
 
 def _cell(df: pd.DataFrame, label: str, phase: str, col: str) -> float:
+    if col not in df.columns:
+        return math.nan
     v = df.loc[(df["label"] == label) & (df["phase"] == phase), col]
-    if v.empty or _isnan(v.iloc[0]):
+    if v.empty or v.iloc[0] is None or _isnan(v.iloc[0]):
         return math.nan
     return float(v.iloc[0])
+
+
+def _flag(df: pd.DataFrame, label: str, phase: str, col: str) -> bool | None:
+    if col not in df.columns:
+        return None
+    v = df.loc[(df["label"] == label) & (df["phase"] == phase), col]
+    if v.empty or v.iloc[0] is None or _isnan(v.iloc[0]):
+        return None
+    return bool(v.iloc[0])
 
 
 def acceptance_figure(df: pd.DataFrame, out: Path) -> Path | None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from loadgen.console import (
     NA,
+    as_flag,
     as_float,
     fmt_int,
     fmt_num,
@@ -30,6 +31,8 @@ from loadgen.console import (
     fmt_pct,
     fmt_rate,
     fmt_speedup,
+    fmt_speedup_range,
+    fmt_spread,
     pick,
 )
 from loadgen.errors import SpecloadError
@@ -68,6 +71,18 @@ METRIC_KEYS: dict[str, tuple[str, ...]] = {
     "dispatch_lag_p99_ms": ("p99_dispatch_lag_ms",),
 }
 SPEEDUPS = ("tpot_speedup", "throughput_speedup", "e2e_speedup")
+# Counts add up over the repeats of a level (how many requests were measured in all);
+# every other metric is the median over repeats.
+SUMMED = ("completed", "failed", "duration_s")
+# Metrics whose min / max over repeats are kept (the speedups' ranges need them).
+SPREAD_METRICS = ("ttft_p50_ms", "tpot_p50_ms", "itl_p50_ms", "e2el_p50_ms", "output_throughput")
+# speedup column -> (metric it compares, whether lower values of the metric are better)
+SPEEDUP_BASIS: dict[str, tuple[str, bool]] = {
+    "tpot_speedup": ("tpot_p50_ms", True),
+    "throughput_speedup": ("output_throughput", False),
+    "e2e_speedup": ("e2el_p50_ms", True),
+}
+_REPEAT_SUFFIX = re.compile(r"(.+) r([0-9]+)")
 
 
 # --- discovery ---------------------------------------------------------------------------
@@ -91,12 +106,30 @@ class Run:
     shapes: dict[str, str | None] = field(default_factory=dict)
     complete: bool = False
     notes: list[str] = field(default_factory=list)
+    repeat_of: dict[str, int] = field(default_factory=dict)
+    repeats: int = 1
 
     @property
     def spec_method(self) -> str | None:
         if not self.spec:
             return None
         return str(self.spec.get("method") or self.spec.get("type") or "spec")
+
+    def level_of(self, phase: str) -> tuple[str, int]:
+        """(load level name, repeat) of a phase: 'concurrency=4 r2' -> ('concurrency=4', 2)."""
+        return split_repeat(phase, self.repeat_of.get(phase))
+
+
+def split_repeat(name: str, repeat: int | None = None) -> tuple[str, int]:
+    """Strip the ' rN' suffix scenario.py gives repeated phases (pure).
+
+    With ``repeat`` known (the summary's ``repeat`` key), only that suffix is stripped;
+    without it, any trailing ' r<digits>' is taken for one (load labels hold no spaces).
+    """
+    m = _REPEAT_SUFFIX.fullmatch(name)
+    if m and (repeat is None or int(m.group(2)) == repeat):
+        return m.group(1), int(m.group(2))
+    return name, repeat if repeat is not None else 1
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Run]:
@@ -247,6 +280,11 @@ def load_run(run_dir: str | Path, default_label: str | None = None) -> Run:
         if s.get("complete") is False:
             why = f" ({s['stop_reason']})" if s.get("stop_reason") else ""
             notes.append(f"phase '{name}' stopped early{why}")
+    repeat_of = {n: p.repeat for n, p in phase_objs.items()}
+    for name, s in phases.items():
+        rep = s.get("repeat")
+        if isinstance(rep, int) and not isinstance(rep, bool) and rep >= 1:
+            repeat_of[name] = rep
     missing = [n for n in expected if n not in phases]
     if missing:
         notes.append("phases without results: " + ", ".join(missing))
@@ -267,6 +305,8 @@ def load_run(run_dir: str | Path, default_label: str | None = None) -> Run:
         shapes=shapes,
         complete=complete,
         notes=notes,
+        repeat_of=repeat_of,
+        repeats=scen_obj.repeats if scen_obj else max([1, *repeat_of.values()]),
     )
 
 
@@ -344,12 +384,19 @@ def resolve_baseline(runs: Sequence[Run], baseline: str | None = DEFAULT_BASELIN
 
 
 def build_tables(runs: Sequence[Run], baseline: str | None = DEFAULT_BASELINE) -> pd.DataFrame:
-    """One row per (scenario, phase, config label) with latencies, throughput and speedups.
+    """One row per (scenario, load level, config label) with latencies, throughput, speedups.
 
-    Every config of a scenario gets a row at every load level any config reached; a missing
-    cell holds NaN and says why in ``note``. Speedups compare with the baseline label at the
-    same scenario and phase: TPOT and E2E as baseline median / config median (above 1 is
-    faster), throughput as config / baseline output tokens per second.
+    Repeats of a level (phases 'concurrency=4 r1', 'r2', ... of one run) fold into one row:
+    each metric is the median over the repeats (counts are totals), ``n_repeats`` says how
+    many had results, and ``<metric>_min/_max/_spread_pct`` keep the spread of
+    SPREAD_METRICS. Every config of a scenario gets a row at every level any config reached;
+    a missing cell holds NaN and says why in ``note``.
+
+    Speedups compare the medians with the baseline label's at the same scenario and level:
+    TPOT and E2E as baseline / config (above 1 is faster), throughput as config / baseline.
+    ``<speedup>_lo/_hi`` is the range over every pairing of a baseline repeat with a config
+    repeat, and ``<speedup>_stable`` is True when that range excludes 1.0 (see
+    ``speedup_range``), None when either side has fewer than two repeats.
     """
     import pandas as pd
 
@@ -361,25 +408,22 @@ def build_tables(runs: Sequence[Run], baseline: str | None = DEFAULT_BASELINE) -
             (r for r in runs if r.scenario == scen),
             key=lambda r: (r.label != base_label, r.label),
         )
-        phase_rank: dict[str, tuple[Any, ...]] = {}
+        rank: dict[str, tuple[Any, ...]] = {}
         levels: dict[str, float | None] = {}
         shapes: dict[str, str | None] = {}
         for r in scen_runs:
             for i, name in enumerate(list(r.phases) + r.expected_phases):
-                levels.setdefault(name, r.levels.get(name))
-                shapes.setdefault(name, r.shapes.get(name))
-                key = _phase_sort_key(levels[name], i, name)
-                phase_rank[name] = min(phase_rank.get(name, key), key)
-        phase_names = sorted(phase_rank, key=phase_rank.__getitem__)
+                lvl = r.level_of(name)[0]
+                levels.setdefault(lvl, r.levels.get(name))
+                shapes.setdefault(lvl, r.shapes.get(name))
+                key = _phase_sort_key(levels[lvl], i, lvl)
+                rank[lvl] = min(rank.get(lvl, key), key)
         base_run = next((r for r in scen_runs if r.label == base_label), None)
-        for phase in phase_names:
-            base = base_run.phases.get(phase) if base_run else None
+        for lvl in sorted(rank, key=rank.__getitem__):
+            base = _collect(base_run, lvl) if base_run else None
             for r in scen_runs:
-                rows.append(
-                    _row(scen, phase, levels.get(phase), shapes.get(phase), r, base, base_label)
-                )
-    df = pd.DataFrame(rows, columns=_COLUMNS)
-    return df
+                rows.append(_row(scen, lvl, levels.get(lvl), shapes.get(lvl), r, base, base_label))
+    return pd.DataFrame(rows, columns=_COLUMNS)
 
 
 _COLUMNS = [
@@ -396,71 +440,184 @@ _COLUMNS = [
     "run_complete",
     "note",
     "run_dir",
+    # repeats (appended so that the columns above keep their places)
+    "n_repeats",
+    *(f"{m}_{k}" for m in SPREAD_METRICS for k in ("min", "max", "spread_pct")),
+    *(f"{s}_{k}" for s in SPEEDUPS for k in ("lo", "hi", "stable")),
+    "repeat_phases",
 ]
+
+
+@dataclass
+class _Level:
+    """One run's repeats of one load level: per-repeat metric values, in repeat order."""
+
+    phases: list[str] = field(default_factory=list)
+    values: dict[str, list[float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    acceptance: list[list[float | None]] = field(default_factory=list)
+    none_completed: bool = False  # every repeat with results completed no request
+
+    def median(self, col: str) -> float:
+        return aggregate(self.values.get(col, []))[0]
+
+
+def _collect(run: Run, level: str) -> _Level:
+    members = sorted((run.level_of(n)[1], n) for n in run.phases if run.level_of(n)[0] == level)
+    out = _Level(values={c: [] for c in METRIC_KEYS})
+    tag = run.repeats > 1 or len(members) > 1
+    done_any = False
+    for rep, name in members:
+        s = run.phases[name]
+        values, notes, nothing_done = _metrics_of(s)
+        done_any |= not nothing_done
+        out.phases.append(name)
+        for c, v in values.items():
+            out.values[c].append(v)
+        out.notes += [f"r{rep}: {n}" if tag else n for n in notes]
+        pos = s.get("spec_decode_per_position_acceptance_rates")
+        if isinstance(pos, list) and pos:
+            out.acceptance.append([as_float(x) for x in pos])
+    out.none_completed = bool(members) and not done_any
+    return out
+
+
+def _metrics_of(s: Mapping[str, Any]) -> tuple[dict[str, float], list[str], bool]:
+    """One phase summary's metric columns (NaN where missing), notes, and 'nothing done'."""
+    notes: list[str] = []
+    if s.get("complete") is False:
+        notes.append("phase incomplete")
+    # metrics.py writes 0.0 for a statistic of no samples: with nothing completed, the
+    # latencies and throughputs are not measurements.
+    nothing_done = as_float(s.get("completed")) == 0
+    if nothing_done:
+        notes.append("no request completed")
+    values: dict[str, float] = {}
+    for col, keys in METRIC_KEYS.items():
+        v = as_float(pick(s, *keys))
+        if nothing_done and col not in SUMMED:
+            v = None
+        values[col] = math.nan if v is None else v
+    if col_missing := [c for c in ("tpot_p50_ms", "output_throughput") if math.isnan(values[c])]:
+        notes.append("missing " + ", ".join(col_missing))
+    return values, notes, nothing_done
+
+
+def aggregate(values: Sequence[float | None]) -> tuple[float, float, float, float]:
+    """(median, min, max, spread %) over repeats, ignoring missing values (pure).
+
+    min / max / spread are NaN with fewer than two values: one run says nothing about how
+    much a figure moves. Spread % is (max - min) / |median| * 100.
+    """
+    xs = sorted(f for v in values if (f := as_float(v)) is not None)
+    if not xs:
+        return math.nan, math.nan, math.nan, math.nan
+    n = len(xs)
+    med = xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+    if n < 2:
+        return med, math.nan, math.nan, math.nan
+    spread = 100.0 * (xs[-1] - xs[0]) / abs(med) if med else math.nan
+    return med, xs[0], xs[-1], spread
+
+
+def speedup_range(
+    base: Sequence[float | None], config: Sequence[float | None], lower_is_better: bool
+) -> tuple[float, float, bool | None]:
+    """(lo, hi, stable) of a speedup from each side's repeat values (pure).
+
+    lo..hi spans the speedup of every pairing of one baseline repeat with one config repeat
+    (for a latency: min(base) / max(config) .. max(base) / min(config)). ``stable`` is True
+    when the range excludes 1.0, i.e. the two sides' min-max ranges do not overlap, so every
+    pairing agrees on win or loss; False when it includes 1.0. Both sides need two or more
+    values (positive and finite); otherwise (nan, nan, None).
+    """
+    b = [f for v in base if (f := as_float(v)) is not None and f > 0]
+    c = [f for v in config if (f := as_float(v)) is not None and f > 0]
+    if len(b) < 2 or len(c) < 2:
+        return math.nan, math.nan, None
+    if lower_is_better:
+        lo, hi = min(b) / max(c), max(b) / min(c)
+    else:
+        lo, hi = min(c) / max(b), max(c) / min(b)
+    return lo, hi, lo > 1.0 or hi < 1.0
+
+
+def _median_lists(lists: Sequence[Sequence[float | None]]) -> list[float | None] | None:
+    """Element-wise median of per-position acceptance rates over repeats."""
+    if not lists:
+        return None
+    n = max(len(x) for x in lists)
+    out: list[float | None] = []
+    for i in range(n):
+        m = aggregate([x[i] for x in lists if i < len(x)])[0]
+        out.append(None if math.isnan(m) else m)
+    return out
 
 
 def _row(
     scen: str,
-    phase: str,
-    level: float | None,
+    level: str,
+    load_level: float | None,
     shape: str | None,
     run: Run,
-    base: Mapping[str, Any] | None,
+    base: _Level | None,
     base_label: str | None,
 ) -> dict[str, Any]:
-    s = run.phases.get(phase)
+    lv = _collect(run, level)
     notes: list[str] = []
     row: dict[str, Any] = {
         "scenario": scen,
-        "phase": phase,
+        "phase": level,
         "load_shape": shape,
-        "load_level": level,
+        "load_level": load_level,
         "label": run.label,
         "spec_method": run.spec_method,
         "is_baseline": run.label == base_label,
         "run_complete": run.complete,
         "run_dir": str(run.path),
+        "n_repeats": len(lv.phases),
+        "repeat_phases": list(lv.phases),
     }
-    if s is None:
+    if not lv.phases:
         notes.append("no results at this level" + ("" if run.complete else " (run incomplete)"))
-        s = {}
-    elif s.get("complete") is False:
-        notes.append("phase incomplete")
-    # metrics.py writes 0.0 for a statistic of no samples: with nothing completed, the
-    # latencies and throughputs are not measurements.
-    nothing_done = bool(s) and as_float(s.get("completed")) == 0
-    if nothing_done:
-        notes.append("no request completed")
-    for col, keys in METRIC_KEYS.items():
-        v = as_float(pick(s, *keys))
-        if nothing_done and col not in ("completed", "failed", "duration_s"):
-            v = None
-        row[col] = math.nan if v is None else v
-    if col_missing := [c for c in ("tpot_p50_ms", "output_throughput") if s and math.isnan(row[c])]:
-        notes.append("missing " + ", ".join(col_missing))
-    pos = s.get("spec_decode_per_position_acceptance_rates")
-    row["acceptance_per_position"] = (
-        [as_float(x) for x in pos] if isinstance(pos, list) and pos else None
-    )
+    elif len(lv.phases) < run.repeats:
+        notes.append(f"{len(lv.phases)} of {run.repeats} repeats have results")
+    notes += lv.notes
+    for col in METRIC_KEYS:
+        vals = lv.values[col]
+        if col in SUMMED:
+            finite = [v for v in vals if not math.isnan(v)]
+            row[col] = math.fsum(finite) if finite else math.nan
+        else:
+            row[col] = aggregate(vals)[0]
+    for col in SPREAD_METRICS:
+        _, row[f"{col}_min"], row[f"{col}_max"], row[f"{col}_spread_pct"] = aggregate(
+            lv.values[col]
+        )
+    row["acceptance_per_position"] = _median_lists(lv.acceptance)
+    is_base = run.label == base_label
     if base_label is None:
         notes.append("no baseline run")
-        b: Mapping[str, Any] = {}
-    elif base is None:
-        b = {}
-        if run.label != base_label:
+        base = None
+    elif base is None or not base.phases:
+        base = None
+        if not is_base:
             notes.append(f"baseline '{base_label}' has no results at this level")
-    else:
-        b = base
-    if as_float(b.get("completed")) == 0:
-        b = {}
-        if run.label != base_label:
+    elif base.none_completed:
+        base = None
+        if not is_base:
             notes.append(f"baseline '{base_label}' completed no request at this level")
-    b_tpot = as_float(pick(b, *METRIC_KEYS["tpot_p50_ms"]))
-    b_e2e = as_float(pick(b, *METRIC_KEYS["e2el_p50_ms"]))
-    b_thru = as_float(pick(b, *METRIC_KEYS["output_throughput"]))
-    row["tpot_speedup"] = _ratio(b_tpot, row["tpot_p50_ms"])
-    row["e2e_speedup"] = _ratio(b_e2e, row["e2el_p50_ms"])
-    row["throughput_speedup"] = _ratio(row["output_throughput"], b_thru)
+    for sp, (col, lower_better) in SPEEDUP_BASIS.items():
+        b = base.median(col) if base else math.nan
+        row[sp] = _ratio(b, row[col]) if lower_better else _ratio(row[col], b)
+        if base is None or is_base:
+            row[f"{sp}_lo"], row[f"{sp}_hi"], row[f"{sp}_stable"] = math.nan, math.nan, None
+        else:
+            row[f"{sp}_lo"], row[f"{sp}_hi"], row[f"{sp}_stable"] = speedup_range(
+                base.values[col], lv.values[col], lower_better
+            )
+    if base is not None and not is_base and (len(base.phases) > 1) != (len(lv.phases) > 1):
+        notes.append("speedup stability needs 2+ repeats of both this config and the baseline")
     row["note"] = "; ".join(notes)
     return row
 
@@ -530,13 +687,31 @@ def find_crossover(levels: Sequence[Any], speedups: Sequence[float | None]) -> C
 
 
 def crossovers(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Crossover per (scenario, non-baseline config) for TPOT and throughput speedups."""
+    """Crossover per (scenario, non-baseline config) for TPOT and throughput speedups.
+
+    It reads the aggregated speedups (medians over repeats). ``stable`` is True when every
+    level's speedup is stable (``speedup_range``), so no pairing of repeats would move the
+    crossover; False with the levels in ``unstable_levels``; None without repeats.
+    """
     out: list[dict[str, Any]] = []
     for (scen, label), g in df.groupby(["scenario", "label"], sort=False):
         if g["is_baseline"].any():
             continue
         for metric, what in (("tpot_speedup", "TPOT"), ("throughput_speedup", "throughput")):
             c = find_crossover(list(g["phase"]), list(g[metric]))
+            flags = [
+                (phase, flag)
+                for phase, v, flag in zip(g["phase"], g[metric], g[f"{metric}_stable"], strict=True)
+                if as_float(v) is not None
+            ]
+            unstable = [str(phase) for phase, flag in flags if flag is False]
+            known = bool(flags) and all(flag is not None for _, flag in flags)
+            stable = False if unstable else (True if known else None)
+            text = c.describe(f"{what} speedup")
+            if stable is True:
+                text += " [stable: every level's repeat range is clear of 1.0]"
+            elif stable is False:
+                text += " [unstable: repeat range includes 1.0 at " + ", ".join(unstable) + "]"
             out.append(
                 {
                     "scenario": scen,
@@ -545,7 +720,9 @@ def crossovers(df: pd.DataFrame) -> list[dict[str, Any]]:
                     "kind": c.kind,
                     "level": c.level,
                     "last_win": c.last_win,
-                    "text": c.describe(f"{what} speedup"),
+                    "stable": stable,
+                    "unstable_levels": unstable,
+                    "text": text,
                 }
             )
     return out
@@ -565,10 +742,37 @@ _TABLE: list[tuple[str, Any]] = [
     ("tok/chunk", lambda r: fmt_num(r["tokens_per_chunk"])),
     ("accept len", lambda r: fmt_num(r["acceptance_length"])),
     ("goodput", lambda r: _goodput(r)),
-    ("TPOT speedup", lambda r: fmt_speedup(r["tpot_speedup"])),
-    ("thru speedup", lambda r: fmt_speedup(r["throughput_speedup"])),
-    ("E2E speedup", lambda r: fmt_speedup(r["e2e_speedup"])),
+    ("TPOT speedup", lambda r: _speedup_text(r, "tpot_speedup")),
+    ("thru speedup", lambda r: _speedup_text(r, "throughput_speedup")),
+    ("E2E speedup", lambda r: _speedup_text(r, "e2e_speedup")),
 ]
+# Shown only when some level was repeated: (after this header, (header, formatter)).
+_REPEAT_CELLS: list[tuple[str, tuple[str, Any]]] = [
+    ("config", ("n", lambda r: fmt_int(r["n_repeats"]))),
+    ("out tok/s", ("tok/s spread", lambda r: fmt_spread(r["output_throughput_spread_pct"]))),
+    ("TTFT p50/p99", ("TTFT p50 spread", lambda r: fmt_spread(r["ttft_p50_ms_spread_pct"]))),
+    ("TPOT p50/p99", ("TPOT p50 spread", lambda r: fmt_spread(r["tpot_p50_ms_spread_pct"]))),
+]
+
+
+def _columns(repeated: bool) -> list[tuple[str, Any]]:
+    if not repeated:
+        return _TABLE
+    extra = dict(_REPEAT_CELLS)
+    out: list[tuple[str, Any]] = []
+    for col in _TABLE:
+        out.append(col)
+        if col[0] in extra:
+            out.append(extra[col[0]])
+    return out
+
+
+def _repeated(df: pd.DataFrame) -> bool:
+    return bool(len(df)) and bool((df["n_repeats"] > 1).any())
+
+
+def _speedup_text(r: Mapping[str, Any], col: str) -> str:
+    return fmt_speedup_range(r[col], r[f"{col}_lo"], r[f"{col}_hi"], r[f"{col}_stable"])
 
 
 def _done(r: Mapping[str, Any]) -> str:
@@ -593,25 +797,31 @@ def _sections(df: pd.DataFrame) -> list[tuple[str, str, list[dict[str, Any]]]]:
     return out
 
 
-def _md_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    head = [h for h, _ in _TABLE]
+def _md_table(rows: Sequence[Mapping[str, Any]], repeated: bool = False) -> str:
+    table = _columns(repeated)
+    head = [h for h, _ in table]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
-        cells = [f(r).replace("|", "\\|") for _, f in _TABLE]
+        cells = [f(r).replace("|", "\\|") for _, f in table]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _html_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in _TABLE)
+def _html_table(rows: Sequence[Mapping[str, Any]], repeated: bool = False) -> str:
+    table = _columns(repeated)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in table)
     body = []
     for r in rows:
         cells = []
-        for h, f in _TABLE:
+        for h, f in table:
             text = f(r)
             cls = ""
             if h.endswith("speedup") and text != NA:
-                cls = ' class="win"' if as_float(r[_SPEEDUP_COL[h]]) >= 1.0 else ' class="loss"'
+                col = _SPEEDUP_COL[h]
+                if as_flag(r[f"{col}_stable"]) is False:
+                    cls = ' class="unstable"'
+                else:
+                    cls = ' class="win"' if as_float(r[col]) >= 1.0 else ' class="loss"'
             elif text == NA:
                 cls = ' class="na"'
             cells.append(f"<td{cls}>{html.escape(text)}</td>")
@@ -631,6 +841,7 @@ table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f2f2f2}td:first-child{text-align:left}
 td.win{color:#06681c;font-weight:600}td.loss{color:#a40000;font-weight:600}td.na{color:#999}
+td.unstable{color:#8a6d00;font-style:italic}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}
 .note{color:#666;font-size:.85em}
 """
@@ -678,9 +889,8 @@ def write_report(
             fig_paths[scen] = figs.scenario_figures(df[df["scenario"] == scen], scen, out)
 
     csv_df = df.copy()
-    csv_df["acceptance_per_position"] = [
-        json.dumps(v) if isinstance(v, list) else "" for v in csv_df["acceptance_per_position"]
-    ]
+    for col in ("acceptance_per_position", "repeat_phases"):
+        csv_df[col] = [json.dumps(v) if isinstance(v, list) else "" for v in csv_df[col]]
     csv_df.to_csv(out / "report.csv", index=False)
 
     run_info = [
@@ -698,6 +908,7 @@ def write_report(
         "baseline": base_label,
         "runs": run_info,
         "rows": df.to_dict("records"),
+        "repeats": repeat_rows(runs),
         "crossovers": cross,
         "figures": {s: [p.name for p in ps] for s, ps in fig_paths.items()},
     }
@@ -708,6 +919,29 @@ def write_report(
     return out / "report.md"
 
 
+def repeat_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """One row per measured phase (each repeat on its own), for report.json: the values
+    the aggregated rows were computed from."""
+    out: list[dict[str, Any]] = []
+    for r in runs:
+        for name, s in r.phases.items():
+            level, rep = r.level_of(name)
+            values, notes, _ = _metrics_of(s)
+            out.append(
+                {
+                    "scenario": r.scenario,
+                    "label": r.label,
+                    "level": level,
+                    "repeat": rep,
+                    "phase": name,
+                    "load_level": r.levels.get(name),
+                    **values,
+                    "note": "; ".join(notes),
+                }
+            )
+    return out
+
+
 def _intro(runs: Sequence[Run], base_label: str | None) -> list[str]:
     lines = [
         f"Baseline: **{base_label}**." if base_label else "Baseline: none found; no speedups.",
@@ -716,6 +950,82 @@ def _intro(runs: Sequence[Run], base_label: str | None) -> list[str]:
         "Latencies in ms (p50 / p99).",
     ]
     return lines
+
+
+HOW_TO_READ = """\
+## How to read this
+
+- **Rows.** One row per config and load level. With `repeats: N` in the scenario, each level
+  ran N times back to back on the same server (phases `... r1`, `... r2`, ...); the row
+  folds them together. `n` is how many repeats have results. Every metric is the
+  **median over repeats** (with two repeats, their mean), except ok/failed, which are
+  totals over all repeats. A level run once shows its one value, and no spread.
+- **Speedups** are computed from those medians, against the baseline config at the same
+  level. TPOT speedup = baseline median TPOT / config median TPOT; E2E speedup likewise
+  with median end-to-end latency; throughput speedup = config output tok/s / baseline
+  output tok/s. Above 1.00x the config is better (faster tokens, shorter requests, more
+  tokens per second); below 1.00x speculation costs more than it buys.
+- **Spread** (`... spread` columns; `_min`, `_max`, `_spread_pct` in report.csv) is
+  (max - min) / median over a config's repeats of one level, in %. It says how much that
+  figure moved between back-to-back runs of the same load on the same server. n/a with
+  fewer than 2 repeats.
+- **Speedup range** (in brackets after a speedup, `_lo` / `_hi` in report.csv) is the
+  lowest and highest speedup any baseline repeat paired with any config repeat gives:
+  for TPOT, min(baseline) / max(config) to max(baseline) / min(config); for throughput,
+  min(config) / max(baseline) to max(config) / min(baseline).
+- **Stable** means that range does not include 1.00x: the config's and the baseline's
+  min-max ranges over repeats do not overlap, so every pairing of repeats agrees on win or
+  loss. **Unstable** means the range includes 1.00x: the repeats do not settle whether
+  the config wins at that level, whatever the median says; rerun with more repeats or
+  longer phases before acting on it. Stability needs 2 or more repeats of both the config
+  and the baseline; otherwise it is n/a. How strict this is: if the two configs did not
+  differ at all and repeats were exchangeable, complete separation would still happen by
+  chance with probability 2 / C(n_b + n_c, n_c): 10% for 3 and 3 repeats, 33% for 2 and
+  2, under 1% for 5 and 5. A stable verdict from 3 repeats each is a screen, not a proof.
+- **Crossover** reads the median speedups in increasing load order: the first level
+  where the speedup falls below 1.00x after a win. It is marked stable when every level's
+  speedup is stable (no pairing of repeats would move it), unstable with the levels whose
+  range includes 1.00x.
+"""
+
+
+def _stability_lines(df: pd.DataFrame) -> list[str]:
+    """Markdown list: which speedups hold over every pairing of repeats and which do not."""
+    if not _repeated(df):
+        return []
+    names = {"tpot_speedup": "TPOT", "throughput_speedup": "throughput", "e2e_speedup": "E2E"}
+    stable: list[str] = []
+    unstable: list[str] = []
+    unknown = 0
+    verdict = {True: "win", False: "loss"}
+    for r in df[~df["is_baseline"].astype(bool)].to_dict("records"):
+        for col, what in names.items():
+            if as_float(r[col]) is None:
+                continue
+            flag = as_flag(r[f"{col}_stable"])
+            text = (
+                f"`{r['scenario']}` {r['label']} at {r['phase']}: {what} {fmt_speedup(r[col])} "
+                f"({fmt_num(r[f'{col}_lo'])}-{fmt_num(r[f'{col}_hi'])})"
+            )
+            if flag is None:
+                unknown += 1
+            elif flag:
+                stable.append(f"{text}, {verdict[as_float(r[col]) >= 1.0]}")
+            else:
+                unstable.append(text)
+    out = ["## Which speedups are stable", ""]
+    out.append(f"Stable (range over repeat pairings clear of 1.00x): {len(stable)}; ")
+    out[-1] += f"unstable (range includes 1.00x): {len(unstable)}; without repeats: {unknown}."
+    out.append("")
+    if unstable:
+        out += ["Unstable, do not read a win or a loss into these:", ""]
+        out += [f"- {u}" for u in unstable]
+        out.append("")
+    if stable:
+        out += ["Stable:", ""]
+        out += [f"- {s}" for s in stable]
+        out.append("")
+    return out
 
 
 def _notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -737,12 +1047,14 @@ def _markdown(
     runs_notes = _run_notes(runs)
     if runs_notes:
         out += ["Run notes:", "", *(f"- {n}" for n in runs_notes), ""]
+    out += [HOW_TO_READ]
+    repeated = _repeated(df)
     current = None
     for scen, phase, rows in _sections(df):
         if scen != current:
             current = scen
             out += [f"## Scenario `{scen}`", ""]
-        out += [f"### {phase}", "", _md_table(rows), ""]
+        out += [f"### {phase}", "", _md_table(rows, repeated), ""]
         notes = _notes(rows)
         if notes:
             out += [*(f"- note: {n}" for n in notes), ""]
@@ -752,6 +1064,7 @@ def _markdown(
     for c in cross:
         out.append(f"- `{c['scenario']}` **{c['label']}**: {c['text']}")
     out.append("")
+    out += _stability_lines(df)
     if fig_paths:
         out += ["## Figures", ""]
         for scen, ps in fig_paths.items():
@@ -787,6 +1100,11 @@ def _html(
     if not cross:
         parts.append("<li>No speculative config to compare with the baseline.</li>")
     parts.append("</ul>")
+    parts.append(_md_to_html(HOW_TO_READ))
+    stab = _stability_lines(df)
+    if stab:
+        parts.append(_md_to_html("\n".join(stab)))
+    repeated = _repeated(df)
     current = None
     for scen, phase, rows in _sections(df):
         if scen != current:
@@ -795,7 +1113,7 @@ def _html(
             current = scen
             parts.append(f"<h2>Scenario <code>{e(scen)}</code></h2>")
         parts.append(f"<h3>{e(phase)}</h3>")
-        parts.append(_html_table(rows))
+        parts.append(_html_table(rows, repeated))
         notes = _notes(rows)
         if notes:
             parts.append("<ul class='note'>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
@@ -803,6 +1121,50 @@ def _html(
         parts += _html_figures(fig_paths.get(current, ()))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _md_to_html(md: str) -> str:
+    """The little Markdown the fixed sections use: '## ' headings, '- ' items (with
+    continuation lines), paragraphs, **bold** and `code`."""
+    e = html.escape
+
+    def inline(text: str) -> str:
+        text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", e(text))
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+    out: list[str] = []
+    item: list[str] | None = None
+    in_list = False
+
+    def flush() -> None:
+        nonlocal item
+        if item is not None:
+            out.append(f"<li>{inline(' '.join(item))}</li>")
+            item = None
+
+    for line in md.splitlines():
+        s = line.strip()
+        if s.startswith("- "):
+            flush()
+            if not in_list:
+                out.append("<ul>")
+                in_list = True
+            item = [s[2:]]
+        elif s and item is not None and line.startswith("  "):
+            item.append(s)
+        else:
+            flush()
+            if in_list:
+                out.append("</ul>")
+                in_list = False
+            if s.startswith("## "):
+                out.append(f"<h2>{inline(s[3:])}</h2>")
+            elif s:
+                out.append(f"<p>{inline(s)}</p>")
+    flush()
+    if in_list:
+        out.append("</ul>")
+    return "\n".join(out)
 
 
 def _html_figures(paths: Iterable[Path]) -> list[str]:
@@ -887,13 +1249,17 @@ def compare_main(argv: list[str]) -> int:
 __all__ = [
     "Crossover",
     "Run",
+    "aggregate",
     "build_tables",
     "compare_main",
     "crossovers",
     "find_crossover",
     "find_runs",
     "load_run",
+    "repeat_rows",
     "report_main",
     "resolve_baseline",
+    "speedup_range",
+    "split_repeat",
     "write_report",
 ]

@@ -16,12 +16,15 @@ from loadgen.errors import SpecloadError
 from loadgen.metrics import summarize
 from loadgen.records import RequestRecord
 from loadgen.report import (
+    aggregate,
     build_tables,
     compare_main,
     crossovers,
     find_crossover,
     find_runs,
     report_main,
+    speedup_range,
+    split_repeat,
     write_report,
 )
 from loadgen.results import slugify
@@ -437,3 +440,404 @@ def test_nothing_completed_is_not_a_speedup(tmp_path: Path) -> None:
     note = df[(df["label"] == "ngram-k3") & (df["phase"] == "concurrency=4")]["note"].iloc[0]
     assert "completed no request" in note
     assert _cell(df, "ngram-k3", 1, "tpot_speedup") == pytest.approx(2.0)
+
+
+# --- repeats -------------------------------------------------------------------------------
+
+REP_SCENARIO = {**SCENARIO, "name": "rep", "repeats": 3}
+# label -> (spec, {level: (TPOT p50 per repeat, output tok/s per repeat)})
+REP_CONFIGS: dict[str, tuple[dict[str, Any] | None, dict[int, tuple[list[float], list[float]]]]] = {
+    "none": (
+        None,
+        {
+            1: ([20.0, 21.0, 19.0], [50.0, 52.0, 48.0]),
+            4: ([22.0, 23.0, 21.0], [180.0, 185.0, 175.0]),
+            16: ([30.0, 31.0, 29.0], [500.0, 510.0, 490.0]),
+        },
+    ),
+    "ngram-k3": (
+        {"method": "ngram", "num_speculative_tokens": 3},
+        {
+            # TPOT: a clear win, a straddle (ranges overlap), a clear loss
+            1: ([10.0, 11.0, 9.5], [100.0, 98.0, 103.0]),
+            4: ([21.0, 20.0, 22.5], [200.0, 195.0, 205.0]),
+            16: ([40.0, 38.0, 42.0], [400.0, 390.0, 410.0]),
+        },
+    ),
+}
+
+
+def _rep_summary(label: str, level: int, rep: int, with_repeat_key: bool = True) -> dict:
+    spec, per_level = REP_CONFIGS[label]
+    tpot, thru = (v[rep - 1] for v in per_level[level])
+    s: dict[str, Any] = {
+        "phase": f"concurrency={level} r{rep}",
+        "load_shape": "concurrency",
+        "load_level": level,
+        "complete": True,
+        "completed": 20,
+        "failed": rep - 1,  # 0 + 1 + 2 = 3 in all
+        "output_throughput": thru,
+        "p50_ttft_ms": 40.0 + rep,
+        "p99_ttft_ms": 90.0,
+        "p50_tpot_ms": tpot,
+        "p99_tpot_ms": tpot * 1.5,
+        "p50_itl_token_ms": tpot,
+        "p99_itl_token_ms": tpot * 2,
+        "p50_e2el_ms": 40.0 + 127 * tpot,
+        "p99_e2el_ms": 200.0 * tpot,
+        "mean_tokens_per_chunk": 1.0 if spec is None else 2.5,
+    }
+    if with_repeat_key:
+        s["repeat"] = rep
+    if spec is not None:
+        s["spec_decode_acceptance_length"] = [2.4, 2.6, 2.5][rep - 1]
+        s["spec_decode_per_position_acceptance_rates"] = [[0.8, 0.5], [0.7, 0.6], [0.9, 0.4]][
+            rep - 1
+        ]
+    return s
+
+
+def _write_rep_run(
+    root: Path,
+    label: str,
+    phases: list[tuple[int, int]] | None = None,
+    top_summary: bool = True,
+    scenario: dict[str, Any] | None = None,
+    with_repeat_key: bool = True,
+) -> Path:
+    """A run as the runner writes it with ``repeats: 3``: phases 'concurrency=L rN'."""
+    scen = parse_scenario(dict(scenario or REP_SCENARIO), "test")
+    if phases is None:
+        phases = [(lv, rep) for lv in LEVELS for rep in (1, 2, 3)]
+    run_dir = root / label / scen.name
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(
+        json.dumps({"scenario": scen.model_dump(), "label": label, "spec": REP_CONFIGS[label][0]})
+    )
+    done = {}
+    for lv, rep in phases:
+        s = _rep_summary(label, lv, rep, with_repeat_key)
+        slug = slugify(s["phase"])
+        (run_dir / slug).mkdir()
+        (run_dir / slug / "summary.json").write_text(json.dumps(s))
+        done[slug] = s
+    if top_summary:
+        doc = {"complete": len(done) == 9, "scenario": scen.name, "label": label, "phases": done}
+        (run_dir / "summary.json").write_text(json.dumps(doc))
+    return run_dir
+
+
+@pytest.fixture
+def rep_sweep(tmp_path: Path) -> Path:
+    root = tmp_path / "rep_sweep"
+    for label in REP_CONFIGS:
+        _write_rep_run(root, label)
+    return root
+
+
+def _rep_row(df, label: str, level: int) -> dict[str, Any]:
+    sel = df[(df["label"] == label) & (df["phase"] == f"concurrency={level}")]
+    assert len(sel) == 1
+    return sel.iloc[0].to_dict()
+
+
+def test_split_repeat() -> None:
+    assert split_repeat("concurrency=4 r2") == ("concurrency=4", 2)
+    assert split_repeat("concurrency=4 r2", 2) == ("concurrency=4", 2)
+    assert split_repeat("concurrency=4", 1) == ("concurrency=4", 1)
+    assert split_repeat("concurrency=4") == ("concurrency=4", 1)
+    # a summary that says repeat 1 keeps a name whose suffix says otherwise
+    assert split_repeat("odd r7", 1) == ("odd r7", 1)
+
+
+def test_aggregate() -> None:
+    assert aggregate([10.0, 11.0, 9.5]) == pytest.approx((10.0, 9.5, 11.0, 15.0))
+    med, lo, hi, spread = aggregate([1.0, 3.0])
+    assert (med, lo, hi) == (2.0, 1.0, 3.0) and spread == pytest.approx(100.0)
+    med, lo, hi, spread = aggregate([7.0, math.nan, None])
+    assert med == 7.0 and all(math.isnan(v) for v in (lo, hi, spread))
+    assert all(math.isnan(v) for v in aggregate([]))
+
+
+def test_speedup_range() -> None:
+    # latency: base 19..21 vs config 9.5..11 -> 19/11 .. 21/9.5, a stable win
+    lo, hi, stable = speedup_range([20, 21, 19], [10, 11, 9.5], lower_is_better=True)
+    assert (lo, hi, stable) == (pytest.approx(19 / 11), pytest.approx(21 / 9.5), True)
+    # overlapping ranges straddle 1.0
+    assert speedup_range([22, 23, 21], [21, 20, 22.5], lower_is_better=True)[2] is False
+    # a stable loss is stable too
+    lo, hi, stable = speedup_range([30, 31, 29], [40, 38, 42], lower_is_better=True)
+    assert stable is True and hi == pytest.approx(31 / 38) and hi < 1
+    # throughput: higher is better, config over base
+    lo, hi, stable = speedup_range([180, 185, 175], [200, 195, 205], lower_is_better=False)
+    assert (lo, hi, stable) == (pytest.approx(195 / 185), pytest.approx(205 / 175), True)
+    # touching 1.0 is not clear of it
+    assert speedup_range([10, 12], [12, 13], lower_is_better=True)[2] is False
+    # one repeat on either side: no range, no verdict
+    lo, hi, stable = speedup_range([20], [10, 11], lower_is_better=True)
+    assert stable is None and math.isnan(lo) and math.isnan(hi)
+
+
+def test_repeats_aggregate_to_one_row_per_level(rep_sweep: Path) -> None:
+    runs = find_runs([rep_sweep])
+    ngram = next(r for r in runs if r.label == "ngram-k3")
+    assert ngram.repeats == 3 and ngram.complete
+    assert ngram.level_of("concurrency=4 r2") == ("concurrency=4", 2)
+    df = build_tables(runs)
+    assert len(df) == 6  # 2 configs x 3 levels, not 18 and no collisions
+    assert list(df["phase"])[::2] == ["concurrency=1", "concurrency=4", "concurrency=16"]
+    assert (df["n_repeats"] == 3).all()
+    assert (df["note"] == "").all()
+
+    r = _rep_row(df, "ngram-k3", 1)
+    assert r["tpot_p50_ms"] == 10.0  # median of 10, 11, 9.5
+    assert (r["tpot_p50_ms_min"], r["tpot_p50_ms_max"]) == (9.5, 11.0)
+    assert r["tpot_p50_ms_spread_pct"] == pytest.approx(15.0)
+    assert r["output_throughput"] == 100.0
+    assert r["output_throughput_spread_pct"] == pytest.approx(5.0)
+    assert r["ttft_p50_ms"] == 42.0 and r["ttft_p50_ms_spread_pct"] == pytest.approx(200 / 42)
+    assert r["tpot_p99_ms"] == pytest.approx(15.0)
+    assert r["acceptance_length"] == pytest.approx(2.5)
+    assert r["acceptance_per_position"] == pytest.approx([0.8, 0.5])
+    assert (r["completed"], r["failed"]) == (60, 3)  # totals over repeats
+    assert r["repeat_phases"] == ["concurrency=1 r1", "concurrency=1 r2", "concurrency=1 r3"]
+
+    # speedups from the medians, stability from the repeat ranges
+    assert r["tpot_speedup"] == pytest.approx(2.0)
+    assert (r["tpot_speedup_lo"], r["tpot_speedup_hi"]) == (
+        pytest.approx(19 / 11),
+        pytest.approx(21 / 9.5),
+    )
+    assert r["tpot_speedup_stable"] is True
+    assert r["throughput_speedup"] == pytest.approx(2.0)
+    assert r["throughput_speedup_stable"] is True
+    e2e_base, e2e_ngram = 40 + 127 * 20.0, 40 + 127 * 10.0
+    assert r["e2e_speedup"] == pytest.approx(e2e_base / e2e_ngram)
+    assert r["e2e_speedup_stable"] is True
+
+    mid = _rep_row(df, "ngram-k3", 4)
+    assert mid["tpot_speedup"] == pytest.approx(22 / 21)  # the median says "win" ...
+    assert mid["tpot_speedup_stable"] is False  # ... but the repeats do not settle it
+    assert mid["tpot_speedup_lo"] == pytest.approx(21 / 22.5)
+    assert mid["tpot_speedup_lo"] < 1 < mid["tpot_speedup_hi"]
+    assert mid["throughput_speedup"] == pytest.approx(200 / 180)
+    assert mid["throughput_speedup_stable"] is True
+
+    high = _rep_row(df, "ngram-k3", 16)
+    assert high["tpot_speedup"] == pytest.approx(0.75)
+    assert high["tpot_speedup_stable"] is True  # a stable loss
+    assert high["tpot_speedup_hi"] < 1
+
+    base = _rep_row(df, "none", 4)
+    assert base["tpot_speedup"] == pytest.approx(1.0)
+    assert base["tpot_speedup_stable"] is None and math.isnan(base["tpot_speedup_lo"])
+
+
+def test_repeats_crossover_uses_medians_and_flags_instability(rep_sweep: Path) -> None:
+    df = build_tables(find_runs([rep_sweep]))
+    cross = {c["metric"]: c for c in crossovers(df)}
+    tpot = cross["tpot_speedup"]
+    assert (tpot["kind"], tpot["level"], tpot["last_win"]) == (
+        "crossover",
+        "concurrency=16",
+        "concurrency=4",
+    )
+    assert tpot["stable"] is False and tpot["unstable_levels"] == ["concurrency=4"]
+    assert "unstable: repeat range includes 1.0 at concurrency=4" in tpot["text"]
+    thru = cross["throughput_speedup"]
+    assert thru["kind"] == "crossover" and thru["level"] == "concurrency=16"
+    assert thru["stable"] is True and thru["unstable_levels"] == []
+
+
+def test_repeats_report_files(rep_sweep: Path) -> None:
+    md = write_report([rep_sweep]).read_text()
+    out = rep_sweep / "report"
+    assert "## How to read this" in md
+    assert "2 / C(n_b + n_c, n_c)" in md
+    header = next(line for line in md.splitlines() if line.startswith("| config"))
+    for col in ("| n |", "tok/s spread", "TTFT p50 spread", "TPOT p50 spread"):
+        assert col in header
+    ngram_c1 = next(
+        line
+        for line in md.split("### concurrency=1\n")[1].splitlines()
+        if line.startswith("| ngram-k3")
+    )
+    assert "2.00x (1.73-2.21) stable" in ngram_c1
+    assert "| 3 |" in ngram_c1 and "15.0%" in ngram_c1 and "60/3" in ngram_c1
+    assert "1.05x (0.93-1.15) unstable" in md
+    stab = md.split("## Which speedups are stable")[1]
+    unstable_part = stab.split("Stable:")[0]
+    assert "ngram-k3 at concurrency=4: TPOT 1.05x" in unstable_part
+    assert "concurrency=1" not in unstable_part
+    # 3 levels x 3 speedups; only TPOT and E2E at c=4 straddle 1.0
+    assert "Stable (range over repeat pairings clear of 1.00x): 7; " in stab
+    assert "unstable (range includes 1.00x): 2; without repeats: 0." in stab
+
+    page = (out / "report.html").read_text()
+    assert 'class="unstable"' in page and "<h2>How to read this</h2>" in page
+
+    import pandas as pd
+
+    csv = pd.read_csv(out / "report.csv")
+    assert len(csv) == 6
+    new_cols = {
+        "n_repeats",
+        "tpot_p50_ms_min",
+        "tpot_p50_ms_max",
+        "tpot_p50_ms_spread_pct",
+        "output_throughput_spread_pct",
+        "ttft_p50_ms_spread_pct",
+        "tpot_speedup_lo",
+        "tpot_speedup_hi",
+        "tpot_speedup_stable",
+        "throughput_speedup_stable",
+        "repeat_phases",
+    }
+    assert new_cols <= set(csv.columns)
+    row = csv[(csv["label"] == "ngram-k3") & (csv["phase"] == "concurrency=4")].iloc[0]
+    assert not row["tpot_speedup_stable"] and row["throughput_speedup_stable"]
+    assert json.loads(row["repeat_phases"])[2] == "concurrency=4 r3"
+    doc = json.loads((out / "report.json").read_text())
+    assert len(doc["rows"]) == 6
+    assert len(doc["repeats"]) == 18
+    one = next(
+        x for x in doc["repeats"] if x["label"] == "ngram-k3" and x["phase"] == "concurrency=4 r3"
+    )
+    assert (one["level"], one["repeat"], one["tpot_p50_ms"]) == ("concurrency=4", 3, 22.5)
+    assert "unstable" in doc["crossovers"][0]["text"]
+
+
+def test_repeat_error_bars(rep_sweep: Path) -> None:
+    from loadgen.figures import error_bars, scenario_figures
+
+    df = build_tables(find_runs([rep_sweep]))
+    xs = {f"concurrency={lv}": float(lv) for lv in LEVELS}
+    bars = error_bars(df, "ngram-k3", "tpot_p50_ms", xs)
+    assert bars == [(1.0, 10.0, 9.5, 11.0), (4.0, 21.0, 20.0, 22.5), (16.0, 40.0, 38.0, 42.0)]
+    assert error_bars(df, "none", "output_throughput", xs)[0] == (1.0, 50.0, 48.0, 52.0)
+    assert error_bars(df, "none", "tpot_p99_ms", xs) == []  # no min-max kept for p99
+    out = rep_sweep / "figs"
+    out.mkdir()
+    assert len(scenario_figures(df, "rep", out)) == 5
+
+
+def test_repeats_partial_and_mixed(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    # the baseline ran once per level, the config 3 times but was killed after c=16 r2
+    one_shot = {**REP_SCENARIO, "repeats": 1}
+    base_dir = root / "none" / "rep"
+    base_dir.mkdir(parents=True)
+    scen = parse_scenario(one_shot, "test")
+    (base_dir / "run.json").write_text(
+        json.dumps({"scenario": scen.model_dump(), "label": "none", "spec": None})
+    )
+    phases = {}
+    for lv in LEVELS:
+        s = _rep_summary("none", lv, 1)
+        s["phase"] = f"concurrency={lv}"
+        phases[s["phase"]] = s
+    (base_dir / "summary.json").write_text(
+        json.dumps({"complete": True, "scenario": "rep", "label": "none", "phases": phases})
+    )
+    phases_done = [(lv, rep) for lv in LEVELS for rep in (1, 2, 3)][:-1]
+    _write_rep_run(root, "ngram-k3", phases_done, top_summary=False)
+    runs = find_runs([root])
+    df = build_tables(runs)
+    assert len(df) == 6
+    r16 = _rep_row(df, "ngram-k3", 16)
+    assert r16["n_repeats"] == 2
+    assert r16["tpot_p50_ms"] == pytest.approx(39.0)  # median of two = their mean
+    assert "2 of 3 repeats have results" in r16["note"]
+    assert r16["tpot_speedup"] == pytest.approx(20.0 / 39.0 * 1.5)  # base c=16 r1: 30 ms
+    # one baseline run: a range is not defined, so no verdict, and the note says why
+    assert r16["tpot_speedup_stable"] is None
+    assert "needs 2+ repeats" in r16["note"]
+    assert _rep_row(df, "none", 16)["n_repeats"] == 1
+    md = write_report([root], figures=False).read_text()
+    assert "without repeats: 9." in md
+
+
+def test_repeat_with_nothing_completed_is_left_out(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    _write_rep_run(root, "none")
+    d = _write_rep_run(root, "ngram-k3")
+    doc = json.loads((d / "summary.json").read_text())
+    doc["phases"]["concurrency=1_r2"].update(completed=0, failed=20, p50_tpot_ms=0.0)
+    (d / "summary.json").write_text(json.dumps(doc))
+    r = _rep_row(build_tables(find_runs([root])), "ngram-k3", 1)
+    assert r["tpot_p50_ms"] == pytest.approx(9.75)  # median of 10 and 9.5
+    assert (r["completed"], r["failed"]) == (40, 22)
+    assert "r2: no request completed" in r["note"]
+    assert r["n_repeats"] == 3
+
+
+def test_repeats_without_repeat_key_or_scenario(tmp_path: Path) -> None:
+    """Older summaries (no 'repeat') and a run.json whose scenario does not validate still
+    group by the ' rN' suffix."""
+    root = tmp_path / "s"
+    for label in REP_CONFIGS:
+        d = _write_rep_run(root, label, with_repeat_key=False)
+        meta = json.loads((d / "run.json").read_text())
+        meta["scenario"] = {"name": "rep", "unknown_field": 1}
+        (d / "run.json").write_text(json.dumps(meta))
+    df = build_tables(find_runs([root]))
+    assert len(df) == 6 and (df["n_repeats"] == 3).all()
+    assert _rep_row(df, "ngram-k3", 4)["tpot_speedup_stable"] is False
+
+
+# Columns report.csv had before repeats; they keep their order and, without repeats, values.
+OLD_COLUMNS = [
+    "scenario", "phase", "load_shape", "load_level", "label", "spec_method", "is_baseline",
+    "completed", "failed", "duration_s", "request_throughput", "output_throughput",
+    "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "itl_p50_ms", "itl_p99_ms",
+    "itl_chunk_p50_ms", "itl_chunk_p99_ms", "e2el_p50_ms", "e2el_p99_ms", "tokens_per_chunk",
+    "acceptance_length", "acceptance_rate_pct", "request_goodput", "goodput_fraction",
+    "dispatch_lag_p99_ms", "tpot_speedup", "throughput_speedup", "e2e_speedup",
+    "acceptance_per_position", "run_complete", "note", "run_dir",
+]  # fmt: skip
+
+
+def test_no_repeats_unchanged(sweep: Path) -> None:
+    df = build_tables(find_runs([sweep]))
+    assert list(df.columns[: len(OLD_COLUMNS)]) == OLD_COLUMNS
+    assert (df["n_repeats"] == 1).all()
+    assert df["tpot_p50_ms_spread_pct"].isna().all()
+    assert df["tpot_speedup_lo"].isna().all()
+    assert df["tpot_speedup_stable"].isna().all()
+    # values are the single phase's, counts included
+    assert _cell(df, "ngram-k3", 4, "completed") == 20
+    assert _cell(df, "ngram-k3", 4, "tpot_p50_ms") == 20.0
+    assert _cell(df, "ngram-k3", 4, "request_throughput") == pytest.approx(200 / 128)
+    cross = crossovers(df)
+    assert all(c["stable"] is None and "stable" not in c["text"] for c in cross)
+
+    md = write_report([sweep], figures=False).read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| config"))
+    assert header == (
+        "| config | ok/failed | out tok/s | TTFT p50/p99 | TPOT p50/p99 | ITL/token p50/p99 "
+        "| E2E p50/p99 | tok/chunk | accept len | goodput | TPOT speedup | thru speedup "
+        "| E2E speedup |"
+    )
+    ngram_c1 = next(
+        line
+        for line in md.split("### concurrency=1\n")[1].splitlines()
+        if line.startswith("| ngram-k3")
+    )
+    assert ngram_c1.endswith("| 2.00x | 2.00x | 2.00x |")
+    assert "## How to read this" in md
+    assert "## Which speedups are stable" not in md
+
+
+def test_print_comparison_table_with_repeats(rep_sweep: Path, sweep: Path) -> None:
+    console = Console(record=True, width=300)
+    df = build_tables(find_runs([rep_sweep]))
+    print_comparison_table(df.to_dict("records"), "none", console=console)
+    text = console.export_text()
+    assert "medians over repeats" in text
+    assert "1.05x (0.93-1.15) unstable" in text
+    assert "2.00x (1.73-2.21) stable" in text
+    console = Console(record=True, width=300)
+    print_comparison_table(build_tables(find_runs([sweep])).to_dict("records"), "none", console)
+    plain = console.export_text()
+    assert "stable" not in plain and "repeats" not in plain
