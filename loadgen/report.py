@@ -306,7 +306,9 @@ def load_run(run_dir: str | Path, default_label: str | None = None) -> Run:
         complete=complete,
         notes=notes,
         repeat_of=repeat_of,
-        repeats=scen_obj.repeats if scen_obj else max([1, *repeat_of.values()]),
+        repeats=scen_obj.repeats
+        if scen_obj
+        else max([1, *(split_repeat(n, repeat_of.get(n))[1] for n in phases)]),
     )
 
 

@@ -781,7 +781,9 @@ def test_repeats_without_repeat_key_or_scenario(tmp_path: Path) -> None:
         meta = json.loads((d / "run.json").read_text())
         meta["scenario"] = {"name": "rep", "unknown_field": 1}
         (d / "run.json").write_text(json.dumps(meta))
-    df = build_tables(find_runs([root]))
+    runs = find_runs([root])
+    assert all(r.repeats == 3 for r in runs)  # from the names
+    df = build_tables(runs)
     assert len(df) == 6 and (df["n_repeats"] == 3).all()
     assert _rep_row(df, "ngram-k3", 4)["tpot_speedup_stable"] is False
 
