@@ -9,10 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
-
-from loadgen.errors import SpecloadError
-from loadgen.scenario import OPEN_SHAPES, list_scenarios, parse_scenario, resolve_path
+from loadgen.errors import SpecloadError, one_line
+from loadgen.scenario import (
+    OPEN_SHAPES,
+    list_scenarios,
+    parse_scenario,
+    read_yaml,
+    resolve_path,
+)
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 
@@ -147,12 +151,7 @@ def scenario_overrides(doc: dict[str, Any], args: argparse.Namespace) -> dict[st
 
 def load_scenario_from_args(args: argparse.Namespace) -> Any:
     path = resolve_path(args.scenario)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}:" if mark else ""
-        raise SpecloadError(f"{path}:{where} malformed YAML: {getattr(e, 'problem', e)}") from None
+    doc = read_yaml(path)
     if not isinstance(doc, dict):
         raise SpecloadError(f"{path}: expected a mapping at top level")
     return parse_scenario(doc, str(path), scenario_overrides(doc, args))
@@ -213,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             argv = argv[1:]
         return run_main(argv)
     except SpecloadError as e:
-        print(f"loadgen: error: {e}", file=sys.stderr)
+        print(f"loadgen: error: {one_line(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("loadgen: interrupted", file=sys.stderr)

@@ -11,6 +11,11 @@ class SpecloadError(Exception):
     exit_code = 2
 
 
+def one_line(message: object) -> str:
+    """The message on one line: user-supplied keys and values may carry newlines."""
+    return " ".join(str(message).split())
+
+
 def describe_validation_error(source: str, err: ValidationError) -> str:
     """Turn a pydantic error into one line that names the file and the field."""
     first = err.errors()[0]

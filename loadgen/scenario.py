@@ -272,18 +272,35 @@ def parse_scenario(doc: Any, source: str, overrides: dict[str, Any] | None = Non
         raise SpecloadError(describe_validation_error(source, e)) from None
 
 
-def load_scenario(name_or_path: str, overrides: dict[str, Any] | None = None) -> Scenario:
-    path = resolve_path(name_or_path)
+def read_yaml(path: Path) -> Any:
+    """One YAML document from ``path``; every way a file can be unreadable becomes one
+    SpecloadError line naming it. PyYAML's constructors raise arbitrary exceptions on bad
+    tagged scalars (``!!int abc`` ValueError, ``!!int ''`` IndexError, ``!!timestamp x``
+    AttributeError) and deep nesting raises RecursionError, hence the broad catch."""
     try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecloadError(f"{path}:{where}: malformed YAML: {problem}") from None
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SpecloadError(f"{path}: cannot read: {e.strerror}") from None
-    return parse_scenario(doc, str(path), overrides)
+    except UnicodeDecodeError:
+        raise SpecloadError(f"{path}: not UTF-8 text") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}:" if mark else ""
+        problem = getattr(e, "problem", None) or getattr(e, "reason", None) or str(e)
+        problem = " ".join(str(problem).split())
+        raise SpecloadError(f"{path}:{where} malformed YAML: {problem}") from None
+    except RecursionError:
+        raise SpecloadError(f"{path}: malformed YAML: nested too deeply") from None
+    except Exception as e:
+        why = " ".join(str(e).split()) if isinstance(e, ValueError) else type(e).__name__
+        raise SpecloadError(f"{path}: malformed YAML: bad tagged value ({why})") from None
+
+
+def load_scenario(name_or_path: str, overrides: dict[str, Any] | None = None) -> Scenario:
+    path = resolve_path(name_or_path)
+    return parse_scenario(read_yaml(path), str(path), overrides)
 
 
 def _set_dotted(doc: dict[str, Any], key: str, value: Any) -> None:

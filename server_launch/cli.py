@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from loadgen.errors import SpecloadError
+from loadgen.errors import SpecloadError, one_line
 
 BACKENDS = ("docker", "local")
 DEFAULT_BACKEND = "docker"
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(list(sys.argv[1:] if argv is None else argv))
     except SpecloadError as e:
-        print(f"server_launch: error: {e}", file=sys.stderr)
+        print(f"server_launch: error: {one_line(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("server_launch: interrupted", file=sys.stderr)

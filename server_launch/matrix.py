@@ -56,11 +56,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from loadgen.errors import SpecloadError, describe_validation_error
-from loadgen.scenario import Scenario, load_scenario, parse_scenario
+from loadgen.scenario import Scenario, load_scenario, parse_scenario, read_yaml
 from server_launch.models import canonical_name, make_model
 from server_launch.specs import LABEL_RE, SpecConfig, expand_specs
 
@@ -143,14 +142,7 @@ def load_matrix(
     """Read a matrix file (native or original format). ``dummy_models``/``model_dir``
     override the file's (the CLI's way to run the original config offline)."""
     p = Path(path)
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except OSError as e:
-        raise SpecloadError(f"{p}: cannot read: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}:" if mark else ""
-        raise SpecloadError(f"{p}:{where} malformed YAML: {getattr(e, 'problem', e)}") from None
+    doc = read_yaml(p)
     if not isinstance(doc, dict):
         raise SpecloadError(f"{p}: expected a mapping at top level")
     if dummy_models is not None:
