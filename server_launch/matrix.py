@@ -145,6 +145,9 @@ def load_matrix(
     doc = read_yaml(p)
     if not isinstance(doc, dict):
         raise SpecloadError(f"{p}: expected a mapping at top level")
+    for key in ("backend", "image", "output_csv"):  # checked here: Matrix() is built last
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            raise SpecloadError(f"{p}: field '{key}': expected a string")
     if dummy_models is not None:
         doc["dummy_models"] = dummy_models
     if model_dir is not None:
