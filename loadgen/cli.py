@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -19,6 +20,7 @@ from loadgen.scenario import (
 )
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -167,6 +169,13 @@ def run_main(argv: list[str]) -> int:
         _fail("--scenario: required (a name from --list-scenarios or a YAML path)")
     api_key = None
     if args.api_key_env:
+        if not _ENV_NAME.fullmatch(args.api_key_env):
+            # Likely the key itself (or `--api-key KEY`, which argparse abbreviates to this
+            # flag): never echo it, stderr ends up in logs.
+            _fail(
+                "--api-key-env: give the NAME of an environment variable holding the key "
+                "(e.g. OPENAI_API_KEY), not the key; the value given is not shown"
+            )
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             _fail(f"--api-key-env: environment variable {args.api_key_env} is not set")
