@@ -80,6 +80,7 @@ def assert_none_lost(out: Path, sent: int | None = None) -> list[RequestRecord]:
         assert r.error_kind is None or r.error_kind in ERROR_KINDS, r.error_kind
     failed = Counter(r.error_kind for r in recs if r.error_kind)
     assert s["failed_by_kind"] == dict(failed)
+    print(f"\n[faults] {out.parent.name}: {len(recs)} requests on disk, failed {dict(failed)}")
     return recs
 
 
