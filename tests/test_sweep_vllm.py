@@ -6,7 +6,8 @@ report's speedup table, and the original config.yaml path down to its CSV and gr
 
 Server starts dominate the time on 2 cores, so each sweep runs once per module (fixtures)
 and every test reads what it left: 3 starts (one refused) + 1 refused start on resume, and
-3 starts for the original format.
+6 starts for the original format (original-config-cpu.yaml as shipped). Measured on
+2 cores: 536-633 s for the module, of which the original format 375-429 s.
 """
 
 from __future__ import annotations
