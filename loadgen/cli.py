@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--endpoint", choices=["completions", "chat"], help="API to call")
     g.add_argument("--seed", type=int, help="seed for arrivals and prompts")
     g.add_argument(
+        "--skip-bad-lines",
+        action="store_true",
+        help="prompt files: skip (and count) lines that don't parse instead of stopping",
+    )
+    g.add_argument(
         "--max-error-rate",
         type=float,
         help="stop the run when more than this fraction of requests failed (exit code 3)",
@@ -148,6 +153,8 @@ def scenario_overrides(doc: dict[str, Any], args: argparse.Namespace) -> dict[st
         out["seed"] = args.seed
     if args.max_error_rate is not None:
         out["max_error_rate"] = args.max_error_rate
+    if args.skip_bad_lines:
+        out["prompts.skip_bad_lines"] = True
     return out
 
 
