@@ -1,0 +1,101 @@
+"""Smoke test of benchmarks/client_overhead.py: the join maths, vLLM's output mapping, and one
+tiny loadgen cell end to end (worker process + mock with a log). The vLLM worker itself is
+exercised by the benchmark run only: importing vllm.benchmarks.serve alone takes ~10-20 s
+of CPU here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "client_overhead.py"
+_spec = importlib.util.spec_from_file_location("client_overhead", _PATH)
+assert _spec is not None and _spec.loader is not None
+co = importlib.util.module_from_spec(_spec)
+sys.modules["client_overhead"] = co
+_spec.loader.exec_module(co)
+
+
+def _truth(recv: float, writes: list[float]) -> dict:
+    return {"recv": recv, "chunks": [[w, 1] for w in writes]}
+
+
+def test_join_stats_measures_errors_against_the_log() -> None:
+    # server: received at 100.0, chunks written at +10, +12, +14 ms
+    truth = {"a": _truth(100.0, [100.010, 100.012, 100.014])}
+    # client: sent 0.1 ms before recv, chunks 0.2 ms after each write, one 2 ms late
+    req = co.ClientRequest(
+        rid="a",
+        sent=99.9999,
+        ttft=0.0103,
+        chunks=[100.0102, 100.0122, 100.0162],
+        scheduled=99.9994,
+    )
+    s = co.join_stats([req], truth, open_loop=True)
+    assert s["requests_ok"] == 1 and s["chunks"] == 3
+    assert s["p99_lag_ms"] == pytest.approx(0.5, abs=1e-3)
+    assert s["median_ttft_err_ms"] == pytest.approx(0.3, abs=1e-3)
+    # ITL errors: 0 and +2 ms; p99 of |err| is near 2
+    assert s["p99_itl_err_ms"] == pytest.approx(2.0 * 0.99, abs=0.03)
+    assert s["p99_arrival_err_ms"] > 2.0
+    assert s["holds"] is False  # the 2 ms late chunk breaks ITL
+    # a client that missed a chunk is not scored on it
+    short = co.ClientRequest(rid="a", sent=99.9, ttft=0.01, chunks=[100.01])
+    s2 = co.join_stats([short], truth, open_loop=False)
+    assert s2["chunk_count_mismatch"] == 1 and s2["requests_ok"] == 0 and not s2["holds"]
+
+
+def test_vllm_outputs_map_to_wall_clock(tmp_path: Path) -> None:
+    d = {
+        "wall_minus_perf": 1000.0,
+        "schedule_wall": 1005.0,
+        "offsets": [0.0, 0.5],
+        "request_ids": ["r0", "r1"],
+        "start_times": [5.001, 5.5],
+        "ttfts": [0.01, 0.02],
+        "itls": [[0.002, 0.003], [0.001]],
+        "errors": ["", "boom"],
+    }
+    p = tmp_path / "vllm.json"
+    p.write_text(json.dumps(d))
+    r0, r1 = co.vllm_requests(p, open_loop=True)
+    assert r0.sent == pytest.approx(1005.001)
+    assert r0.scheduled == pytest.approx(1005.0)
+    np.testing.assert_allclose(r0.chunks, [1005.011, 1005.013, 1005.016])
+    assert r0.ok and not r1.ok
+    assert r1.scheduled == pytest.approx(1005.5)
+
+
+def test_one_loadgen_cell_end_to_end(tmp_path: Path) -> None:
+    cell = co.Cell("grid", "concurrency", 8, 12, 2.0, 5.0, concurrency=4, warmup=2)
+    with (tmp_path / "w.log").open("w") as log:
+        w = co.Worker("loadgen", log)
+        try:
+            res = co.run_cell(w, cell, tmp_path)
+        finally:
+            w.close()
+    s = res.stats
+    assert "error" not in s, s
+    assert s["requests_ok"] == 12 and s["requests_failed"] == 0
+    assert s["chunks"] == 12 * 8 and s["chunk_count_mismatch"] == 0
+    # loose: the box may be busy; the benchmark measures the real figures
+    assert 0 <= s["median_arrival_err_ms"] < 50
+    assert s["chunk_rate"] > 0 and s["client_cpu_s"] > 0
+    doc = {
+        "machine": co.machine(),
+        "command": "x",
+        "wall_s": 1.0,
+        "limit_ms": co.LIMIT_MS,
+        "ramp_sustained": {},
+        "ratios": co.ratios({}, [res]),
+        "grid_skipped": [],
+        "cells": [{"cell": cell.__dict__, "name": cell.name, "client": "loadgen", **s}],
+    }
+    md = co.markdown(doc)
+    assert "2-core" in md or f"{doc['machine']['cpus']}-core" in md
+    assert "| grid-out8-c4 | loadgen | 12 |" in md
