@@ -215,19 +215,20 @@ def test_shipped_matrices_load() -> None:
 
     g = load_matrix(SCEN / "matrix-gpu-8b.yaml")
     labels = [r.label for r in g.runs]
-    assert labels == [
+    assert labels == [  # most informative first: a lease cut short resumes the rest
         "none",
-        "draft_model-llama-3.2-1b-k1-synth",
         "draft_model-llama-3.2-1b-k3-synth",
-        "draft_model-llama-3.2-1b-k5-synth",
         "eagle3-k3-synth",
         "ngram-k3",
+        "draft_model-llama-3.2-1b-k1-synth",
+        "draft_model-llama-3.2-1b-k5-synth",
     ]
-    k5 = g.runs[3].spec
+    k5 = g.runs[5].spec
     assert k5.synthetic_acceptance_rates == [0.73, 0.52, 0.35, 0.23, 0.15]
-    assert g.runs[2].spec.synthetic_acceptance_rates == [0.73, 0.52, 0.35]
+    assert g.runs[4].spec.synthetic_acceptance_rates == [0.73]
+    assert g.runs[1].spec.synthetic_acceptance_rates == [0.73, 0.52, 0.35]
     assert {s.name for s in g.runs[0].scenarios} == {"random-256-128", "copy-heavy"}
-    assert [s.name for s in g.runs[4].scenarios] == ["random-256-128"]
+    assert [s.name for s in g.runs[2].scenarios] == ["random-256-128"]
     phases = [p.load.concurrency for p in g.runs[0].scenarios[0].phases()]  # type: ignore[union-attr]
-    assert phases == [1, 4, 16, 64]
+    assert phases == [1, 1, 1, 4, 4, 4, 16, 16, 16, 64, 64, 64]  # 3 repeats per level
     assert g.runs[0].scenarios[0].warmup_requests > 0
