@@ -341,7 +341,9 @@ def _run_server(
                 msg = outcome.get("reason") or "server stopped during the run"
                 _record_failure(run_dir, label, "run", msg, h.log_tail(), command)
                 state.set_run(label, FAILED, error=msg)
-                say(f"[{label}] server lost: {msg}")
+                # loadgen's reason already reads "server lost: ..."; don't say it twice
+                lost = msg if msg.startswith("server lost") else f"server lost: {msg}"
+                say(f"[{label}] {lost}")
                 return False
         done = state.run_done(label)
         state.set_run(label, "done" if done else "incomplete")
