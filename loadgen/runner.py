@@ -26,6 +26,9 @@ from loadgen.results import RecordWriter
 
 # Below this many finished requests the error rate is too noisy to stop a run on.
 ERROR_BUDGET_MIN_REQUESTS = 10
+# This many refused connections in a row mean the server is gone: a closed loop would
+# otherwise record thousands of instant failures a second until the run ends.
+CONNECT_FAILURES_TO_STOP = 25
 _SLEEP_SLICE_S = 0.25
 MAX_PREFILLED_CLIENTS = 1024
 
@@ -154,6 +157,7 @@ class PhaseRunner:
         self._pool = ClientPool(settings)
         self._measured = 0
         self._failed = 0
+        self._connect_streak = 0
         self._sent = 0
 
     async def run(
@@ -288,6 +292,11 @@ class PhaseRunner:
         self.writer.write(rec)
         for s in self.sinks:
             s.add(rec)
+        self._connect_streak = self._connect_streak + 1 if rec.error_kind == "connect" else 0
+        if self._connect_streak >= CONNECT_FAILURES_TO_STOP:
+            self.stop.set(
+                f"server lost: {self._connect_streak} connections refused in a row ({rec.error})"
+            )
         if rec.warmup:
             return
         self._measured += 1

@@ -35,6 +35,7 @@ from loadgen.client import RequestSettings, _parse_stream, make_http_client, sen
 from loadgen.mockserver import MockConfig, MockServer, start_mock_process, stop_mock_process
 from loadgen.records import ERROR_KINDS, RequestRecord
 from loadgen.results import RecordWriter, atomic_write_json, read_records
+from loadgen.runner import CONNECT_FAILURES_TO_STOP
 from loadgen.scenario import parse_scenario
 from tests.conftest import REPO, free_port
 
@@ -359,22 +360,25 @@ def kill_after(proc: subprocess.Popen[bytes], records: Path, n: int) -> threadin
 
 
 def test_server_killed_mid_run(tmp_path: Path, mock: Any) -> None:
-    """Without a health check the run finishes: in-flight streams are cut, later requests
-    are refused, all recorded."""
+    """Without a health check a dead server is still noticed: in-flight streams are cut,
+    and after CONNECT_FAILURES_TO_STOP refused connections in a row the run stops (exit 4)
+    instead of recording thousands of instant failures. Everything sent is on disk."""
     proc, url = mock("--itl-ms", "20")
     kill_after(proc, tmp_path / "r" / "concurrency=4" / "requests.jsonl", 4)
     res = run_scenario(
-        scenario(num_requests=40, output_tokens=20),
+        scenario(num_requests=100_000, output_tokens=20),
         base_url=url,
         output_dir=tmp_path / "r",
         progress=False,
     )
-    assert res.complete and res.exit_code == 0
-    recs = assert_none_lost(tmp_path / "r", sent=40)
+    assert res.exit_code == EXIT_SERVER_LOST and not res.complete
+    assert res.stop_reason and "connections refused in a row" in res.stop_reason
+    recs = assert_none_lost(tmp_path / "r")
     kinds = Counter(r.error_kind for r in recs)
     assert kinds[None] >= 4  # some finished before the kill (0.4 s each, 4 at a time)
-    assert kinds["stream_cut"] >= 1 and kinds["connect"] >= 1
-    assert set(kinds) <= {None, "stream_cut", "connect"}
+    assert kinds["stream_cut"] >= 1
+    assert CONNECT_FAILURES_TO_STOP <= kinds["connect"] < CONNECT_FAILURES_TO_STOP + 8
+    assert set(kinds) <= {None, "stream_cut", "connect", "cancelled"}
 
 
 def test_server_killed_with_health_check_exit_4(
