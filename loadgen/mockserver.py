@@ -9,8 +9,8 @@ Chunk JSON is byte-for-byte what vLLM 0.32 emits (``model_dump_json`` of its pyd
 models) for completions and chat, including chat's first ``role: assistant`` chunk.
 
 Timing model (on ``time.monotonic``; the log holds ``time.time``): the request is
-"received" when its body is fully read and "admitted" when
-a ``--max-num-seqs`` slot frees (at once by default). Chunk ``i`` is scheduled at the
+"received" (the log's ``recv``) when its head has arrived, before any parsing, and
+"admitted" when its body is read and a ``--max-num-seqs`` slot frees (at once by default). Chunk ``i`` is scheduled at the
 absolute time ``admit + ttft + i * itl + U(-jitter, +jitter)`` (never before chunk
 ``i-1``), so sleep overshoot never accumulates. The logged time of a chunk is taken
 right after ``writer.write()`` + ``await writer.drain()``: drain returns at once unless
@@ -473,6 +473,7 @@ class Request:
     body: bytes
     keep_alive: bool
     chunked_ok: bool  # HTTP/1.1: stream with chunked encoding, else close-delimited
+    received: float = 0.0  # time.time() when the request head had arrived (before parsing)
 
 
 class _BadRequest(Exception):
@@ -483,6 +484,7 @@ async def read_request(reader: asyncio.StreamReader) -> Request | None:
     """One HTTP/1.1 request, or None at a clean EOF between requests."""
     try:
         head = await reader.readuntil(b"\r\n\r\n")
+        received = time.time()
     except asyncio.IncompleteReadError as e:
         if e.partial.strip():
             raise _BadRequest("incomplete request head") from None
@@ -520,7 +522,7 @@ async def read_request(reader: asyncio.StreamReader) -> Request | None:
     conn = headers.get("connection", "").lower()
     http11 = version.strip().upper() == "HTTP/1.1"
     keep = ("close" not in conn) if http11 else ("keep-alive" in conn)
-    return Request(method.upper(), target.split("?", 1)[0], headers, body, keep, http11)
+    return Request(method.upper(), target.split("?", 1)[0], headers, body, keep, http11, received)
 
 
 def _head(status: int, ctype: str, extra: str, keep_alive: bool) -> str:
@@ -777,7 +779,9 @@ class MockServer:
     async def _inference(
         self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, chat: bool
     ) -> bool:
-        recv = time.time()
+        # The log's "recv" is when the request's head arrived, so the logged TTFT includes
+        # this server's own parsing, as a real server's would.
+        recv = req.received or time.time()
         cfg = self.config
         self._n += 1
         n = self._n
