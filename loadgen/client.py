@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 import ssl
 import time
 from collections.abc import Callable
@@ -181,12 +182,9 @@ def iter_events(reads: list[tuple[float, bytes]]) -> list[tuple[float, bytes]]:
     events: list[tuple[float, bytes]] = []
     buf = b""
     for t, raw in reads:
-        buf += raw
-        while True:
-            cut = buf.find(b"\n")
-            if cut < 0:
-                break
-            line, buf = buf[:cut].rstrip(b"\r"), buf[cut + 1 :]
+        lines = (buf + raw if buf else raw).split(b"\n")
+        buf = lines.pop()  # an unfinished line waits for the next read
+        for line in lines:
             if line.startswith(b"data:"):
                 events.append((t, line[5:].strip()))
     if buf.strip().startswith(b"data:"):
@@ -221,45 +219,56 @@ def _fill_from_events(
         if payload == b"[DONE]":
             done = True
             break
-        try:
-            obj = json.loads(payload)
-        except ValueError:
-            if strict:
-                _fail(record, "bad_sse", f"invalid JSON in a chunk: {payload[:80]!r}")
+        fast = _scan_chunk(payload)
+        if fast is not None:
+            new_total, prompt_tokens, has_choices, finish = fast
+            text = ""
+        else:
+            try:
+                obj = json.loads(payload)
+            except ValueError:
+                if strict:
+                    _fail(record, "bad_sse", f"invalid JSON in a chunk: {payload[:80]!r}")
+                    return False
+                continue
+            if not isinstance(obj, dict):
+                if strict:
+                    _fail(record, "bad_sse", f"chunk is not a JSON object: {payload[:80]!r}")
+                    return False
+                continue
+            if "error" in obj and not obj.get("choices"):
+                err = obj["error"]
+                msg = err.get("message", err) if isinstance(err, dict) else err
+                _fail(record, "server_error", f"server error in stream: {_one_line(str(msg))}")
                 return False
-            continue
-        if not isinstance(obj, dict):
-            if strict:
-                _fail(record, "bad_sse", f"chunk is not a JSON object: {payload[:80]!r}")
-                return False
-            continue
-        if "error" in obj and not obj.get("choices"):
-            err = obj["error"]
-            msg = err.get("message", err) if isinstance(err, dict) else err
-            _fail(record, "server_error", f"server error in stream: {_one_line(str(msg))}")
-            return False
-        usage = obj.get("usage")
-        choices = obj.get("choices") or []
-        text = _choice_text(choices[0]) if choices else ""
-        if choices and choices[0].get("finish_reason"):
-            record.finish_reason = choices[0]["finish_reason"]
-        if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
+            usage = obj.get("usage")
+            choices = obj.get("choices") or []
+            has_choices = bool(choices)
+            text = _choice_text(choices[0]) if choices else ""
+            finish = choices[0].get("finish_reason") if choices else None
+            new_total = prompt_tokens = None
+            if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
+                new_total = int(usage["completion_tokens"])
+                if usage.get("prompt_tokens") is not None:
+                    prompt_tokens = int(usage["prompt_tokens"])
+        if finish:
+            record.finish_reason = finish
+        if new_total is not None:
             have_usage = True
-            new_total = int(usage["completion_tokens"])
-            if usage.get("prompt_tokens") is not None:
-                record.prompt_tokens = int(usage["prompt_tokens"])
+            if prompt_tokens is not None:
+                record.prompt_tokens = prompt_tokens
             gained = new_total - cumulative
-            if choices and gained > 0:
+            if has_choices and gained > 0:
                 record.chunk_times.append(t)
                 record.chunk_tokens.append(gained)
                 cumulative = new_total
-            elif not choices:
+            elif not has_choices:
                 # The final usage-only chunk: the authoritative count.
                 record.output_tokens = new_total
                 if gained > 0 and record.chunk_tokens:
                     record.chunk_tokens[-1] += gained
                 cumulative = new_total
-        elif choices and text:
+        elif has_choices and text:
             record.chunk_times.append(t)
             record.chunk_tokens.append(1)
     if not have_usage:
@@ -269,6 +278,42 @@ def _fill_from_events(
     if record.chunk_times:
         record.first_token_s = record.chunk_times[0]
     return done
+
+
+_USAGE_AT = b',"usage":{'
+_COMPLETION_RE = re.compile(rb'"completion_tokens":(\d+)')
+_PROMPT_RE = re.compile(rb'"prompt_tokens":(\d+)')
+_FINISH_RE = re.compile(rb'"finish_reason":"([^"\\]*)"')
+
+
+def _scan_chunk(payload: bytes) -> tuple[int, int | None, bool, str | None] | None:
+    """The fields a chunk's accounting needs, by a byte scan instead of ``json.loads``:
+    (completion_tokens, prompt_tokens, has choices, finish_reason), or None when the payload
+    is not vLLM-shaped (``choices`` first, a flat ``usage`` object as the last key) and needs
+    a real parse.
+
+    Sound because a key pattern (quote, name, quote, colon) cannot occur inside a JSON
+    string, where quotes are escaped. It matters because a finished stream is parsed on the
+    event loop, and other streams' chunks wait for it."""
+    i = payload.rfind(_USAGE_AT)
+    if i < 0 or not payload.endswith(b"}}") or not payload.startswith(b'{"'):
+        return None
+    usage = payload[i + len(_USAGE_AT) : -2]
+    if b"{" in usage or b"}" in usage:
+        return None
+    c = _COMPLETION_RE.search(usage)
+    j = payload.find(b'"choices":[', 0, i)
+    if c is None or j < 0:
+        return None
+    p = _PROMPT_RE.search(usage)
+    prompt = int(p.group(1)) if p else None
+    nxt = payload[j + 11]
+    if nxt == 0x7B:  # '{': one or more choices
+        f = _FINISH_RE.search(payload, j, i)
+        return int(c.group(1)), prompt, True, f.group(1).decode() if f else None
+    if nxt == 0x5D and b'"error"' not in payload:  # ']': the usage-only chunk
+        return int(c.group(1)), prompt, False, None
+    return None
 
 
 def _choice_text(choice: dict[str, Any]) -> str:
