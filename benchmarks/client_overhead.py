@@ -759,7 +759,9 @@ def markdown(doc: dict[str, Any]) -> str:
     lines += [
         "",
         "Columns: ms against the mock's log; p99s are of |error|, medians signed; `lag` is "
-        "open loop only (sent minus scheduled); `arrival` = client chunk time minus the mock's "
+        "open loop only (request headers on the wire minus scheduled, for both clients; "
+        "vLLM's own start_time lag is `p99_own_start_lag_ms` in the JSON); `arrival` = client "
+        "chunk time minus the mock's "
         "write time (both on the wall clock); `cpu us/chunk` = the client process's CPU over "
         "the whole cell (start-up, warmup and result writing included) per received chunk.",
     ]
@@ -810,7 +812,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--ramp-start", type=float, default=250.0, help="offered chunks/s")
     ap.add_argument("--ramp-max", type=float, default=64000.0, help="offered chunks/s")
-    ap.add_argument("--ramp-seconds", type=float, default=4.0, help="schedule length per step")
+    ap.add_argument("--ramp-seconds", type=float, default=10.0, help="schedule length per step")
     ap.add_argument("--ramp-min-requests", type=int, default=8)
     ap.add_argument("--concurrency", type=_ints, default=[1, 64, 512, 2048])
     ap.add_argument("--outputs", type=_ints, default=[16, 512], help="grid output lengths")
