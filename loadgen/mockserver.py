@@ -10,9 +10,10 @@ models) for completions and chat, including chat's first ``role: assistant`` chu
 
 Timing model (on ``time.monotonic``; the log holds ``time.time``): the request is
 "received" (the log's ``recv``) when its head has arrived, before any parsing, and
-"admitted" when its body is read and a ``--max-num-seqs`` slot frees (at once by default). Chunk ``i`` is scheduled at the
-absolute time ``admit + ttft + i * itl + U(-jitter, +jitter)`` (never before chunk
-``i-1``), so sleep overshoot never accumulates. The logged time of a chunk is taken
+"admitted" when its body is read and a ``--max-num-seqs`` slot frees (at once by
+default). Chunk ``i`` is scheduled at the absolute time
+``admit + ttft + i * itl + U(-jitter, +jitter)`` (never before chunk ``i-1``), so sleep
+overshoot never accumulates. The logged time of a chunk is taken
 right after ``writer.write()`` + ``await writer.drain()``: drain returns at once unless
 the socket buffer is full, so this is the moment the bytes were handed to the kernel,
 which is the closest server-side analogue of "the client could read it now".
