@@ -334,15 +334,6 @@ class ServerTokenizer:
         return ids
 
 
-def make_tokenizer(
-    spec: PromptSpec, *, base_url: str, model: str | None, client: httpx.Client
-) -> Tokenizer:
-    """``prompts.tokenizer`` directory if set, else the server's /tokenize endpoint."""
-    if spec.tokenizer:
-        return LocalTokenizer(spec.tokenizer)
-    return ServerTokenizer(base_url, model, client)
-
-
 # --- sources ------------------------------------------------------------------------------
 
 
