@@ -48,7 +48,9 @@ loads as is. Keys the original lacks, all optional, for runs without downloads:
 ``warmup_requests`` (default: the batch size, one full wave before measuring),
 ``ignore_eos`` (default true: fixed-length outputs), ``max_model_len``, ``load_format``,
 ``dtype``, ``extra_args``, ``env``, ``dummy_models``, ``model_dir``, ``name``,
-``backend``, ``image``.
+``backend``, ``image``, and ``synthetic_acceptance_rates`` (GPU only: every draft-model
+entry accepts at these per-position rates, so dummy-weight drafts cost what real ones cost
+and accept as the rates say; ngram entries are left as they are).
 """
 
 from __future__ import annotations
@@ -367,6 +369,7 @@ ORIGINAL_ALLOWED = {
     "env",
     "dummy_models",
     "model_dir",
+    "synthetic_acceptance_rates",
 }
 
 
@@ -410,7 +413,12 @@ def _original_specs(doc: dict[str, Any], source: Path) -> list[SpecConfig]:
                 "prompt_lookup_min": doc.get("ngram_prompt_lookup_min"),
             }
         else:
-            raw = {"method": "draft_model", "model": entry, "num_speculative_tokens": ks}
+            raw = {
+                "method": "draft_model",
+                "model": entry,
+                "num_speculative_tokens": ks,
+                "synthetic_acceptance_rates": doc.get("synthetic_acceptance_rates"),
+            }
         specs += expand_specs({k: v for k, v in raw.items() if v is not None}, where)
     return specs
 

@@ -196,6 +196,7 @@ def test_original_errors(tmp_path: Path) -> None:
         ({"speculative_models": [3]}, "speculative_models[0]: expected null"),
         ({"ngram_prompt_lookup_min": 9}, "must be <="),
         ({"output_tokens": 0}, "field 'output_tokens'"),
+        ({"synthetic_acceptance_rates": [0.5]}, "need 3 values"),
     ]:
         p = _write(tmp_path, {**base, **change}, "orig.yaml")
         with pytest.raises(SpecloadError) as e:
@@ -209,6 +210,14 @@ def test_shipped_matrices_load() -> None:
     assert {r.spec.method for r in cpu.runs} == {"none", "ngram", "draft_model"}
     assert all(r.server.load_format == "dummy" for r in cpu.runs)
     assert [s.num_requests for s in cpu.runs[0].scenarios] == [4, 8]
+
+    gpu = load_matrix(SCEN / "original-config-gpu.yaml")
+    assert len(gpu.runs) == 4 * 2
+    drafts = [r for r in gpu.runs if r.spec.method == "draft_model"]
+    assert drafts and all(r.spec.rejection_sample_method == "synthetic" for r in drafts)
+    assert all(r.spec.synthetic_acceptance_rates == [0.73, 0.52, 0.35] for r in drafts)
+    ngram = [r for r in gpu.runs if r.spec.method == "ngram"]
+    assert ngram and all(r.spec.rejection_sample_method is None for r in ngram)
 
     mc = load_matrix(SCEN / "matrix-cpu.yaml")
     assert [r.label for r in mc.runs] == ["none", "draft_model-tiny-llama-draft-k3", "ngram-k3"]

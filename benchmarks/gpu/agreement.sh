@@ -5,11 +5,15 @@
 # warm server; per concurrency level, `vllm bench serve` and `python -m loadgen` alternate on
 # the same workload (random 256 in / 128 out, ignore_eos, seed 1), REPS times each, each run
 # warmed up at its level. /metrics is scraped around every bench run (loadgen saves its own),
-# so vLLM's server-side histograms are a third witness. Results: /tmp/agree/<config>/...
+# so vLLM's server-side histograms are a third witness. Results: $A/<config>/... (A=/tmp/agree).
+# Round 2 (PREWARM=1, the default): before measuring, one throw-away run per level warms every
+# batch shape (Triton JIT), and the order alternates per repeat (bench first on odd repeats,
+# loadgen first on even), so neither client always meets the colder server. NMUL multiplies
+# the requests per run (16, 32, then c*4 at c>4).
 set -u
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 V="python3 -m vllm.entrypoints.cli.main"
-A=/tmp/agree; M=/tmp/models; mkdir -p $A
+A=${A:-/tmp/agree}; M=/tmp/models; mkdir -p $A; NMUL=${NMUL:-1}; PREWARM=${PREWARM:-1}
 LEVELS="${LEVELS:-1 4 16 64}"; REPS="${REPS:-2}"; PORT=8000; URL=http://127.0.0.1:$PORT
 [ -d $M/llama-3.1-8b ] || { python3 -m server_launch.models llama-3.1-8b $M/llama-3.1-8b && python3 -m server_launch.models llama-3.2-1b $M/llama-3.2-1b; } || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > $A/gpu.txt
@@ -40,8 +44,15 @@ loadgen() { # label c n rep
 }
 for cfg in ${CONFIGS:-nospec spec}; do
   if [ $cfg = spec ]; then serve spec --speculative-config "$SPEC" || continue; else serve nospec || continue; fi
-  for c in $LEVELS; do n=$(( c==1 ? 16 : (c==4 ? 32 : c*4) ))
-    for r in $(seq 1 $REPS); do bench $cfg $c $n $r; loadgen $cfg $c $n $r; done
+  if [ "$PREWARM" = 1 ]; then for c in $LEVELS; do
+    python3 -m loadgen --scenario concurrency --base-url $URL --output-dir /tmp/prewarm-$cfg-c$c \
+      --concurrency $c --num-requests $(( c*2 )) --warmup $c --input-tokens 256 --output-tokens 128 \
+      --seed 2 --no-progress > /dev/null 2>&1; echo "$cfg c=$c prewarmed"; done; fi
+  for c in $LEVELS; do n=$(( (c==1 ? 16 : (c==4 ? 32 : c*4)) * NMUL ))
+    for r in $(seq 1 $REPS); do
+      if [ $(( r % 2 )) = 1 ]; then bench $cfg $c $n $r; loadgen $cfg $c $n $r
+      else loadgen $cfg $c $n $r; bench $cfg $c $n $r; fi
+    done
   done
   kill $(cat $A/$cfg/pid); sleep 8; pkill -f "vllm.entrypoints.cli.main serve" ; sleep 2
 done

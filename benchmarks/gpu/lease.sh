@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs ON the GPU machine (vLLM 0.26.0 in /tmp/site, ../shared/gpu/README.md) from a copy of the
+# repo at /tmp/specload, in the background, so a lease's runs survive between `run` calls:
+#   setsid nohup bash benchmarks/gpu/lease.sh STEP... > /tmp/lease.log 2>&1 &
+# and benchmarks/gpu/collect.sh packs whatever is done into $OUT at each poll. Steps:
+#   sweep8b       resume the committed sweep (results/gpu-sweep-h100): runs only its pending
+#                 configurations (dummy 1B draft k=1 and k=5)
+#   agree-spec    agreement round 2 with the draft model (all levels, 3 repeats, prewarmed, ABBA)
+#   agree-nospec  agreement round 2 without speculation at c=16 and 64
+#   original      the original config.yaml at GPU scale (scenarios/original-config-gpu.yaml)
+set -u
+cd /tmp/specload
+export PYTHONPATH=/tmp/site:/tmp/specload HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+V="python3 -m vllm.entrypoints.cli.main serve"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > /tmp/gpu.txt
+python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)" \
+  > /tmp/versions.txt 2>/dev/null
+for step in "$@"; do
+  echo "=== $step start $(date -u +%T)"
+  case $step in
+    sweep8b)
+      [ -d /tmp/sweep ] || cp -r results/gpu-sweep-h100 /tmp/sweep
+      python3 -m server_launch --matrix scenarios/matrix-gpu-8b.yaml --backend local \
+        --vllm-cmd "$V" --output-dir /tmp/sweep --resume --no-progress --no-report ;;
+    agree-spec) A=/tmp/agree2 CONFIGS=spec REPS=3 bash benchmarks/gpu/agreement.sh ;;
+    agree-nospec) A=/tmp/agree2 CONFIGS=nospec LEVELS="16 64" REPS=3 bash benchmarks/gpu/agreement.sh ;;
+    original)
+      python3 -m server_launch --matrix scenarios/original-config-gpu.yaml --backend local \
+        --vllm-cmd "$V" --output-dir /tmp/orig --resume --no-progress ;;
+    *) echo "unknown step $step" ;;
+  esac
+  echo "=== $step done rc=$? $(date -u +%T)"
+  pkill -f "vllm.entrypoints.cli.main serve"; sleep 3
+done
+echo LEASE DONE
