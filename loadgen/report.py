@@ -385,6 +385,16 @@ def resolve_baseline(runs: Sequence[Run], baseline: str | None = DEFAULT_BASELIN
     return plain[0] if plain else None
 
 
+def level_baseline(at_level: Sequence[Run], base_label: str | None, explicit: bool) -> Run | None:
+    """The run a level's speedups compare with (pure): the baseline label's run if it ran
+    the level; else, unless the user named the baseline, the first run there without
+    speculation."""
+    run = next((r for r in at_level if r.label == base_label), None)
+    if run is not None or explicit:
+        return run
+    return next((r for r in at_level if r.spec is None), None)
+
+
 def build_tables(runs: Sequence[Run], baseline: str | None = DEFAULT_BASELINE) -> pd.DataFrame:
     """One row per (scenario, load level, config label) with latencies, throughput, speedups.
 
@@ -396,6 +406,9 @@ def build_tables(runs: Sequence[Run], baseline: str | None = DEFAULT_BASELINE) -
 
     Speedups compare the medians with the baseline label's at the same scenario and level:
     TPOT and E2E as baseline / config (above 1 is faster), throughput as config / baseline.
+    Where the default baseline never ran a level (the original config.yaml starts one server
+    per batch size: 'none-bs1' runs only concurrency 1), the level's baseline is the run
+    without speculation that did; a run gets no row at a level it never planned.
     ``<speedup>_lo/_hi`` is the range over every pairing of a baseline repeat with a config
     repeat, and ``<speedup>_stable`` is True when that range excludes 1.0 (see
     ``speedup_range``), None when either side has fewer than two repeats.
@@ -413,18 +426,22 @@ def build_tables(runs: Sequence[Run], baseline: str | None = DEFAULT_BASELINE) -
         rank: dict[str, tuple[Any, ...]] = {}
         levels: dict[str, float | None] = {}
         shapes: dict[str, str | None] = {}
+        planned: dict[int, set[str]] = {}
         for r in scen_runs:
             for i, name in enumerate(list(r.phases) + r.expected_phases):
                 lvl = r.level_of(name)[0]
+                planned.setdefault(id(r), set()).add(lvl)
                 levels.setdefault(lvl, r.levels.get(name))
                 shapes.setdefault(lvl, r.shapes.get(name))
                 key = _phase_sort_key(levels[lvl], i, lvl)
                 rank[lvl] = min(rank.get(lvl, key), key)
-        base_run = next((r for r in scen_runs if r.label == base_label), None)
         for lvl in sorted(rank, key=rank.__getitem__):
+            at_level = [r for r in scen_runs if lvl in planned.get(id(r), set())]
+            base_run = level_baseline(at_level, base_label, explicit=baseline != DEFAULT_BASELINE)
+            lvl_label = base_run.label if base_run else base_label
             base = _collect(base_run, lvl) if base_run else None
-            for r in scen_runs:
-                rows.append(_row(scen, lvl, levels.get(lvl), shapes.get(lvl), r, base, base_label))
+            for r in sorted(at_level, key=lambda r: (r.label != lvl_label, r.label)):
+                rows.append(_row(scen, lvl, levels.get(lvl), shapes.get(lvl), r, base, lvl_label))
     return pd.DataFrame(rows, columns=_COLUMNS)
 
 
@@ -908,6 +925,7 @@ def write_report(
     ]
     doc = {
         "baseline": base_label,
+        "baselines": list(dict.fromkeys(df.loc[df["is_baseline"].astype(bool), "label"])),
         "runs": run_info,
         "rows": df.to_dict("records"),
         "repeats": repeat_rows(runs),
@@ -916,9 +934,18 @@ def write_report(
     }
     (out / "report.json").write_text(json.dumps(_json_safe(doc), indent=2) + "\n")
 
-    (out / "report.md").write_text(_markdown(df, runs, base_label, cross, fig_paths))
-    (out / "report.html").write_text(_html(df, runs, base_label, cross, fig_paths))
+    shown = baseline_text(df, base_label)
+    (out / "report.md").write_text(_markdown(df, runs, shown, cross, fig_paths))
+    (out / "report.html").write_text(_html(df, runs, shown, cross, fig_paths))
     return out / "report.md"
+
+
+def baseline_text(df: pd.DataFrame, base_label: str | None) -> str | None:
+    """How the report names its baseline: one label, or each level's where they differ."""
+    bases = list(dict.fromkeys(df.loc[df["is_baseline"].astype(bool), "label"]))
+    if len(bases) < 2:
+        return base_label
+    return " / ".join(bases) + " (per level: the run without speculation at that level)"
 
 
 def repeat_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:

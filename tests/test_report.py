@@ -248,6 +248,46 @@ def test_missing_baseline_cell(tmp_path: Path) -> None:
     assert "baseline 'none' has no results" in note
 
 
+def _write_one_level_run(root: Path, label: str, base: str, i: int) -> None:
+    """A run of one level only, as the original config.yaml makes (one server per batch)."""
+    run_dir = root / label / "n64"
+    run_dir.mkdir(parents=True)
+    scen = {**SCENARIO, "name": "n64", "load": {"shape": "concurrency", "concurrency": LEVELS[i]}}
+    del scen["sweep"]
+    spec = CONFIGS[base][0]
+    (run_dir / "run.json").write_text(
+        json.dumps({"scenario": scen, "label": label, "spec": spec, "model": "m"})
+    )
+    s = _summary(base, i)
+    (run_dir / s["phase"]).mkdir()
+    (run_dir / s["phase"] / "summary.json").write_text(json.dumps(s))
+    doc = {"complete": True, "scenario": "n64", "label": label, "phases": {s["phase"]: s}}
+    (run_dir / "summary.json").write_text(json.dumps(doc))
+
+
+def test_per_level_baseline_for_one_server_per_batch_size(tmp_path: Path) -> None:
+    root = tmp_path / "sweep"
+    for i, bs in ((0, 1), (2, 16)):
+        _write_one_level_run(root, f"none-bs{bs}", "none", i)
+        _write_one_level_run(root, f"ngram-k3-bs{bs}", "ngram-k3", i)
+    df = build_tables(find_runs([root]))
+    # no row for a run at a level it never planned; each level compares with its own none
+    assert sorted(zip(df["phase"], df["label"], strict=True)) == [
+        ("concurrency=1", "ngram-k3-bs1"),
+        ("concurrency=1", "none-bs1"),
+        ("concurrency=16", "ngram-k3-bs16"),
+        ("concurrency=16", "none-bs16"),
+    ]
+    assert _cell(df, "ngram-k3-bs1", 1, "tpot_speedup") == pytest.approx(20 / 10)
+    assert _cell(df, "ngram-k3-bs16", 16, "tpot_speedup") == pytest.approx(30 / 40)
+    assert set(df.loc[df["is_baseline"], "label"]) == {"none-bs1", "none-bs16"}
+    md = write_report([root], figures=False).read_text()
+    assert "none-bs1 / none-bs16 (per level" in md
+    # a baseline the user names is kept: no fallback at the level it lacks
+    df2 = build_tables(find_runs([root]), baseline="none-bs1")
+    assert math.isnan(_cell(df2, "ngram-k3-bs16", 16, "tpot_speedup"))
+
+
 def test_write_report_files(sweep: Path) -> None:
     md_path = write_report([sweep])
     out = sweep / "report"
