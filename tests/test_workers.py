@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import pytest
 import yaml
 
@@ -92,15 +92,26 @@ def _proc(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def _workers_of(p: subprocess.Popen[str], n: int, timeout_s: float = 30) -> list[psutil.Process]:
-    """The loadgen parent's worker processes, once all ``n`` are running."""
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat fields after the command name (state, ppid, ...); None when gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _workers_of(p: subprocess.Popen[str], n: int, timeout_s: float = 30) -> list[int]:
+    """The loadgen parent's spawned worker processes, once all ``n`` are running."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        kids = [
-            c
-            for c in psutil.Process(p.pid).children()
-            if "worker_main" in " ".join(c.cmdline()) or "spawn_main" in " ".join(c.cmdline())
-        ]
+        kids = []
+        for d in Path("/proc").iterdir():
+            st = _stat(int(d.name)) if d.name.isdigit() else None
+            if st is None or int(st[1]) != p.pid:
+                continue
+            with contextlib.suppress(OSError):
+                if b"spawn_main" in (d / "cmdline").read_bytes():
+                    kids.append(int(d.name))
         if len(kids) >= n:
             return kids
         time.sleep(0.05)
@@ -116,9 +127,14 @@ def _wait_lines(paths: list[Path], n: int, timeout_s: float = 30) -> None:
     raise AssertionError(f"records never reached {n} lines in {paths}")
 
 
-def _gone(procs: list[psutil.Process], timeout_s: float = 15) -> bool:
-    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
-    return not alive
+def _gone(pids: list[int], timeout_s: float = 15) -> bool:
+    """Whether every pid has exited (a zombie counts as exited)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all((st := _stat(pid)) is None or st[0] == "Z" for pid in pids):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 # --- open loop: the merged run is the schedule, on the server's clock -------------------
@@ -292,8 +308,7 @@ def test_killed_worker_marks_the_phase_incomplete(tmp_path: Path, mock: Any) -> 
     while not _metrics(url, 4):
         assert time.monotonic() < deadline, "requests never got in flight"
         time.sleep(0.05)
-    victim = kids[1]
-    victim.send_signal(signal.SIGKILL)
+    os.kill(kids[1], signal.SIGKILL)
     _, err = p.communicate(timeout=60)  # no hang
     assert p.returncode == EXIT_WORKER_LOST, err
     assert "was killed by SIGKILL" in err and "worker lost" in err
