@@ -23,9 +23,10 @@ A stop (Ctrl-C, error budget, health check) is sent to every worker, which cance
 is in flight as a 1-worker run does. A worker that dies or fails stops the phase with
 ``worker lost: ...`` (never a hang): the phase is marked incomplete.
 
-Local workers are ``multiprocessing`` processes started with ``spawn`` (no fork of a
-process with a running event loop); they ignore SIGINT, so a terminal's Ctrl-C reaches
-them through the parent's orderly stop, and they exit when the parent's pipe closes.
+Local workers are fresh ``python`` subprocesses (no fork of a process with a running
+event loop, no re-import of the caller's ``__main__``) on a socketpair; they ignore SIGINT,
+so a terminal's Ctrl-C reaches them through the parent's orderly stop, and they exit when
+the parent's end of the socket closes (the parent died).
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ import asyncio
 import contextlib
 import itertools
 import json
-import multiprocessing as mp
+import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -201,8 +205,17 @@ async def wait_go_or_stop(
     return time.time(), clock()
 
 
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+_ENTRY = "import sys; from loadgen.workers import worker_entry; worker_entry(sys.argv[1:])"
+
+
+def worker_entry(argv: list[str]) -> None:
+    """``python -c _ENTRY INDEX FD``: a local worker on the socket FD."""
+    worker_main(int(argv[0]), Connection(int(argv[1])))
+
+
 def worker_main(index: int, conn: Connection) -> None:
-    """Entry point of a local worker process."""
+    """A local worker: serve the parent's messages until it says exit or goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us in order
     try:
         import uvloop  # type: ignore[import-not-found]
@@ -322,49 +335,47 @@ def _exit_text(code: int | None) -> str:
 
 
 class LocalWorker:
-    """A worker process on this host, talked to over a pipe."""
+    """A worker process on this host: ``python -c`` running :func:`worker_entry`, talked to
+    over a socketpair. A plain subprocess, not ``multiprocessing``: that would re-import
+    the caller's ``__main__`` in every worker (a script without a main guard would crash)."""
 
-    def __init__(self, index: int, ctx: Any) -> None:
+    def __init__(self, index: int) -> None:
         self.index = index
-        self.conn, child = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(
-            target=worker_main, args=(index, child), daemon=True, name=f"loadgen-worker-{index}"
-        )
-        self.proc.start()
-        child.close()
+        mine, theirs = socket.socketpair()
+        child_fd = theirs.detach()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _ENTRY, str(index), str(child_fd)],
+                pass_fds=(child_fd,),
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        finally:
+            os.close(child_fd)
+        self.conn = Connection(mine.detach())
         self._msgs: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self._lost: str | None = None
         self._closing = False
         self._tail: FileTail | None = None
-        loop = asyncio.get_running_loop()
-        loop.add_reader(self.conn.fileno(), self._readable)
-        loop.add_reader(self.proc.sentinel, self._exited)
-        self._loop = loop
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.conn.fileno(), self._readable)
 
-    def _drain_pipe(self) -> bool:
+    def _readable(self) -> None:
         try:
             while self.conn.poll():
                 self._msgs.put_nowait(self.conn.recv())
         except (EOFError, OSError):
-            return False
-        return True
-
-    def _readable(self) -> None:
-        if not self._drain_pipe():
-            self._gone()
-
-    def _exited(self) -> None:
-        self._drain_pipe()
-        self._gone()
+            self._gone()  # the process ended (its end of the socket closed)
 
     def _gone(self) -> None:
         with contextlib.suppress(Exception):
             self._loop.remove_reader(self.conn.fileno())
-        with contextlib.suppress(Exception):
-            self._loop.remove_reader(self.proc.sentinel)
-        if self._lost is None:
-            self.proc.join(2.0)
-            self._lost = f"worker {self.index} {_exit_text(self.proc.exitcode)}"
+        if self._lost is None and not self._closing:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(2.0)
+            self._lost = f"worker {self.index} {_exit_text(self.proc.poll())}"
             self._msgs.put_nowait(("lost", self._lost))
 
     def _send(self, *msg: Any) -> None:
@@ -412,26 +423,23 @@ class LocalWorker:
         return self._tail.read() if self._tail is not None else []
 
     def kill(self) -> None:
-        if self.proc.is_alive():
+        if self.proc.poll() is None:
             self.proc.kill()
 
     async def close(self) -> None:
-        self._closing = True
         with contextlib.suppress(WorkerLost):
             self._send("exit")
+        self._closing = True
         deadline = time.monotonic() + STOP_GRACE_S
-        while self.proc.is_alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if self.proc.is_alive():
-            self.proc.terminate()
-            await asyncio.to_thread(self.proc.join, 3.0)
-        if self.proc.is_alive():
-            self.proc.kill()
-            await asyncio.to_thread(self.proc.join, 3.0)
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for end in (self.proc.terminate, self.proc.kill):
+            if self.proc.poll() is None:
+                end()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    await asyncio.to_thread(self.proc.wait, 3.0)
         with contextlib.suppress(Exception):
             self._loop.remove_reader(self.conn.fileno())
-        with contextlib.suppress(Exception):
-            self._loop.remove_reader(self.proc.sentinel)
         self.conn.close()
 
 
@@ -511,9 +519,8 @@ class WorkerPool:
 
     @classmethod
     def start_local(cls, n: int) -> WorkerPool:
-        """Start ``n`` spawned processes (they import while the parent loads prompts)."""
-        ctx = mp.get_context("spawn")
-        return cls([LocalWorker(k, ctx) for k in range(n)], "local", GO_MARGIN_S)
+        """Start ``n`` worker processes (they import while the parent loads prompts)."""
+        return cls([LocalWorker(k) for k in range(n)], "local", GO_MARGIN_S)
 
     async def init(self, init: WorkerInit) -> None:
         for h in self.handles:

@@ -101,7 +101,7 @@ def _stat(pid: int) -> list[str] | None:
 
 
 def _workers_of(p: subprocess.Popen[str], n: int, timeout_s: float = 30) -> list[int]:
-    """The loadgen parent's spawned worker processes, once all ``n`` are running."""
+    """The loadgen parent's worker processes, once all ``n`` are running."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         kids = []
@@ -110,7 +110,7 @@ def _workers_of(p: subprocess.Popen[str], n: int, timeout_s: float = 30) -> list
             if st is None or int(st[1]) != p.pid:
                 continue
             with contextlib.suppress(OSError):
-                if b"spawn_main" in (d / "cmdline").read_bytes():
+                if b"worker_entry" in (d / "cmdline").read_bytes():
                     kids.append(int(d.name))
         if len(kids) >= n:
             return kids
@@ -441,3 +441,30 @@ def test_merged_file_wins_over_leftover_worker_files(tmp_path: Path) -> None:
     (tmp_path / "requests.jsonl").write_text(_rec(0, 0.0, 0).to_json() + "\n")
     worker_records_path(tmp_path, 0).write_text(_rec(0, 0.0, 0).to_json() + "\n")
     assert [r.request_id for r in phase_records(tmp_path)] == [0]
+
+
+def test_sweep_reuses_the_workers_and_uses_fewer_where_fewer_fit(tmp_path: Path, mock: Any) -> None:
+    """In-process API (no main guard needed): phases of a sweep share one pool; a phase
+    with one slot runs on one worker, the next on both; the scenario's ``workers`` field."""
+    from loadgen.api import run_scenario
+
+    _, url = mock("--itl-ms", "2")
+    sc = parse_scenario({
+        "name": "sw", "load": {"shape": "concurrency", "concurrency": 1},
+        "sweep": {"concurrency": [1, 3]}, "num_requests": 6, "warmup_requests": 2,
+        "prompts": PROMPT, "output_tokens": 8, "repeats": 2, "workers": 2,
+    }, "x")  # fmt: skip
+    res = run_scenario(sc, base_url=url, output_dir=tmp_path / "out", progress=False)
+    assert res.complete and res.exit_code == 0
+    assert list(res.phases) == [
+        "concurrency=1_r1", "concurrency=1_r2", "concurrency=3_r1", "concurrency=3_r2"
+    ]  # fmt: skip
+    for slug, flat in res.phases.items():
+        recs = list(read_records(tmp_path / "out" / slug / "requests.jsonl"))
+        split = Counter((r.worker, r.warmup) for r in recs)
+        if slug.startswith("concurrency=1"):
+            assert flat["workers"] == 1 and split == {(0, False): 6, (0, True): 2}
+        else:
+            assert flat["workers"] == 2
+            assert split == {(0, False): 4, (1, False): 2, (0, True): 1, (1, True): 1}
+        assert len({r.request_id for r in recs}) == 8
