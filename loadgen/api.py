@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as _dt
+import json
 import os
 import platform
 import signal
@@ -28,14 +29,17 @@ from loadgen.errors import SpecloadError
 from loadgen.metrics import SummaryAccumulator
 from loadgen.progress import LiveProgress
 from loadgen.prompts import LocalTokenizer, ServerTokenizer, Tokenizer, load_prompts
-from loadgen.results import ResultsDir, slugify
+from loadgen.records import RequestRecord
+from loadgen.results import ResultsDir, merge_worker_records, slugify
 from loadgen.runner import PhaseRunner, StopSignal
-from loadgen.scenario import Phase, Scenario
+from loadgen.scenario import MAX_WORKERS, Phase, Scenario
+from loadgen.workers import WORKER_LOST, WorkerInit, WorkerPool
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 EXIT_ERROR_BUDGET = 3
 EXIT_SERVER_LOST = 4
+EXIT_WORKER_LOST = 5
 EXIT_INTERRUPTED = 130
 
 HEALTH_INTERVAL_S = 5.0
@@ -141,7 +145,20 @@ async def run_scenario_async(
     cli: list[str] | None = None,
     only_phases: list[str] | None = None,
     tokenizer: str | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> RunResult:
+    """Run every phase of ``scenario``; ``workers`` (default: the scenario's) processes
+    share each phase's schedule, as Ray actors when ``ray_address`` is given."""
+    n_workers = scenario.workers if workers is None else workers
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int):
+        raise SpecloadError(f"--workers: must be an integer, got {n_workers!r}")
+    if not 1 <= n_workers <= MAX_WORKERS:
+        raise SpecloadError(f"--workers: must be from 1 to {MAX_WORKERS}, got {n_workers}")
+    if ray_address:
+        from loadgen.rayworkers import require_ray
+
+        require_ray()
     info = await probe_server(base_url, api_key)
     model = resolve_model(model or scenario.model, info.models, base_url)
     phases = scenario.phases()
@@ -153,6 +170,56 @@ async def run_scenario_async(
         )
         for p in phases
     ]
+    pool = await _start_pool(n_workers, ray_address)
+    try:
+        return await _run_phases(
+            scenario,
+            phases=phases,
+            schedules=schedules,
+            pool=pool,
+            info=info,
+            model=model,
+            base_url=base_url,
+            output_dir=output_dir,
+            label=label,
+            spec=spec,
+            api_key=api_key,
+            progress=progress,
+            health_check=health_check,
+            cli=cli,
+            tokenizer=tokenizer,
+        )
+    finally:
+        if pool is not None:
+            await pool.close()
+
+
+async def _start_pool(n: int, ray_address: str | None) -> WorkerPool | None:
+    if ray_address:
+        from loadgen.rayworkers import start_ray_pool
+
+        return await start_ray_pool(n, ray_address)
+    return WorkerPool.start_local(n) if n > 1 else None
+
+
+async def _run_phases(
+    scenario: Scenario,
+    *,
+    phases: list[Phase],
+    schedules: list[Schedule],
+    pool: WorkerPool | None,
+    info: ServerInfo,
+    model: str,
+    base_url: str,
+    output_dir: Path,
+    label: str | None,
+    spec: dict[str, Any] | None,
+    api_key: str | None,
+    progress: bool,
+    health_check: Callable[[], bool] | None,
+    cli: list[str] | None,
+    tokenizer: str | None,
+) -> RunResult:
     tok = make_tokenizer(scenario, base_url, model, api_key, tokenizer)
     prompt_set = await asyncio.to_thread(
         load_prompts,
@@ -181,6 +248,7 @@ async def run_scenario_async(
             "started_at": _dt.datetime.fromtimestamp(origin_wall, _dt.UTC).isoformat(),
             "epoch_origin": origin_wall,
             "prompts": {"count": len(prompts), "skipped_bad_lines": prompt_set.skipped},
+            "workers": pool.describe() if pool is not None else {"count": 1, "backend": None},
         }
     )
     settings = RequestSettings(
@@ -200,6 +268,16 @@ async def run_scenario_async(
     live = LiveProgress(progress)
     summaries: dict[str, dict[str, Any]] = {}
     id_prefix = f"specload-{os.getpid()}-{int(origin_wall)}"
+    if pool is not None:
+        await pool.init(
+            WorkerInit(
+                settings=settings,
+                prompts=prompts,
+                output_tokens=scenario.output_tokens,
+                id_prefix=id_prefix,
+                origin_wall=origin_wall,
+            )
+        )
     next_id = 0
     health_task = asyncio.create_task(_watch_health(health_check, stop)) if health_check else None
     try:
@@ -230,6 +308,7 @@ async def run_scenario_async(
                     "server_version": info.version,
                 },
                 api_key=api_key,
+                pool=pool,
             )
             next_id += 1_000_000
             summaries[slug] = summary
@@ -287,6 +366,7 @@ async def _run_phase(
     first_id: int,
     extra: dict[str, Any],
     api_key: str | None,
+    pool: WorkerPool | None = None,
 ) -> dict[str, Any]:
     pdir = results.phase_dir(slug)
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
@@ -303,26 +383,53 @@ async def _run_phase(
         sampler = server_metrics.GaugeSampler(
             ctl, settings.base_url, pdir / "server_samples.jsonl", clock=clock
         )
-        with results.records(slug) as writer:
-            runner = PhaseRunner(
-                settings=settings,
-                phase_name=phase.name,
-                prompts=prompts,
-                output_tokens=scenario.output_tokens,
-                clock=clock,
-                writer=writer,
-                sinks=[acc, live],
-                stop=stop,
-                id_prefix=id_prefix,
-                first_request_id=first_id,
-                max_error_rate=scenario.max_error_rate,
-            )
+        workers_extra: dict[str, Any] = {}
+        if pool is None:
+            with results.records(slug) as writer:
+                runner = PhaseRunner(
+                    settings=settings,
+                    phase_name=phase.name,
+                    prompts=prompts,
+                    output_tokens=scenario.output_tokens,
+                    clock=clock,
+                    writer=writer,
+                    sinks=[acc, live],
+                    stop=stop,
+                    id_prefix=id_prefix,
+                    first_request_id=first_id,
+                    max_error_rate=scenario.max_error_rate,
+                )
+                async with sampler:
+                    outcome = await runner.run(schedule, phase.warmup_requests, measure_start)
+            duration_s = outcome.duration_s
+        else:
             async with sampler:
-                outcome = await runner.run(schedule, phase.warmup_requests, measure_start)
+                wout = await pool.run_phase(
+                    phase_name=phase.name,
+                    schedule=schedule,
+                    warmup_requests=phase.warmup_requests,
+                    first_id=first_id,
+                    phase_dir=pdir,
+                    clock=clock,
+                    stop=stop,
+                    on_measure_start=measure_start,
+                    max_error_rate=scenario.max_error_rate,
+                    live=live,
+                )
+            duration_s = wout.duration_s
+            workers_extra = {"workers": wout.active, "workers_start_late_ms": wout.late_s * 1e3}
         live.stop()
         after = await _scrape(ctl, settings.base_url, pdir / "metrics_after.prom")
         before = scraped.get("before")
+    if pool is not None:
+        # One requests.jsonl sorted by send time, fed to the summary in that order.
+        def feed(line: bytes) -> None:
+            with contextlib.suppress(ValueError, TypeError):
+                acc.add(RequestRecord.from_dict(json.loads(line)))
+
+        await asyncio.to_thread(merge_worker_records, pdir, feed)
     extra = dict(extra)
+    extra.update(workers_extra)
     extra["repeat"] = phase.repeat
     extra["complete"] = not stop.is_set()
     if stop.reason:
@@ -333,7 +440,7 @@ async def _run_phase(
             server_metrics.parse_prometheus(before), server_metrics.parse_prometheus(after)
         )
     summary = acc.summary(
-        duration_s=outcome.duration_s,
+        duration_s=duration_s,
         slo=scenario.slo,
         phase=phase.name,
         load=phase.load,
@@ -386,6 +493,8 @@ def _exit_code(complete: bool, reason: str | None) -> int:
         return EXIT_ERROR_BUDGET
     if reason and reason.startswith("server lost"):
         return EXIT_SERVER_LOST
+    if reason and reason.startswith(WORKER_LOST):
+        return EXIT_WORKER_LOST
     return EXIT_INTERRUPTED
 
 

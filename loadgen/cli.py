@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 from loadgen.errors import SpecloadError, one_line
 from loadgen.scenario import (
+    MAX_WORKERS,
     OPEN_SHAPES,
     list_scenarios,
     parse_scenario,
@@ -83,6 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key-env",
         metavar="VAR",
         help="name of the environment variable holding the API key (the key is never written)",
+    )
+    w = p.add_argument_group("load generation across processes and hosts")
+    w.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="split each phase's schedule over N worker processes on one shared clock "
+        "(records merged into one results directory; default: the scenario's, 1)",
+    )
+    w.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="run the --workers as Ray actors on the cluster at ADDR (e.g. 10.0.0.5:6379, "
+        "ray://head:10001, or 'local'); needs the 'ray' extra",
     )
     p.add_argument("--no-progress", action="store_true", help="no live progress bar")
     p.add_argument("--list-scenarios", action="store_true", help="list built-in scenarios and exit")
@@ -186,6 +201,10 @@ def run_main(argv: list[str]) -> int:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             _fail(f"--api-key-env: environment variable {args.api_key_env} is not set")
+    if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
+        _fail(f"--workers: must be an integer from 1 to {MAX_WORKERS}, got {args.workers}")
+    if args.ray_address is not None and not args.ray_address.strip():
+        _fail("--ray-address: give the cluster address (host:port, ray://host:port or local)")
     scenario = load_scenario_from_args(args)
     out = args.output_dir or Path("results") / (
         f"{scenario.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -201,6 +220,8 @@ def run_main(argv: list[str]) -> int:
         api_key=api_key,
         progress=not args.no_progress and sys.stderr.isatty(),
         cli=["python", "-m", "loadgen", *argv],
+        workers=args.workers,
+        ray_address=args.ray_address,
     )
     try:
         from loadgen.console import print_summary_table

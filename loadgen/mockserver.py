@@ -28,6 +28,11 @@ every streamed chunk counted as one draft of ``K`` tokens that accepted ``n - 1`
 ``drafts == chunks``, ``accepted == tokens - chunks``, ``per_pos[j]`` counts chunks
 with ``n - 1 > j``.
 
+Several processes (``--reuse-port``): one asyncio process serves some tens of thousands
+of chunks/s; to load-test a client with several processes of its own, start N mocks with
+``--reuse-port`` on one port and the kernel spreads the connections over them (each keeps
+its own ``/metrics`` and ``--log``, so give each its own log file).
+
 Faults (per request; at most one, first match wins in the order fail, cut, stall,
 malformed): rates are a probability ``"0.1"`` or a deterministic ``"every:N"`` (the
 N-th, 2N-th, ... inference request). The header ``x-mock-fault`` overrides them.
@@ -198,6 +203,7 @@ class MockConfig:
     log: str | None = None
     log_flush_s: float = 0.2
     loop: str = "auto"  # auto (uvloop if importable) | asyncio | uvloop
+    reuse_port: bool = False  # SO_REUSEPORT: several mock processes share one port
     plan: ChunkPlan = field(init=False, repr=False)
     rates: tuple[FaultRate, FaultRate, FaultRate, FaultRate] = field(init=False, repr=False)
     spec_k: int = field(init=False, repr=False)
@@ -288,6 +294,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
     a("--log-flush-s", type=float, default=d.log_flush_s)
     a("--loop", default=d.loop, help="auto | asyncio | uvloop")
     a("--uvloop", dest="loop", action="store_const", const="uvloop", help="= --loop uvloop")
+    a(
+        "--reuse-port",
+        action="store_true",
+        help="SO_REUSEPORT: start several mocks on one --port; the kernel spreads connections",
+    )
     return p
 
 
@@ -605,7 +616,12 @@ class MockServer:
             self._log = open(cfg.log, "a", buffering=1 << 16)  # noqa: SIM115 - closed in close()
             self._flusher = asyncio.create_task(self._flush_loop())
         self._server = await asyncio.start_server(
-            self._on_conn, cfg.host, cfg.port, limit=1 << 20, backlog=4096
+            self._on_conn,
+            cfg.host,
+            cfg.port,
+            limit=1 << 20,
+            backlog=4096,
+            reuse_port=cfg.reuse_port or None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -1173,8 +1189,15 @@ def start_mock_process(
     line = proc.stdout.readline().decode().strip() if ready else ""
     prefix = "listening on "
     if not line.startswith(prefix):
-        stop_mock_process(proc)
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         err = proc.stderr.read().decode().strip().splitlines() if proc.stderr else []
+        stop_mock_process(proc)
         raise SpecloadError(f"mock server did not start: {err[-1] if err else line or 'timeout'}")
     return proc, line[len(prefix) :]
 

@@ -36,6 +36,7 @@ from loadgen.console import (
     pick,
 )
 from loadgen.errors import SpecloadError
+from loadgen.results import phase_record_files
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -251,16 +252,22 @@ def load_run(run_dir: str | Path, default_label: str | None = None) -> Run:
             if isinstance(s, dict) and _slug(name) not in known:
                 phases[name] = s
                 known.add(_slug(name))
-        elif (sub / "requests.jsonl").is_file():
+        elif files := phase_record_files(sub):
             name = by_slug.get(_slug(sub.name), sub.name)
-            s = _recompute(sub / "requests.jsonl", name, phase_objs.get(name), scen_obj)
+            # A multi-worker phase killed before its merge has only requests.w<K>.jsonl.
+            src = (
+                "requests.jsonl"
+                if len(files) == 1 and files[0].name == "requests.jsonl"
+                else (f"{len(files)} per-worker files (never merged)")
+            )
+            s = _recompute(sub, name, phase_objs.get(name), scen_obj)
             if s is None:
-                notes.append(f"phase '{name}': requests.jsonl holds no usable record")
+                notes.append(f"phase '{name}': {src} holds no usable record")
             else:
                 phases[name] = s
                 known.add(_slug(name))
                 notes.append(
-                    f"phase '{name}': no summary.json; recomputed from requests.jsonl "
+                    f"phase '{name}': no summary.json; recomputed from {src} "
                     "(duration = first send to last byte; no acceptance data)"
                 )
 
@@ -332,20 +339,20 @@ def load_fields_of(load: Any) -> dict[str, Any]:
 
 
 def _recompute(
-    path: Path, name: str, phase: Phase | None, scen: Scenario | None
+    phase_dir: Path, name: str, phase: Phase | None, scen: Scenario | None
 ) -> dict[str, Any] | None:
     """A flat summary from a phase's records, for a phase that never wrote summary.json."""
     from loadgen.metrics import summarize
-    from loadgen.results import read_records
+    from loadgen.results import phase_records
 
     try:
-        records = [r for r in read_records(path) if not r.warmup]
+        records = [r for r in phase_records(phase_dir) if not r.warmup]
     except OSError:
         return None
     if not records:
         return None
     first = min(r.sent_s for r in records)
-    last = max(max(r.end_s or r.sent_s, *r.chunk_times) for r in records)
+    last = max(max([r.end_s or r.sent_s, *r.chunk_times]) for r in records)
     if not last > first:
         return None
     return summarize(

@@ -6,6 +6,8 @@ Layout::
     RUN_DIR/summary.json                   {"complete", "scenario", "label", "phases": {slug: flat}}
     RUN_DIR/summary.csv                    one row per phase
     RUN_DIR/<phase>/requests.jsonl         one record per request, appended as each completes
+    RUN_DIR/<phase>/requests.w<K>.jsonl    with --workers: worker K's records, merged into
+                                           requests.jsonl (by send time) when the phase ends
     RUN_DIR/<phase>/summary.json           flat summary: every `vllm bench serve` key + ours
     RUN_DIR/<phase>/server_samples.jsonl   /metrics gauges sampled through the phase
     RUN_DIR/<phase>/metrics_before.prom    raw /metrics scrapes around the phase
@@ -13,17 +15,21 @@ Layout::
 
 JSON files are replaced atomically (write a temporary file, fsync, rename), so a crash
 leaves the previous version or the new one, never half of one. ``requests.jsonl`` is
-append-only; a line cut by a crash is skipped on reading.
+append-only; a line cut by a crash is skipped on reading. A multi-worker phase whose
+merge never ran (the parent was killed) keeps its per-worker files; :func:`phase_records`
+reads those instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import mmap
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -103,6 +109,98 @@ def read_records(path: Path) -> Iterator[RequestRecord]:
                 yield RequestRecord.from_dict(json.loads(line))
             except (ValueError, TypeError):
                 continue
+
+
+REQUESTS_FILE = "requests.jsonl"
+_WORKER_FILE = re.compile(r"requests\.w(\d+)\.jsonl")
+_SENT = re.compile(rb'"sent_s":(-?[0-9.eE+-]+)')
+_RID = re.compile(rb'"request_id":(-?[0-9]+)')
+
+
+def worker_records_path(phase_dir: Path, worker: int) -> Path:
+    return Path(phase_dir) / f"requests.w{worker}.jsonl"
+
+
+def worker_record_files(phase_dir: Path) -> list[Path]:
+    """A phase's per-worker record files, in worker order."""
+    found = []
+    for p in Path(phase_dir).glob("requests.w*.jsonl"):
+        m = _WORKER_FILE.fullmatch(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def phase_record_files(phase_dir: Path) -> list[Path]:
+    """Where a phase's records are: ``requests.jsonl``, or (a multi-worker phase whose
+    merge never ran) the per-worker files. The merged file is renamed into place only
+    once complete, so when it exists it holds every record."""
+    merged = Path(phase_dir) / REQUESTS_FILE
+    if merged.is_file():
+        return [merged]
+    return worker_record_files(phase_dir)
+
+
+def phase_records(phase_dir: Path) -> Iterator[RequestRecord]:
+    for path in phase_record_files(phase_dir):
+        yield from read_records(path)
+
+
+def merge_worker_records(phase_dir: Path, on_line: Callable[[bytes], None] | None = None) -> int:
+    """Merge the per-worker files into ``requests.jsonl``, sorted by send time, and remove
+    them; returns the number of records. ``on_line`` sees each merged line in order.
+
+    Only (send time, id, file, offset) is kept per record, so memory stays small whatever
+    the phase's size; a line cut by a crash, or one without a send time, is left out (as
+    :func:`read_records` would skip it). The merged file is written aside and renamed, so
+    a crash leaves either the worker files or the complete merge.
+    """
+    phase_dir = Path(phase_dir)
+    sources = worker_record_files(phase_dir)
+    keys: list[tuple[float, int, int, int, int]] = []
+    maps: list[mmap.mmap | bytes] = []
+    files = []
+    try:
+        for fi, path in enumerate(sources):
+            f = open(path, "rb")  # noqa: SIM115 - closed below
+            files.append(f)
+            size = os.fstat(f.fileno()).st_size
+            buf: mmap.mmap | bytes = (
+                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            )
+            maps.append(buf)
+            pos = 0
+            while pos < size:
+                end = buf.find(b"\n", pos)
+                if end < 0:
+                    break  # a torn final line
+                line = buf[pos:end]
+                sent, rid = _SENT.search(line), _RID.search(line)
+                if sent and rid:
+                    with contextlib.suppress(ValueError):
+                        keys.append((float(sent.group(1)), int(rid.group(1)), fi, pos, end + 1))
+                pos = end + 1
+        keys.sort()
+        out = phase_dir / REQUESTS_FILE
+        tmp = phase_dir / f".{REQUESTS_FILE}.merge{os.getpid()}"
+        with open(tmp, "wb") as w:
+            for _sent, _rid, fi, start, stop in keys:
+                line = maps[fi][start:stop]
+                w.write(line)
+                if on_line is not None:
+                    on_line(line)
+            w.flush()
+            os.fsync(w.fileno())
+        os.replace(tmp, out)
+    finally:
+        for m in maps:
+            if isinstance(m, mmap.mmap):
+                m.close()
+        for f in files:
+            f.close()
+    for path in sources:
+        path.unlink(missing_ok=True)
+    return len(keys)
 
 
 CSV_FIRST = ("label", "scenario", "phase", "load_shape", "load_level", "complete")

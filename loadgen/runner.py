@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -164,18 +164,28 @@ class PhaseRunner:
         self,
         schedule: Schedule,
         warmup_requests: int = 0,
-        on_measure_start: Callable[[], Awaitable[None]] | None = None,
+        on_measure_start: Callable[[], Awaitable[float | None]] | None = None,
+        measured_ids: Iterable[int] | None = None,
     ) -> PhaseOutcome:
-        """Warm up, then call ``on_measure_start`` (e.g. scrape /metrics), then measure."""
+        """Warm up, then call ``on_measure_start`` (e.g. scrape /metrics), then measure.
+
+        ``on_measure_start`` may return the phase start on ``clock`` (a worker of a
+        multi-process run returns the start all workers share); ``measured_ids`` are the
+        measured requests' ids in send order (a worker's share of a 1-worker run's ids);
+        by default they follow the warmup ids."""
         self._pool.prefill(prefill_size(schedule))
         try:
             await self._pool.connect()
             if warmup_requests:
                 conc = schedule.concurrency or min(warmup_requests, 16)
                 await self._closed_loop(conc, warmup_requests, None, warmup=True)
+            start = None
             if on_measure_start is not None:
-                await on_measure_start()
-            start = self.clock()
+                start = await on_measure_start()
+            if measured_ids is not None:
+                self._ids = iter(measured_ids)
+            if start is None:
+                start = self.clock()
             if schedule.closed:
                 assert schedule.concurrency is not None
                 deadline = start + schedule.duration_s if schedule.duration_s else None

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from loadgen.errors import SpecloadError, describe_validation_error
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+MAX_WORKERS = 1024  # --workers: more is a typo that would start a process storm
 
 
 class _Strict(BaseModel):
@@ -172,6 +173,9 @@ class Scenario(_Strict):
     slo: SLO = SLO()
     request_timeout_s: float = Field(600.0, gt=0)
     max_error_rate: float | None = Field(None, ge=0, le=1)
+    workers: int = Field(
+        1, ge=1, le=MAX_WORKERS, description="processes sharing each phase's schedule (--workers)"
+    )
     extra_body: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

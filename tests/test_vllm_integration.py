@@ -93,6 +93,34 @@ def test_open_loop_poisson(vllm_plain: VllmServer, tmp_path: Path) -> None:
     assert flat["p99_dispatch_lag_ms"] >= flat["p50_dispatch_lag_ms"] >= 0
 
 
+def test_two_workers_against_vllm(vllm_plain: VllmServer, tmp_path: Path) -> None:
+    """--workers 2: one merged results dir; the server counted exactly the measured requests
+    between the scrapes (taken after every worker's warmup and after every worker ended)."""
+    from loadgen.server_metrics import parse_prometheus
+
+    out = tmp_path / "workers"
+    p = run_loadgen(*_common_args(vllm_plain.url, out, "--workers", "2", "--warmup", "2"))
+    assert p.returncode == 0, p.stderr
+    flat, records = _phase(out)
+    measured = [r for r in records if not r.warmup]
+    assert flat["completed"] == N and flat["failed"] == 0 and flat["workers"] == 2
+    assert len(records) == N + 2 and len({r.request_id for r in records}) == N + 2
+    # concurrency 2 over 2 workers: one slot and N/2 requests each, warmup one each
+    assert sorted(r.worker for r in measured) == [0] * (N // 2) + [1] * (N // 2)
+    assert sorted(r.worker for r in records if r.warmup) == [0, 1]
+    assert all(r.output_tokens == OUT_TOKENS and r.prompt_tokens == IN_TOKENS for r in measured)
+    assert [r.sent_s for r in records] == sorted(r.sent_s for r in records)
+    pdir = out / "concurrency=2"
+    assert sorted(f.name for f in pdir.glob("requests*")) == ["requests.jsonl"]
+
+    def done(name: str) -> float:
+        m = parse_prometheus((pdir / name).read_text())
+        return sum(v for (k, _), v in m.items() if k == "vllm:request_success_total")
+
+    assert done("metrics_after.prom") - done("metrics_before.prom") == N
+    assert flat["total_output_tokens"] == N * OUT_TOKENS
+
+
 def test_wrong_model_is_one_line_error(vllm_plain: VllmServer, tmp_path: Path) -> None:
     p = run_loadgen(*_common_args(vllm_plain.url, tmp_path / "x", "--model", "no-such-model"))
     assert p.returncode == 2
