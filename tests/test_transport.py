@@ -373,3 +373,41 @@ def test_bad_transport_flag_is_one_line(capsys: Any) -> None:
         loadgen_main(["--scenario", "smoke", "--transport", "curl"])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and "--transport" in err[0]
+
+
+# --- the parse after the stream: sliced, so other streams' reads are stamped meanwhile -------
+
+
+def _mock_reads(n: int) -> list[tuple[float, bytes]]:
+    def ev(i: int) -> bytes:
+        usage = {"prompt_tokens": 4, "total_tokens": 4 + i, "completion_tokens": i}
+        obj = {"id": "c", "choices": [{"index": 0, "text": f" w{i}"}], "usage": usage}
+        return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+    reads = [(0.01 * i, ev(i)) for i in range(1, n + 1)]
+    return [*reads, (9.0, b"data: [DONE]\n\n")]
+
+
+def test_sliced_parse_matches_and_yields() -> None:
+    from loadgen.client import _parse_steps, _parse_stream, parse_stream
+
+    reads = _mock_reads(300)
+    want = _rec()
+    _parse_stream(want, reads)
+    assert want.ok and want.output_tokens == 300 and len(want.chunk_times) == 300
+    got = _rec()
+    assert len(list(_parse_steps(got, reads, 64))) == 300 // 64  # one yield per 64 events
+    assert got == want
+
+    async def cancelled_midway() -> RequestRecord:
+        rec = _rec()
+        task = asyncio.create_task(parse_stream(rec, reads, every=16))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a slice or two in
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return rec
+
+    assert asyncio.run(cancelled_midway()) == want  # finished anyway: the record is whole
