@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--transport",
-        choices=["httpx", "raw"],
-        help="HTTP client: httpx, or raw (a minimal asyncio HTTP/1.1 client, less CPU per chunk)",
+        choices=["raw", "httpx"],
+        help="HTTP client for the requests: raw (a minimal asyncio HTTP/1.1 client, the "
+        "default) or httpx",
     )
     p.add_argument(
         "--api-key-env",

@@ -1,4 +1,6 @@
-"""The streaming client: one OpenAI-compatible request -> one RequestRecord.
+"""The request settings, the httpx transport, and the SSE parsing both transports share:
+one OpenAI-compatible streaming request -> one RequestRecord (``loadgen.transport`` picks
+httpx or the raw asyncio client, ``loadgen.transport_raw``).
 
 Timing is taken when bytes arrive (each read from the socket gets one timestamp), and
 parsing happens after the stream ends, so JSON decoding never delays a timestamp. That

@@ -91,7 +91,7 @@ class PhaseRunner:
         first_request_id: int = 0,
         max_error_rate: float | None = None,
         worker: int = 0,
-        transport: str = "httpx",
+        transport: str = "raw",
     ) -> None:
         if not prompts:
             raise ValueError("no prompts")

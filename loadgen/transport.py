@@ -1,7 +1,9 @@
 """How requests reach the server: the interface the runner uses, and its two implementations.
 
-``httpx`` (the default, ``loadgen.client``) and ``raw`` (``loadgen.transport_raw``, a minimal
-asyncio HTTP/1.1 client). Both keep one connection per in-flight request, fill the same
+``raw`` (the default, ``loadgen.transport_raw``, a minimal asyncio HTTP/1.1 client) and
+``httpx`` (``loadgen.client``). benchmarks/client_overhead.py compares them: raw spends about
+a third of httpx's CPU per chunk and keeps up with vLLM's own benchmark client where httpx
+did not. Both keep one connection per in-flight request, fill the same
 ``RequestRecord`` through the same after-the-fact SSE parsing, and fail with the same
 ``error_kind`` values; they differ in CPU per chunk and in the exact moment ``sent_s`` is
 taken (see ``transport_raw``).

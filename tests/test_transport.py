@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loadgen import client, transport_raw
 from loadgen.cli import main as loadgen_main
 from loadgen.client import RequestSettings
 from loadgen.mockserver import MockConfig, MockServer, mock_process
@@ -28,6 +30,7 @@ from loadgen.transport_raw import _Conn, parse_head
 from tests.conftest import free_port
 
 BOTH = pytest.mark.parametrize("transport", TRANSPORTS)
+DATA = Path(__file__).parent / "data"  # a self-signed certificate for 127.0.0.1, tests only
 
 
 def _rec(i: int = 0) -> RequestRecord:
@@ -242,12 +245,19 @@ class _Server:
             w.close()
 
 
-def run_server(srv: _Server, n: int = 2, api_key: str | None = None) -> list[RequestRecord]:
+def run_server(
+    srv: _Server,
+    n: int = 2,
+    api_key: str | None = None,
+    transport: str = "raw",
+    tls: ssl.SSLContext | None = None,
+) -> list[RequestRecord]:
     async def go() -> list[RequestRecord]:
-        server = await asyncio.start_server(srv.handle, "127.0.0.1", 0)
+        server = await asyncio.start_server(srv.handle, "127.0.0.1", 0, ssl=tls)
         port = server.sockets[0].getsockname()[1]
-        s = RequestSettings(base_url=f"http://127.0.0.1:{port}/", model="m", api_key=api_key)
-        t = make_transport("raw", s, time.perf_counter)
+        url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/"
+        s = RequestSettings(base_url=url, model="m", api_key=api_key, timeout_s=10.0)
+        t = make_transport(transport, s, time.perf_counter)
         try:
             return [await _send(t, i) for i in range(n)]
         finally:
@@ -269,6 +279,29 @@ def test_raw_framings(kind: str) -> None:
     head = srv.requests[0].split(b"\r\n\r\n")[0].decode().lower()
     assert head.startswith("post /v1/completions http/1.1\r\n")
     assert "x-request-id: r-0" in head and "host: 127.0.0.1:" in head
+
+
+def _server_tls() -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(DATA / "tls-test-only.crt", DATA / "tls-test-only.key")
+    return ctx
+
+
+@BOTH
+def test_https(transport: str, monkeypatch: Any) -> None:
+    trusted = ssl.create_default_context(cafile=str(DATA / "tls-test-only.crt"))
+    monkeypatch.setattr(client, "_ssl_context", lambda: trusted)
+    monkeypatch.setattr(transport_raw, "_ssl_context", lambda: trusted)
+    srv = _Server(RESPONSES["chunked"])
+    recs = run_server(srv, transport=transport, tls=_server_tls())
+    assert all(r.ok and r.chunk_tokens == [1, 2] for r in recs), recs[0].error
+    assert srv.connections == 1  # kept alive over TLS too
+
+
+@BOTH
+def test_https_untrusted_certificate_is_a_connect_error(transport: str) -> None:
+    (rec,) = run_server(_Server(RESPONSES["chunked"]), n=1, transport=transport, tls=_server_tls())
+    assert rec.error_kind == "connect" and "CERTIFICATE_VERIFY_FAILED" in (rec.error or "")
 
 
 def test_raw_sends_the_api_key_and_never_records_it(tmp_path: Path) -> None:
