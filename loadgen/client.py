@@ -340,6 +340,9 @@ _USAGE_AT = b',"usage":{'
 _COMPLETION_RE = re.compile(rb'"completion_tokens":(\d+)')
 _PROMPT_RE = re.compile(rb'"prompt_tokens":(\d+)')
 _FINISH_RE = re.compile(rb'"finish_reason":"([^"\\]*)"')
+_VLLM_USAGE_RE = re.compile(
+    rb',"usage":\{"prompt_tokens":(\d+),"total_tokens":\d+,"completion_tokens":(\d+)\}\}\Z'
+)
 
 
 def _scan_chunk(payload: bytes) -> tuple[int, int | None, bool, str | None] | None:
@@ -354,21 +357,27 @@ def _scan_chunk(payload: bytes) -> tuple[int, int | None, bool, str | None] | No
     i = payload.rfind(_USAGE_AT)
     if i < 0 or not payload.endswith(b"}}") or not payload.startswith(b'{"'):
         return None
-    usage = payload[i + len(_USAGE_AT) : -2]
-    if b"{" in usage or b"}" in usage:
-        return None
-    c = _COMPLETION_RE.search(usage)
+    u = _VLLM_USAGE_RE.match(payload, i)  # vLLM's own field order: one match does it all
+    if u is not None:
+        total, prompt = int(u[2]), int(u[1])
+    else:
+        usage = payload[i + len(_USAGE_AT) : -2]
+        if b"{" in usage or b"}" in usage:
+            return None
+        c = _COMPLETION_RE.search(usage)
+        if c is None:
+            return None
+        p = _PROMPT_RE.search(usage)
+        total, prompt = int(c.group(1)), int(p.group(1)) if p else None
     j = payload.find(b'"choices":[', 0, i)
-    if c is None or j < 0:
+    if j < 0:
         return None
-    p = _PROMPT_RE.search(usage)
-    prompt = int(p.group(1)) if p else None
     nxt = payload[j + 11]
     if nxt == 0x7B:  # '{': one or more choices
         f = _FINISH_RE.search(payload, j, i)
-        return int(c.group(1)), prompt, True, f.group(1).decode() if f else None
+        return total, prompt, True, f.group(1).decode() if f else None
     if nxt == 0x5D and b'"error"' not in payload:  # ']': the usage-only chunk
-        return int(c.group(1)), prompt, False, None
+        return total, prompt, False, None
     return None
 
 

@@ -444,3 +444,31 @@ def test_sliced_parse_matches_and_yields() -> None:
         return rec
 
     assert asyncio.run(cancelled_midway()) == want  # finished anyway: the record is whole
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(max_size=20),
+    finish=st.sampled_from([None, "length", "stop"]),
+    choices=st.booleans(),
+    order=st.permutations(["prompt_tokens", "total_tokens", "completion_tokens"]),
+    numbers=st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.integers(0, 10**6)),
+    tail=st.sampled_from(["", ',"x":null']),
+)
+def test_byte_scan_agrees_with_json_on_generated_chunks(
+    text: str, finish: str | None, choices: bool, order: list[str], numbers: tuple, tail: str
+) -> None:
+    """_scan_chunk (its vLLM-order fast match and its general scan) reads what json does,
+    or defers to json (None)."""
+    from loadgen.client import _scan_chunk
+
+    usage = dict(zip(order, numbers, strict=True))
+    ch = [{"index": 0, "text": text, "finish_reason": finish}] if choices else []
+    head = json.dumps({"id": "x", "choices": ch, "usage": usage}, separators=(",", ":"))
+    payload = (head[:-1] + tail + "}").encode()
+    got = _scan_chunk(payload)
+    if tail:
+        assert got is None  # usage is not the last key: json parses it
+        return
+    want_finish = finish if choices else None
+    assert got == (usage["completion_tokens"], usage["prompt_tokens"], choices, want_finish)
