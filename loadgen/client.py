@@ -109,8 +109,10 @@ async def send_request(
     max_tokens: int,
     clock: Callable[[], float],
     request_id: str,
+    parse_lock: asyncio.Lock | None = None,
 ) -> RequestRecord:
-    """Send one streaming request and fill ``record`` in place. Never raises except on cancel."""
+    """Send one streaming request and fill ``record`` in place. Never raises except on cancel.
+    ``parse_lock``: one per transport, so finished streams are parsed one at a time."""
     reads: list[tuple[float, bytes]] = []
     body = json.dumps(settings.body(prompt, max_tokens)).encode()
     headers = settings.headers(request_id)
@@ -142,7 +144,7 @@ async def send_request(
                     reads.append((clock(), raw))
         record.end_s = clock()
         parsed = True
-        await parse_stream(record, reads)
+        await parse_stream(record, reads, lock=parse_lock)
     except asyncio.CancelledError:
         if parsed:  # the stream was whole and its parse finished: the record stands
             raise
@@ -214,18 +216,33 @@ def _drain(steps: Generator[None, None, bool]) -> bool:
 
 
 async def parse_stream(
-    record: RequestRecord, reads: list[tuple[float, bytes]], every: int | None = None
+    record: RequestRecord,
+    reads: list[tuple[float, bytes]],
+    every: int | None = None,
+    lock: asyncio.Lock | None = None,
 ) -> None:
     """``_parse_stream``, letting the event loop run every ``every`` events (default
     ``PARSE_SLICE_EVENTS``). If cancelled meanwhile, the parse still finishes (the record
-    must be whole), then re-raises."""
+    must be whole), then re-raises.
+
+    ``lock`` (one per transport) makes finished streams wait their turn: when many streams
+    end together, the loop otherwise runs a slice of each of them between two polls for
+    I/O, and a chunk arriving meanwhile is stamped that much late."""
     steps = _parse_steps(record, reads, PARSE_SLICE_EVENTS if every is None else every)
+    held = False
     try:
+        if lock is not None:
+            await lock.acquire()
+            held = True
         for _ in steps:
             await asyncio.sleep(0)
     except asyncio.CancelledError:
         _drain(steps)
         raise
+    finally:
+        if held:
+            assert lock is not None
+            lock.release()
 
 
 def _parse_stream(record: RequestRecord, reads: list[tuple[float, bytes]]) -> None:

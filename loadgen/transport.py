@@ -65,6 +65,7 @@ class HttpxTransport:
         self._clock = clock
         self._free: list[httpx.AsyncClient] = []
         self._all: list[httpx.AsyncClient] = []
+        self._parse_lock = asyncio.Lock()
 
     def prefill(self, n: int) -> None:
         """Create clients before the clock starts (a client costs ~4 ms of CPU)."""
@@ -90,7 +91,14 @@ class HttpxTransport:
         client = self._take()
         try:
             return await send_request(
-                client, self._settings, record, prompt, max_tokens, self._clock, request_id
+                client,
+                self._settings,
+                record,
+                prompt,
+                max_tokens,
+                self._clock,
+                request_id,
+                self._parse_lock,
             )
         finally:
             self._give_back(client, healthy=record.error is None)

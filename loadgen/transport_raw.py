@@ -404,6 +404,7 @@ class RawTransport:
         self._want = 0
         self._free: list[_Conn] = []
         self._all: set[_Conn] = set()
+        self._parse_lock = asyncio.Lock()  # finished streams are parsed one at a time
 
     def prefill(self, n: int) -> None:
         self._want = max(self._want, n)
@@ -461,7 +462,7 @@ class RawTransport:
             else:
                 record.end_s = conn.end_t
                 parsed = True
-                await parse_stream(record, conn.reads)
+                await parse_stream(record, conn.reads, lock=self._parse_lock)
         except asyncio.CancelledError:
             if parsed:  # the response was whole and its parse finished: the record stands
                 raise

@@ -472,3 +472,40 @@ def test_byte_scan_agrees_with_json_on_generated_chunks(
         return
     want_finish = finish if choices else None
     assert got == (usage["completion_tokens"], usage["prompt_tokens"], choices, want_finish)
+
+
+def test_parse_lock_serialises_parses_and_survives_cancel() -> None:
+    """With a lock, two finished streams are parsed one after the other (the loop polls
+    I/O between single slices), and a cancel while waiting still leaves a whole record."""
+    from loadgen.client import _parse_stream, parse_stream
+
+    reads = _mock_reads(200)
+    want = _rec()
+    _parse_stream(want, reads)
+
+    async def go() -> tuple[list[str], RequestRecord]:
+        lock = asyncio.Lock()
+        order: list[str] = []
+
+        async def one(name: str, rec: RequestRecord) -> None:
+            await parse_stream(rec, reads, every=16, lock=lock)
+            order.append(name)
+
+        a, b, c = _rec(), _rec(), _rec()
+        ta = asyncio.create_task(one("a", a))
+        tb = asyncio.create_task(one("b", b))
+        for _ in range(4):
+            await asyncio.sleep(0)
+        assert 0 < len(a.chunk_times) < 200 and not b.chunk_times  # b waits its turn
+        assert lock.locked()
+        tc = asyncio.create_task(parse_stream(c, reads, every=16, lock=lock))
+        await asyncio.sleep(0)
+        tc.cancel()  # waiting for the lock: it parses anyway, then re-raises
+        with pytest.raises(asyncio.CancelledError):
+            await tc
+        await asyncio.gather(ta, tb)
+        assert a == b == want and not lock.locked()
+        return order, c
+
+    order, c = asyncio.run(go())
+    assert order == ["a", "b"] and c == want
