@@ -13,7 +13,7 @@ COPY loadgen ./loadgen
 COPY server_launch ./server_launch
 COPY scenarios ./scenarios
 # Editable, so scenarios/ (found next to the package) is /app/scenarios; [docker] adds the
-# Docker SDK the sweep profile needs.
-RUN pip install -e ".[docker]"
+# Docker SDK the sweep profile needs, [fast] uvloop (~10% less client CPU per chunk).
+RUN pip install -e ".[docker,fast]"
 
 CMD ["python", "-m", "loadgen", "--help"]

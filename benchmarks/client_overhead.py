@@ -20,14 +20,19 @@ experiments:
   mock ITL, so the client (not the schedule) is the bottleneck.
 
 Each client runs in its own long-lived worker process (this file, ``--worker``), which runs
-one cell per line it reads on stdin; a fresh mock (fresh log) serves each cell, and the two
-clients take turns cell by cell so background load hits both alike. vLLM's client is
-``vllm.benchmarks.serve.benchmark()`` itself (its CLI is broken in this venv by the package
-metadata name) with ``SampleRequest.request_id`` set, which it sends as ``x-request-id``:
-that is the join key with the mock's log, as loadgen's own ids are. Open loop: the same
-offsets (loadgen's Poisson schedule) go to vLLM as ``self_timed`` timestamps.
+one cell per line it reads on stdin; a fresh mock (fresh log) serves each cell, and the
+clients take turns cell by cell (who goes first rotates) so background load hits all alike.
+vLLM's client is ``vllm.benchmarks.serve.benchmark()`` itself (its CLI is broken in this
+venv by the package metadata name) with ``SampleRequest.request_id`` set, which it sends as
+``x-request-id``: that is the join key with the mock's log, as loadgen's own ids are. Open
+loop: the same offsets (loadgen's Poisson schedule) go to vLLM as ``self_timed`` timestamps.
 
     .venv/bin/python benchmarks/client_overhead.py --out benchmarks/results
+    .venv/bin/python benchmarks/client_overhead.py --clients loadgen-httpx,loadgen-raw,vllm \\
+        --out DIR
+
+loadgen runs once per transport (``loadgen-httpx``, ``loadgen-raw``: ``--transport``), each
+in its own worker process.
 """
 
 from __future__ import annotations
@@ -55,7 +60,9 @@ from loadgen.mockserver import start_mock_process, stop_mock_process  # noqa: E4
 
 PROMPT = "w5 w6 w7 w8"
 MODEL = "mock-model"
-CLIENTS = ("loadgen", "vllm")
+# loadgen with each of its transports (``--transport``), and vLLM's own client
+CLIENTS = ("loadgen-httpx", "loadgen-raw", "vllm")
+ALIASES = {"loadgen": "loadgen-httpx"}  # the name before loadgen had a second transport
 # A level holds at limit X when p99 lag, p99 |TTFT err| and p99 |ITL err| are all below X ms:
 # 1 ms is the goal; the looser limit still ranks the clients where a busy box misses the goal.
 LIMITS_MS = (1.0, 5.0)
@@ -284,7 +291,7 @@ def _offsets(cell: Cell) -> list[float]:
     return sched.offsets.tolist()
 
 
-def run_loadgen_cell(cell: Cell, url: str, out: Path) -> dict[str, Any]:
+def run_loadgen_cell(cell: Cell, url: str, out: Path, transport: str) -> dict[str, Any]:
     from loadgen.api import run_scenario
     from loadgen.scenario import parse_scenario
 
@@ -301,6 +308,7 @@ def run_loadgen_cell(cell: Cell, url: str, out: Path) -> dict[str, Any]:
         "output_tokens": cell.output_tokens,
         "warmup_requests": cell.warmup,
         "seed": cell.seed,
+        "transport": transport,
     }
     res = run_scenario(
         parse_scenario(doc, "client_overhead"), base_url=url, output_dir=out, progress=False
@@ -416,9 +424,11 @@ def worker(client: str) -> int:
         gc.freeze()  # as `vllm bench serve` does (freeze_gc_heap) before benchmarking
         run = run_vllm_cell
     else:
+        import functools
+
         import loadgen.api  # noqa: F401
 
-        run = run_loadgen_cell
+        run = functools.partial(run_loadgen_cell, transport=client.split("-", 1)[1])
     proto.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         msg = json.loads(line)
@@ -474,6 +484,21 @@ class Worker:
 # ----------------------------------------------------------------------------- harness
 
 
+def is_loadgen(client: str) -> bool:
+    return client.startswith("loadgen")
+
+
+def parse_clients(text: str) -> list[str]:
+    """``--clients``: names from CLIENTS (``loadgen`` = ``loadgen-httpx``), in that order."""
+    names = [ALIASES.get(c.strip(), c.strip()) for c in text.split(",") if c.strip()]
+    bad = [c for c in names if c not in CLIENTS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown client {', '.join(bad) or repr(text)} (known: {', '.join(CLIENTS)})"
+        )
+    return [c for c in CLIENTS if c in names]
+
+
 def proc_cpu_s(pid: int) -> float | None:
     try:
         f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -503,10 +528,10 @@ def run_cell(w: Worker, cell: Cell, work: Path) -> CellResult:
     open_loop = cell.shape == "poisson"
     reqs = (
         loadgen_requests(out)
-        if w.client == "loadgen"
+        if is_loadgen(w.client)
         else vllm_requests(Path(ans["path"]), open_loop)
     )
-    res.stats = join_stats(reqs, read_truth(log, w.client == "loadgen"), open_loop=open_loop)
+    res.stats = join_stats(reqs, read_truth(log, is_loadgen(w.client)), open_loop=open_loop)
     res.stats["client_cpu_s"] = ans["cpu_s"]
     res.stats["mock_cpu_s"] = round(mock_cpu, 2) if mock_cpu is not None else None
     res.stats["cell_wall_s"] = round(wall, 2)
@@ -548,8 +573,8 @@ def machine() -> dict[str, Any]:
         "loadavg_at_start": list(os.getloadavg()),
         "note": (
             f"{os.cpu_count()}-core machine shared by the mock server and the client under "
-            "test (and whatever else runs on it): absolute rates are this box's, the ratio "
-            "loadgen/vLLM is the portable figure"
+            "test (and whatever else runs on it): absolute rates are this box's, the ratios "
+            "loadgen/vLLM are the portable figures"
         ),
     }
 
@@ -600,7 +625,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     ramp_max: dict[str, dict[str, dict[str, Any]]] = {str(x): {} for x in args.limits_ms}
 
     def both(cell: Cell, k: int) -> list[CellResult]:
-        order = clients if k % 2 == 0 else clients[::-1]
+        # rotate who goes first, so a burst of background load hits each client alike
+        order = clients[k % len(clients) :] + clients[: k % len(clients)]
         got = [run_cell(workers[c], cell, work) for c in order]
         for r in got:
             print(f"{cell.name:<28} {r.client:<8} {_brief(r.stats)}", flush=True)
@@ -646,6 +672,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         "wall_s": round(time.monotonic() - t_start, 1),
         "limits_ms": list(args.limits_ms),
         "ramp_sustained": ramp_max,
+        "clients": list(clients),
         "ratios": ratios(ramp_max, results),
         "grid_skipped": skipped,
         "cells": [
@@ -659,24 +686,33 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
 def ratios(
     ramp_max: dict[str, dict[str, dict[str, Any]]], results: list[CellResult]
 ) -> dict[str, Any]:
-    """loadgen / vLLM: sustained chunk rate per limit and output length; grid p99 errors."""
+    """Each loadgen client / vLLM: sustained chunk rate per limit and output length, and the
+    grid's chunk rate and p99 errors. Keyed [limit or cell][loadgen client][...]."""
     out: dict[str, Any] = {"sustained_chunk_rate": {}, "grid_p99": {}}
     for lim, per_client in ramp_max.items():
-        lg, vl = per_client.get("loadgen", {}), per_client.get("vllm", {})
-        row = {}
-        for key in sorted(set(lg) | set(vl), key=int):
-            a = lg.get(key, {}).get("offered_chunk_rate")
-            b = vl.get(key, {}).get("offered_chunk_rate")
-            row[key] = round(a / b, 2) if a and b else None
-        out["sustained_chunk_rate"][lim] = row
+        vl = per_client.get("vllm", {})
+        out["sustained_chunk_rate"][lim] = {}
+        for client in filter(is_loadgen, CLIENTS):
+            lg = per_client.get(client, {})
+            row = {}
+            for key in sorted(set(lg) | set(vl), key=int):
+                a = lg.get(key, {}).get("offered_chunk_rate")
+                b = vl.get(key, {}).get("offered_chunk_rate")
+                row[key] = round(a / b, 2) if a and b else None
+            out["sustained_chunk_rate"][lim][client] = row
     by = {(r.cell.name, r.client): r.stats for r in results if r.cell.experiment == "grid"}
     for name in dict.fromkeys(n for n, _ in by):
-        a, b = by.get((name, "loadgen"), {}), by.get((name, "vllm"), {})
-        row = {}
-        for k in ("p99_ttft_err_ms", "p99_itl_err_ms", "chunk_rate"):
-            x, y = a.get(k), b.get(k)
-            row[k] = round(x / y, 2) if x is not None and y else None
-        out["grid_p99"][name] = row
+        b = by.get((name, "vllm"), {})
+        out["grid_p99"][name] = {}
+        for client in filter(is_loadgen, CLIENTS):
+            if (name, client) not in by:
+                continue
+            a = by[(name, client)]
+            row = {}
+            for k in ("p99_ttft_err_ms", "p99_itl_err_ms", "chunk_rate"):
+                x, y = a.get(k), b.get(k)
+                row[k] = round(x / y, 2) if x is not None and y else None
+            out["grid_p99"][name][client] = row
     return out
 
 
@@ -706,9 +742,11 @@ def markdown(doc: dict[str, Any]) -> str:
         "# Client overhead: loadgen vs vLLM's benchmark client, against the mock's log",
         "",
         f"**This is a {m['cpus']}-core machine shared with the mock server** (and, while it "
-        "ran, whatever else the box was doing): both clients and the mock compete for the "
-        "same cores, so absolute rates are this machine's; compare the two clients.",
+        "ran, whatever else the box was doing): each client and the mock compete for the "
+        "same cores, so absolute rates are this machine's; compare the clients.",
         "",
+        f"- clients: {', '.join(doc.get('clients', CLIENTS))} (loadgen-X: loadgen with "
+        "`--transport X`; vllm: `vllm.benchmarks.serve`, aiohttp)",
         f"- machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['platform']}, Python "
         f"{m['python']}, httpx {m['httpx']}, aiohttp {m['aiohttp']}, uvloop {m['uvloop']}, "
         f"vllm {m['vllm']}; load average at start {la}",
@@ -726,12 +764,15 @@ def markdown(doc: dict[str, Any]) -> str:
         "| output tokens | client | " + " | ".join(f"holds at {x:g} ms" for x in lims) + " |",
         "|---|---|" + "---|" * len(lims),
     ]
+    clients = doc.get("clients", list(CLIENTS))
+    vs = [f"{c}/vLLM" for c in clients if is_loadgen(c)] if "vllm" in clients else []
     for key in map(str, doc["args"]["ramp_outputs"]):
-        for c in [*CLIENTS, "loadgen/vLLM"]:
+        for c in [*clients, *vs]:
             cells = []
             for x in lims:
-                if c == "loadgen/vLLM":
-                    cells.append(_f(doc["ratios"]["sustained_chunk_rate"][str(x)].get(key)))
+                if c in vs:
+                    by = doc["ratios"]["sustained_chunk_rate"][str(x)].get(c[: -len("/vLLM")], {})
+                    cells.append(_f(by.get(key)))
                     continue
                 d = doc["ramp_sustained"][str(x)].get(c, {}).get(key)
                 cells.append(
@@ -748,6 +789,10 @@ def markdown(doc: dict[str, Any]) -> str:
         *_table(doc, "ramp"),
         "",
         "## Scaling (closed loop: concurrency x output length)",
+        "",
+        *_compare(doc),
+        "",
+        "### Every grid cell",
         "",
         *_table(doc, "grid"),
     ]
@@ -766,6 +811,33 @@ def markdown(doc: dict[str, Any]) -> str:
         "the whole cell (start-up, warmup and result writing included) per received chunk.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _compare(doc: dict[str, Any]) -> list[str]:
+    """The grid side by side: chunks/s and p99 |TTFT|/|ITL| error (ms) per client, and each
+    loadgen client's chunk rate over vLLM's."""
+    clients = doc.get("clients", list(CLIENTS))
+    by = {(c["name"], c["client"]): c for c in doc["cells"] if c["cell"]["experiment"] == "grid"}
+    vs = [c for c in clients if is_loadgen(c)] if "vllm" in clients else []
+    head = ["cell"]
+    for c in clients:
+        head += [f"{c} chunks/s", f"{c} p99 TTFT err", f"{c} p99 ITL err"]
+    head += [f"{c}/vLLM chunks/s" for c in vs]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in dict.fromkeys(n for n, _ in by):
+        row = [name]
+        for c in clients:
+            d = by.get((name, c), {})
+            fail = " (failed)" if d.get("requests_failed") else ""
+            row += [
+                _f(d.get("chunk_rate")) + fail,
+                _f(d.get("p99_ttft_err_ms"), 3),
+                _f(d.get("p99_itl_err_ms"), 3),
+            ]
+        ratio = doc["ratios"]["grid_p99"].get(name, {})
+        row += [_f(ratio.get(c, {}).get("chunk_rate")) for c in vs]
+        rows.append("| " + " | ".join(row) + " |")
+    return rows
 
 
 def _table(doc: dict[str, Any], experiment: str) -> list[str]:
@@ -800,7 +872,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker", choices=CLIENTS, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--name", default="client_overhead", help="result file stem")
-    ap.add_argument("--clients", type=lambda t: t.split(","), default=list(CLIENTS))
+    ap.add_argument(
+        "--clients",
+        type=parse_clients,
+        default=list(CLIENTS),
+        help=f"comma-separated, from {','.join(CLIENTS)} (default: all)",
+    )
     ap.add_argument("--itl-ms", type=float, default=2.0, help="mock inter-chunk delay")
     ap.add_argument("--ttft-ms", type=float, default=5.0, help="mock time to first chunk")
     ap.add_argument("--ramp-outputs", type=_ints, default=[16, 512])

@@ -244,7 +244,12 @@ async def _run_phases(
             "cli": cli or [],
             "server": {"version": info.version, "max_model_len": info.max_model_len},
             "host": host_info(),
-            "loadgen": {"python": sys.version.split()[0], "httpx": httpx.__version__},
+            "loadgen": {
+                "python": sys.version.split()[0],
+                "httpx": httpx.__version__,
+                "transport": scenario.transport,
+                "event_loop": _loop_name(),
+            },
             "started_at": _dt.datetime.fromtimestamp(origin_wall, _dt.UTC).isoformat(),
             "epoch_origin": origin_wall,
             "prompts": {"count": len(prompts), "skipped_bad_lines": prompt_set.skipped},
@@ -276,6 +281,7 @@ async def _run_phases(
                 output_tokens=scenario.output_tokens,
                 id_prefix=id_prefix,
                 origin_wall=origin_wall,
+                transport=scenario.transport,
             )
         )
     next_id = 0
@@ -398,6 +404,7 @@ async def _run_phase(
                     id_prefix=id_prefix,
                     first_request_id=first_id,
                     max_error_rate=scenario.max_error_rate,
+                    transport=scenario.transport,
                 )
                 async with sampler:
                     outcome = await runner.run(schedule, phase.warmup_requests, measure_start)
@@ -484,6 +491,11 @@ def _install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: StopSignal) 
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread: the caller handles signals
     return installed
+
+
+def _loop_name() -> str:
+    """The running event loop's module: uvloop when installed (the ``fast`` extra)."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
 
 def _exit_code(complete: bool, reason: str | None) -> int:

@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="stop the run when more than this fraction of requests failed (exit code 3)",
     )
+    g.add_argument(
+        "--transport",
+        choices=["raw", "httpx"],
+        help="HTTP client for the requests: raw (a minimal asyncio HTTP/1.1 client, the "
+        "default) or httpx",
+    )
     p.add_argument(
         "--api-key-env",
         metavar="VAR",
@@ -168,6 +174,8 @@ def scenario_overrides(doc: dict[str, Any], args: argparse.Namespace) -> dict[st
         out["seed"] = args.seed
     if args.max_error_rate is not None:
         out["max_error_rate"] = args.max_error_rate
+    if args.transport is not None:
+        out["transport"] = args.transport
     if args.skip_bad_lines:
         out["prompts.skip_bad_lines"] = True
     return out

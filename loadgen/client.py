@@ -1,7 +1,11 @@
-"""The streaming client: one OpenAI-compatible request -> one RequestRecord.
+"""The request settings, the httpx transport, and the SSE parsing both transports share:
+one OpenAI-compatible streaming request -> one RequestRecord (``loadgen.transport`` picks
+httpx or the raw asyncio client, ``loadgen.transport_raw``).
 
 Timing is taken when bytes arrive (each read from the socket gets one timestamp), and
-parsing happens after the stream ends, so JSON decoding never delays a timestamp.
+parsing happens after the stream ends, so JSON decoding never delays a timestamp. That
+parse yields to the event loop every ``PARSE_SLICE_EVENTS`` events: a 512-token stream
+takes a few ms to parse, and other streams' reads would wait that long to be stamped.
 Token counts per chunk come from the server's cumulative ``completion_tokens``
 (``stream_options.continuous_usage_stats``): under speculative decoding one chunk carries
 several tokens, and counting chunks would understate throughput and overstate ITL.
@@ -15,7 +19,7 @@ import json
 import re
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,6 +29,8 @@ from loadgen.records import RequestRecord
 
 Endpoint = Literal["completions", "chat"]
 _MAX_ERROR_CHARS = 300
+# Events parsed between yields to the event loop (~0.2 ms of work on a slow core).
+PARSE_SLICE_EVENTS = 64
 
 
 @dataclass(frozen=True)
@@ -103,8 +109,10 @@ async def send_request(
     max_tokens: int,
     clock: Callable[[], float],
     request_id: str,
+    parse_lock: asyncio.Lock | None = None,
 ) -> RequestRecord:
-    """Send one streaming request and fill ``record`` in place. Never raises except on cancel."""
+    """Send one streaming request and fill ``record`` in place. Never raises except on cancel.
+    ``parse_lock``: one per transport, so finished streams are parsed one at a time."""
     reads: list[tuple[float, bytes]] = []
     body = json.dumps(settings.body(prompt, max_tokens)).encode()
     headers = settings.headers(request_id)
@@ -120,6 +128,7 @@ async def send_request(
             record.written_s = clock()
 
     record.sent_s = clock()  # until the request is on the wire (or if it never gets there)
+    parsed = False
     try:
         async with asyncio.timeout(settings.timeout_s):
             async with client.stream(
@@ -134,8 +143,11 @@ async def send_request(
                 async for raw in resp.aiter_raw():
                     reads.append((clock(), raw))
         record.end_s = clock()
-        _parse_stream(record, reads)
+        parsed = True
+        await parse_stream(record, reads, lock=parse_lock)
     except asyncio.CancelledError:
+        if parsed:  # the stream was whole and its parse finished: the record stands
+            raise
         record.end_s = clock()
         _parse_partial(record, reads)
         _fail(record, "cancelled", "cancelled before the stream finished")
@@ -179,27 +191,75 @@ def _one_line(text: str) -> str:
 def iter_events(reads: list[tuple[float, bytes]]) -> list[tuple[float, bytes]]:
     """Split timed reads into SSE ``data:`` payloads, each stamped with the arrival time of
     the read that completed it."""
-    events: list[tuple[float, bytes]] = []
+    return list(_iter_events(reads))
+
+
+def _iter_events(reads: list[tuple[float, bytes]]) -> Iterator[tuple[float, bytes]]:
     buf = b""
     for t, raw in reads:
         lines = (buf + raw if buf else raw).split(b"\n")
         buf = lines.pop()  # an unfinished line waits for the next read
         for line in lines:
             if line.startswith(b"data:"):
-                events.append((t, line[5:].strip()))
+                yield t, line[5:].strip()
     if buf.strip().startswith(b"data:"):
-        events.append((reads[-1][0], buf.strip()[5:].strip()))
-    return events
+        yield reads[-1][0], buf.strip()[5:].strip()
+
+
+def _drain(steps: Generator[None, None, bool]) -> bool:
+    """Run a parse to the end without yielding to the loop; its return value."""
+    try:
+        while True:
+            next(steps)
+    except StopIteration as stop:
+        return bool(stop.value)
+
+
+async def parse_stream(
+    record: RequestRecord,
+    reads: list[tuple[float, bytes]],
+    every: int | None = None,
+    lock: asyncio.Lock | None = None,
+) -> None:
+    """``_parse_stream``, letting the event loop run every ``every`` events (default
+    ``PARSE_SLICE_EVENTS``). If cancelled meanwhile, the parse still finishes (the record
+    must be whole), then re-raises.
+
+    ``lock`` (one per transport) makes finished streams wait their turn: when many streams
+    end together, the loop otherwise runs a slice of each of them between two polls for
+    I/O, and a chunk arriving meanwhile is stamped that much late."""
+    steps = _parse_steps(record, reads, PARSE_SLICE_EVENTS if every is None else every)
+    held = False
+    try:
+        if lock is not None:
+            await lock.acquire()
+            held = True
+        for _ in steps:
+            await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        _drain(steps)
+        raise
+    finally:
+        if held:
+            assert lock is not None
+            lock.release()
 
 
 def _parse_stream(record: RequestRecord, reads: list[tuple[float, bytes]]) -> None:
-    done = _fill_from_events(record, iter_events(reads), strict=True)
+    _drain(_parse_steps(record, reads, 0))
+
+
+def _parse_steps(
+    record: RequestRecord, reads: list[tuple[float, bytes]], every: int
+) -> Generator[None, None, bool]:
+    done = yield from _fill_steps(record, _iter_events(reads), strict=True, every=every)
     if record.error is not None:
-        return
+        return False
     if not done:
         _fail(record, "stream_cut", "stream ended before data: [DONE]")
     elif not record.chunk_times:
         _fail(record, "empty", "the response carried no output token")
+    return done
 
 
 def _parse_partial(record: RequestRecord, reads: list[tuple[float, bytes]]) -> None:
@@ -209,13 +269,26 @@ def _parse_partial(record: RequestRecord, reads: list[tuple[float, bytes]]) -> N
 
 
 def _fill_from_events(
-    record: RequestRecord, events: list[tuple[float, bytes]], *, strict: bool
+    record: RequestRecord, events: Iterable[tuple[float, bytes]], *, strict: bool
 ) -> bool:
     """Fill chunk times/tokens from parsed events. Returns True if [DONE] was seen."""
+    return _drain(_fill_steps(record, events, strict=strict, every=0))
+
+
+def _fill_steps(
+    record: RequestRecord, events: Iterable[tuple[float, bytes]], *, strict: bool, every: int
+) -> Generator[None, None, bool]:
+    """``_fill_from_events`` as a generator that yields every ``every`` events (0: never)."""
     cumulative = 0
     have_usage = False
     done = False
+    n = 0
     for t, payload in events:
+        if every:
+            n += 1
+            if n == every:
+                n = 0
+                yield
         if payload == b"[DONE]":
             done = True
             break
@@ -284,6 +357,9 @@ _USAGE_AT = b',"usage":{'
 _COMPLETION_RE = re.compile(rb'"completion_tokens":(\d+)')
 _PROMPT_RE = re.compile(rb'"prompt_tokens":(\d+)')
 _FINISH_RE = re.compile(rb'"finish_reason":"([^"\\]*)"')
+_VLLM_USAGE_RE = re.compile(
+    rb',"usage":\{"prompt_tokens":(\d+),"total_tokens":\d+,"completion_tokens":(\d+)\}\}\Z'
+)
 
 
 def _scan_chunk(payload: bytes) -> tuple[int, int | None, bool, str | None] | None:
@@ -298,21 +374,27 @@ def _scan_chunk(payload: bytes) -> tuple[int, int | None, bool, str | None] | No
     i = payload.rfind(_USAGE_AT)
     if i < 0 or not payload.endswith(b"}}") or not payload.startswith(b'{"'):
         return None
-    usage = payload[i + len(_USAGE_AT) : -2]
-    if b"{" in usage or b"}" in usage:
-        return None
-    c = _COMPLETION_RE.search(usage)
+    u = _VLLM_USAGE_RE.match(payload, i)  # vLLM's own field order: one match does it all
+    if u is not None:
+        total, prompt = int(u[2]), int(u[1])
+    else:
+        usage = payload[i + len(_USAGE_AT) : -2]
+        if b"{" in usage or b"}" in usage:
+            return None
+        c = _COMPLETION_RE.search(usage)
+        if c is None:
+            return None
+        p = _PROMPT_RE.search(usage)
+        total, prompt = int(c.group(1)), int(p.group(1)) if p else None
     j = payload.find(b'"choices":[', 0, i)
-    if c is None or j < 0:
+    if j < 0:
         return None
-    p = _PROMPT_RE.search(usage)
-    prompt = int(p.group(1)) if p else None
     nxt = payload[j + 11]
     if nxt == 0x7B:  # '{': one or more choices
         f = _FINISH_RE.search(payload, j, i)
-        return int(c.group(1)), prompt, True, f.group(1).decode() if f else None
+        return total, prompt, True, f.group(1).decode() if f else None
     if nxt == 0x5D and b'"error"' not in payload:  # ']': the usage-only chunk
-        return int(c.group(1)), prompt, False, None
+        return total, prompt, False, None
     return None
 
 

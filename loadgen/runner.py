@@ -10,19 +10,17 @@ budget, dead server) cancels what is in flight and marks those records ``cancell
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import httpx
-
 from loadgen.arrivals import Schedule
-from loadgen.client import RequestSettings, make_http_client, send_request
+from loadgen.client import RequestSettings
 from loadgen.prompts import Prompt
 from loadgen.records import RequestRecord
 from loadgen.results import RecordWriter
+from loadgen.transport import make_transport
 
 # Below this many finished requests the error rate is too noisy to stop a run on.
 ERROR_BUDGET_MIN_REQUESTS = 10
@@ -75,52 +73,6 @@ def prefill_size(schedule: Schedule) -> int:
     return min(n, 64)
 
 
-class ClientPool:
-    """httpx clients handed out one per in-flight request (LIFO, so connections stay warm)."""
-
-    def __init__(self, settings: RequestSettings) -> None:
-        self._settings = settings
-        self._free: list[httpx.AsyncClient] = []
-        self._all: list[httpx.AsyncClient] = []
-
-    def prefill(self, n: int) -> None:
-        """Create clients before the clock starts, so no request pays for it."""
-        while len(self._all) < n:
-            c = make_http_client(self._settings)
-            self._all.append(c)
-            self._free.append(c)
-
-    async def connect(self) -> None:
-        """Open each pre-created client's connection (GET /health), so the first measured
-        requests don't pay the TCP handshake. Servers without /health just answer 404."""
-        url = self._settings.base_url.rstrip("/") + "/health"
-
-        async def one(c: httpx.AsyncClient) -> None:
-            with contextlib.suppress(httpx.HTTPError):
-                await c.get(url, timeout=5.0)
-
-        await asyncio.gather(*(one(c) for c in self._free))
-
-    def take(self) -> httpx.AsyncClient:
-        if self._free:
-            return self._free.pop()
-        c = make_http_client(self._settings)
-        self._all.append(c)
-        return c
-
-    def give_back(self, client: httpx.AsyncClient, healthy: bool) -> None:
-        if healthy:
-            self._free.append(client)
-        else:
-            self._all.remove(client)
-            asyncio.get_running_loop().create_task(client.aclose())
-
-    async def aclose(self) -> None:
-        await asyncio.gather(*(c.aclose() for c in self._all), return_exceptions=True)
-        self._all.clear()
-        self._free.clear()
-
-
 class PhaseRunner:
     """Runs one phase's warmup and measured requests."""
 
@@ -139,6 +91,7 @@ class PhaseRunner:
         first_request_id: int = 0,
         max_error_rate: float | None = None,
         worker: int = 0,
+        transport: str = "raw",
     ) -> None:
         if not prompts:
             raise ValueError("no prompts")
@@ -154,7 +107,7 @@ class PhaseRunner:
         self.max_error_rate = max_error_rate
         self.worker = worker
         self._ids = itertools.count(first_request_id)
-        self._pool = ClientPool(settings)
+        self._transport = make_transport(transport, settings, clock)
         self._measured = 0
         self._failed = 0
         self._connect_streak = 0
@@ -173,9 +126,9 @@ class PhaseRunner:
         multi-process run returns the start all workers share); ``measured_ids`` are the
         measured requests' ids in send order (a worker's share of a 1-worker run's ids);
         by default they follow the warmup ids."""
-        self._pool.prefill(prefill_size(schedule))
+        self._transport.prefill(prefill_size(schedule))
         try:
-            await self._pool.connect()
+            await self._transport.connect()
             if warmup_requests:
                 conc = schedule.concurrency or min(warmup_requests, 16)
                 await self._closed_loop(conc, warmup_requests, None, warmup=True)
@@ -197,7 +150,7 @@ class PhaseRunner:
                 await self._open_loop(start, schedule.offsets.tolist(), schedule.concurrency)
             end = self.clock()
         finally:
-            await self._pool.aclose()
+            await self._transport.aclose()
         return PhaseOutcome(start, end, self._sent, self._measured, self._failed)
 
     # --- load shapes ------------------------------------------------------------------
@@ -277,23 +230,15 @@ class PhaseRunner:
             warmup=warmup,
             worker=self.worker,
         )
-        client = self._pool.take()
         self._sent += not warmup
         cancelled = False
         try:
-            await send_request(
-                client,
-                self.settings,
-                rec,
-                prompt.text,
-                max_tokens,
-                self.clock,
-                f"{self.id_prefix}-{rid}",
+            await self._transport.send_request(
+                rec, prompt.text, max_tokens, f"{self.id_prefix}-{rid}"
             )
         except asyncio.CancelledError:
             cancelled = True
         finally:
-            self._pool.give_back(client, healthy=rec.error is None)
             self._finish(rec)
         if cancelled:
             raise asyncio.CancelledError

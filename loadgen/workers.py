@@ -79,6 +79,7 @@ class WorkerInit:
     output_tokens: int
     id_prefix: str
     origin_wall: float  # run.json's epoch_origin: clock value 0 in wall time
+    transport: str = "raw"  # loadgen.transport name, as the scenario says
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ class WorkerCore:
             first_request_id=job.warmup_first_id,
             max_error_rate=None,  # the parent keeps the budget over all workers' records
             worker=self.index,
+            transport=self.init.transport,
         )
         outcome = await runner.run(
             job.schedule,

@@ -51,7 +51,9 @@ def _ground_truth(log: Path, expect: int) -> dict[int, dict]:
     return out
 
 
-def _measure(out: Path, tokens_per_chunk: str, load: dict) -> tuple[dict[str, float], float]:
+def _measure(
+    out: Path, tokens_per_chunk: str, load: dict, transport: str = "httpx"
+) -> tuple[dict[str, float], float]:
     """One run against a fresh mock: exact token accounting is asserted per request; returns
     the median errors (s) against the server's log and the reported median TTFT (ms)."""
     log = out / "truth.jsonl"
@@ -61,7 +63,9 @@ def _measure(out: Path, tokens_per_chunk: str, load: dict) -> tuple[dict[str, fl
          "--log", str(log)]
     )  # fmt: skip
     try:
-        res = run_scenario(_scenario(load), base_url=url, output_dir=out / "r", progress=False)
+        res = run_scenario(
+            _scenario(load, transport=transport), base_url=url, output_dir=out / "r", progress=False
+        )
         truth = _ground_truth(log, N)
     finally:
         stop_mock_process(proc)
@@ -98,6 +102,7 @@ def _measure(out: Path, tokens_per_chunk: str, load: dict) -> tuple[dict[str, fl
     return errors, res.phases[slug]["median_ttft_ms"]
 
 
+@pytest.mark.parametrize("transport", ["httpx", "raw"])
 @pytest.mark.parametrize(
     ("tokens_per_chunk", "load"),
     [
@@ -107,14 +112,18 @@ def _measure(out: Path, tokens_per_chunk: str, load: dict) -> tuple[dict[str, fl
         ("spec:3:0.7", {"shape": "poisson", "rate": 40.0}),
     ],
 )
-def test_client_timings_match_server_log(tmp_path: Path, tokens_per_chunk: str, load: dict) -> None:
+def test_client_timings_match_server_log(
+    tmp_path: Path, tokens_per_chunk: str, load: dict, transport: str
+) -> None:
     # One stream: nothing else on either event loop, so the TTFT is the server's (1 ms).
     # Several: a new request waits on both loops' other work (1-3 ms measured on 2 shared
     # cores); bounded here, measured in benchmarks/client_overhead.py.
     ttft_bound = 1e-3 if load.get("concurrency") == 1 else 5e-3
     # The host is shared (2 cores); a second run rules out another process's burst.
     for attempt in (1, 2):
-        errors, median_ttft_ms = _measure(tmp_path / f"a{attempt}", tokens_per_chunk, load)
+        errors, median_ttft_ms = _measure(
+            tmp_path / f"a{attempt}", tokens_per_chunk, load, transport
+        )
         ok = (
             abs(errors["arrival"]) < 1e-3  # the loopback hop and the client's read
             and abs(errors["itl"]) < 1e-3

@@ -178,3 +178,27 @@ def test_draft_model_speculation_fills_acceptance(vllm_draft: VllmServer, tmp_pa
     rates = flat["spec_decode_per_position_acceptance_rates"]
     assert len(rates) == 3 and all(0.0 <= x <= 1.0 for x in rates)
     assert json.loads((out / "run.json").read_text())["label"] == "draft_model-k3"
+
+
+def test_raw_transport_exact_tokens(vllm_plain: VllmServer, tmp_path: Path) -> None:
+    """The raw asyncio transport against vLLM's own HTTP stack (uvicorn, chunked SSE):
+    the same exact per-chunk token accounting as httpx, on completions and chat."""
+    for endpoint in ("completions", "chat"):
+        out = tmp_path / endpoint
+        p = run_loadgen(*_common_args(vllm_plain.url, out, "--transport", "raw",
+                                      "--endpoint", endpoint))  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        flat, records = _phase(out)
+        assert flat["completed"] == N and flat["failed"] == 0
+        measured = [r for r in records if not r.warmup]
+        assert len(measured) == N
+        assert all(r.status_code == 200 and r.usage_source == "usage" for r in measured)
+        assert all(r.output_tokens == OUT_TOKENS == sum(r.chunk_tokens) for r in measured)
+        assert all(r.prompt_tokens is not None and r.prompt_tokens >= IN_TOKENS for r in measured)
+        if endpoint == "completions":  # chat adds the template's tokens to the prompt
+            assert all(r.prompt_tokens == IN_TOKENS for r in measured)
+        assert all(r.finish_reason == "length" for r in measured)
+        assert all(r.written_s is not None and r.sent_s <= r.written_s for r in measured)
+        assert flat["total_output_tokens"] == N * OUT_TOKENS
+        run = json.loads((out / "run.json").read_text())
+        assert run["loadgen"]["transport"] == "raw" and run["scenario"]["transport"] == "raw"

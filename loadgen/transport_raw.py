@@ -1,0 +1,548 @@
+"""The ``raw`` transport: a minimal HTTP/1.1 streaming client on ``asyncio.Protocol``.
+
+Why it exists: with httpx, each socket read of a stream passes through httpx, httpcore and
+h11 and wakes the request's task, ~36% of loadgen's CPU at high chunk rates; vLLM's own
+benchmark client (aiohttp) kept up with more streams on the same box. Here a read costs one
+``data_received`` call: one ``clock()`` stamp, enough framing (chunked or content-length) to
+know where the response ends, and an append. The request's task sleeps until the response
+is complete (or fails), then the same after-the-fact SSE parsing as the httpx path
+(``client.parse_stream``) fills the record, so records are identical in shape.
+
+What it speaks: HTTP/1.1 POST with a JSON body over plain TCP or TLS (``https://``, the
+default trust store), responses framed by ``transfer-encoding: chunked``, ``content-length``
+or the connection closing; one kept-alive connection per in-flight request, reused while
+the server keeps it open. No redirects, proxies, compression or HTTP/2 (the httpx path does
+none of these for inference requests either).
+
+Timestamps differ from the httpx path in one place: ``sent_s`` is taken just before the
+request's bytes are handed to the transport (``transport.write``), after they are built;
+httpx's trace hook fires at ``send_request_headers.started``, before h11 serialises the
+head, so its ``sent_s`` is earlier by that serialisation (tens of microseconds). Each
+``data_received`` call gets one ``clock()`` stamp, as each httpx raw read does; ``end_s``
+is the stamp of the read that completed the response rather than when the task resumed.
+
+Errors use the httpx path's kinds: ``connect`` (refused, DNS, TLS), ``http`` (status >= 400,
+with an excerpt of the body), ``timeout`` (connect, read idle or the request deadline),
+``stream_cut`` (the server hung up mid-response or broke HTTP framing), the SSE kinds from
+parsing, and ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from typing import cast
+from urllib.parse import urlsplit
+
+from loadgen.client import (
+    RequestSettings,
+    _fail,
+    _one_line,
+    _parse_partial,
+    _ssl_context,
+    parse_stream,
+)
+from loadgen.errors import SpecloadError
+from loadgen.records import RequestRecord
+
+CONNECT_TIMEOUT_MAX_S = 30.0  # as the httpx path: min(this, request_timeout_s)
+_MAX_HEAD = 64 * 1024
+_MAX_LINE = 4096  # a chunk-size or trailer line
+
+# Response parsing states.
+_IDLE, _HEAD, _CHUNKED, _LENGTH, _UNTIL_CLOSE = range(5)
+
+
+class _ConnectFailed(Exception):
+    pass
+
+
+class _ConnectTimeout(Exception):
+    pass
+
+
+class _Conn(asyncio.Protocol):
+    """One connection, one response at a time. ``data_received`` runs once per socket read:
+    it stamps the read and frames the body; nothing else happens until the response ends."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.transport: asyncio.Transport | None = None
+        self.reusable = False  # until connected; False once the stream state is unknown
+        self.closed = False
+        self.done: asyncio.Future[None] | None = None
+        self.reads: list[tuple[float, bytes]] = []  # (arrival, body bytes) per read
+        self.status = 0
+        self.error: str | None = None
+        self.error_kind = "stream_cut"
+        self.end_t = 0.0
+        self.last_t = 0.0
+        self.written_t: float | None = None
+        self.paused = False
+        self._state = _IDLE
+        self._buf = b""
+        self._left = 0
+        self._crlf = 0
+        self._trailers = False
+        self._keep_alive = True
+        self._idle_s = 0.0
+        self._idle: asyncio.TimerHandle | None = None
+
+    # --- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods
+        self.transport = cast(asyncio.Transport, transport)
+        self.reusable = True
+        # high=0: pause_writing() iff bytes are left in the buffer, resume_writing() when
+        # the last of them went to the kernel (written_s).
+        self.transport.set_write_buffer_limits(high=0)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self._state != _IDLE and self.written_t is None:
+            self.written_t = self.clock()
+
+    def data_received(self, data: bytes) -> None:
+        t = self.clock()
+        self.last_t = t
+        state = self._state
+        if state == _CHUNKED:
+            self._chunked(data, 0, t)
+        elif state == _UNTIL_CLOSE:
+            self.reads.append((t, data))
+        elif state == _LENGTH:
+            self._length(data, 0, t)
+        elif state == _HEAD:
+            self._head(data, t)
+        else:  # bytes nobody asked for: the connection's state is unknown
+            self.reusable = False
+            self.close()
+
+    def eof_received(self) -> bool:
+        return False  # close the transport; connection_lost() decides what it means
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.reusable = False
+        state = self._state
+        if state == _UNTIL_CLOSE:
+            self._finish(self.clock())
+        elif state != _IDLE:
+            if state == _HEAD and not self._buf:
+                why = "server disconnected without sending a response"
+            elif state == _HEAD:
+                why = "server disconnected in the middle of the response head"
+            else:
+                how = "incomplete chunked read" if state == _CHUNKED else "incomplete body"
+                why = f"peer closed connection without sending complete message body ({how})"
+            if exc is not None:
+                why += f": {exc}"
+            self._fail(why)
+
+    # --- one exchange -------------------------------------------------------------------
+
+    def begin(self, idle_timeout_s: float) -> asyncio.Future[None]:
+        """Get ready for the next response; the future resolves when it ends either way."""
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        self.done = loop.create_future()
+        self.reads = []
+        self.status = 0
+        self.error = None
+        self.error_kind = "stream_cut"
+        self.written_t = None
+        self._state = _HEAD
+        self._buf = b""
+        self._left = 0
+        self._crlf = 0
+        self._trailers = False
+        self._keep_alive = True
+        self._idle_s = idle_timeout_s
+        self.last_t = self.clock()
+        self._idle = loop.call_later(idle_timeout_s, self._check_idle)
+        return self.done
+
+    def close(self) -> None:
+        self.reusable = False
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection mid-response (cancel, deadline): it can't carry another."""
+        self.reusable = False
+        self._state = _IDLE
+        self._stop_idle()
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    def _finish(self, t: float) -> None:
+        self._state = _IDLE
+        self.end_t = t
+        if not self._keep_alive:
+            self.reusable = False
+        self._stop_idle()
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+    def _fail(self, why: str, kind: str = "stream_cut") -> None:
+        if self.error is None:
+            self.error = why
+            self.error_kind = kind
+        self.close()
+        self._finish(self.clock())
+
+    def _check_idle(self) -> None:
+        """The read timeout: one timer per request, re-armed only when it fires early."""
+        if self._state == _IDLE:
+            return
+        quiet = self.clock() - self.last_t
+        if quiet >= self._idle_s * 0.999:
+            self._fail(f"ReadTimeout: stalled for {self._idle_s:g} s", "timeout")
+        else:
+            loop = asyncio.get_running_loop()
+            self._idle = loop.call_later(self._idle_s - quiet, self._check_idle)
+
+    def _stop_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    # --- framing --------------------------------------------------------------------------
+
+    def _head(self, data: bytes, t: float) -> None:
+        buf = self._buf + data if self._buf else data
+        i = buf.find(b"\r\n\r\n")
+        if i < 0:
+            if len(buf) > _MAX_HEAD:
+                self._fail("response head too large")
+            else:
+                self._buf = buf
+            return
+        self._buf = b""
+        try:
+            version, status, headers = parse_head(buf[:i])
+        except ValueError as e:
+            self._fail(str(e))
+            return
+        pos = i + 4
+        if 100 <= status < 200:  # an interim response (100 Continue): the real one follows
+            if pos < len(buf):
+                self._head(buf[pos:], t)
+            return
+        self.status = status
+        conn = headers.get("connection", "").lower()
+        self._keep_alive = "close" not in conn and (version != "HTTP/1.0" or "keep-alive" in conn)
+        enc = headers.get("content-encoding", "identity").lower()
+        if enc != "identity":
+            self._fail(f"unsupported content-encoding {enc!r} (none was asked for)")
+            return
+        te = headers.get("transfer-encoding")
+        cl = headers.get("content-length")
+        if te is not None:
+            if te.lower().rsplit(",", 1)[-1].strip() != "chunked":
+                self._fail(f"unsupported transfer-encoding {te!r}")
+                return
+            self._state = _CHUNKED
+            self._chunked(buf, pos, t)
+        elif status in (204, 304):
+            self._finish(t)
+        elif cl is not None:
+            try:
+                n = int(cl)
+            except ValueError:
+                n = -1
+            if n < 0:
+                self._fail(f"bad content-length {cl!r}")
+                return
+            self._state = _LENGTH
+            self._left = n
+            if n == 0:
+                if pos < len(buf):
+                    self.reusable = False
+                self._finish(t)
+            else:
+                self._length(buf, pos, t)
+        else:  # the body runs until the server closes the connection
+            self._state = _UNTIL_CLOSE
+            self._keep_alive = False
+            if pos < len(buf):
+                self.reads.append((t, buf[pos:]))
+
+    def _length(self, data: bytes, pos: int, t: float) -> None:
+        n = len(data) - pos
+        left = self._left
+        if n <= 0:
+            return
+        if n < left:
+            self.reads.append((t, data[pos:] if pos else data))
+            self._left = left - n
+            return
+        self.reads.append((t, data[pos : pos + left]))
+        self._left = 0
+        if n > left:
+            self.reusable = False  # more bytes than the response had
+        self._finish(t)
+
+    def _chunked(self, data: bytes, pos: int, t: float) -> None:
+        """Chunked transfer-encoding: the chunks' data of this read become one body piece."""
+        n = len(data)
+        left = self._left
+        crlf = self._crlf
+        pieces: list[bytes] = []
+        while pos < n:
+            if left:  # inside a chunk's data
+                end = pos + left
+                if end > n:
+                    pieces.append(data[pos:] if pos else data)
+                    left = end - n
+                    break
+                pieces.append(data[pos:end])
+                pos = end
+                left = 0
+                crlf = 2
+                continue
+            if crlf:  # the CRLF that closes a chunk's data (skipped, not parsed: it's hot)
+                k = min(crlf, n - pos)
+                pos += k
+                crlf -= k
+                continue
+            i = data.find(b"\n", pos)  # a line is due: a chunk size or a trailer
+            if i < 0:
+                rest = data[pos:]
+                self._buf = self._buf + rest if self._buf else rest
+                if len(self._buf) > _MAX_LINE:
+                    self._fail("chunk-size line too long")
+                    return
+                break
+            if self._buf:
+                line = self._buf + data[pos:i]
+                self._buf = b""
+            else:
+                line = data[pos:i]
+            pos = i + 1
+            if self._trailers:
+                if not line.strip():  # the empty line that ends the message
+                    if pieces:
+                        self.reads.append((t, b"".join(pieces)))
+                    if pos < n:
+                        self.reusable = False
+                    self._finish(t)
+                    return
+                continue
+            try:
+                size = int(line, 16)  # int() ignores the CR
+            except ValueError:
+                digits = line.split(b";", 1)[0].strip()  # chunk extensions
+                try:
+                    size = int(digits, 16)
+                except ValueError:
+                    size = -1
+            if size < 0:
+                self._fail(f"bad chunk-size line {_one_line(repr(line[:40]))}")
+                return
+            if size == 0:
+                self._trailers = True
+            left = size
+        self._left = left
+        self._crlf = crlf
+        if pieces:
+            self.reads.append((t, pieces[0] if len(pieces) == 1 else b"".join(pieces)))
+
+
+def parse_head(head: bytes) -> tuple[str, int, dict[str, str]]:
+    """(version, status, lower-cased headers) of a response head, without its final CRLFs."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise ValueError(f"bad status line {_one_line(lines[0][:80])!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        k, sep, v = line.partition(":")
+        if not sep:
+            raise ValueError(f"bad header line {_one_line(line[:80])!r}")
+        k = k.strip().lower()
+        v = v.strip()
+        headers[k] = f"{headers[k]}, {v}" if k in headers else v
+    return parts[0], int(parts[1]), headers
+
+
+class RawTransport:
+    """Connections handed out one per in-flight request (LIFO, so they stay warm)."""
+
+    name = "raw"
+
+    def __init__(self, settings: RequestSettings, clock: Callable[[], float]) -> None:
+        self._settings = settings
+        self._clock = clock
+        u = urlsplit(settings.url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise SpecloadError(
+                f"--base-url: the raw transport needs an http:// or https:// URL, got "
+                f"{settings.base_url!r}"
+            )
+        self._host = u.hostname
+        self._port = u.port or (443 if u.scheme == "https" else 80)
+        self._ssl = _ssl_context() if u.scheme == "https" else None
+        host = f"[{u.hostname}]" if ":" in u.hostname else u.hostname
+        if u.port is not None:
+            host += f":{u.port}"
+        target = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        head = (
+            f"POST {target} HTTP/1.1\r\nhost: {host}\r\naccept: */*\r\n"
+            "content-type: application/json\r\nuser-agent: specload-raw\r\n"
+        )
+        if settings.api_key:
+            head += f"authorization: Bearer {settings.api_key}\r\n"  # never recorded
+        self._head = head.encode("latin-1")
+        self._connect_timeout_s = min(CONNECT_TIMEOUT_MAX_S, settings.timeout_s)
+        self._want = 0
+        self._free: list[_Conn] = []
+        self._all: set[_Conn] = set()
+        self._parse_lock = asyncio.Lock()  # finished streams are parsed one at a time
+
+    def prefill(self, n: int) -> None:
+        self._want = max(self._want, n)
+
+    async def connect(self) -> None:
+        async def one() -> None:
+            with contextlib.suppress(_ConnectFailed, _ConnectTimeout):  # requests record it
+                self._free.append(await self._open())
+
+        await asyncio.gather(*(one() for _ in range(self._want - len(self._free))))
+
+    async def send_request(
+        self, record: RequestRecord, prompt: str, max_tokens: int, request_id: str
+    ) -> RequestRecord:
+        s = self._settings
+        clock = self._clock
+        body = json.dumps(s.body(prompt, max_tokens)).encode()
+        msg = b"".join(
+            (
+                self._head,
+                b"x-request-id: ",
+                request_id.encode("latin-1", "replace"),
+                b"\r\ncontent-length: ",
+                str(len(body)).encode(),
+                b"\r\n\r\n",
+                body,
+            )
+        )
+        record.expected_output_tokens = max_tokens
+        record.sent_s = clock()  # until the request is on the wire (or if it never gets there)
+        conn: _Conn | None = None
+        parsed = False
+        try:
+            async with asyncio.timeout(s.timeout_s):
+                conn = await self._take()
+                done = conn.begin(s.timeout_s)
+                assert conn.transport is not None
+                record.sent_s = clock()
+                conn.transport.write(msg)
+                if not conn.paused:
+                    record.written_s = clock()
+                await done
+            if conn.written_t is not None:
+                record.written_s = conn.written_t
+            record.status_code = conn.status or None
+            if conn.error is not None:
+                record.end_s = conn.end_t
+                if conn.status < 400:
+                    _parse_partial(record, conn.reads)
+                _fail(record, conn.error_kind, f"{_stream_cut(conn.error_kind)}{conn.error}")
+            elif conn.status >= 400:
+                record.end_s = conn.end_t
+                text = b"".join(b for _, b in conn.reads).decode("utf-8", "replace")
+                _fail(record, "http", f"HTTP {conn.status}: {_one_line(text)}")
+            else:
+                record.end_s = conn.end_t
+                parsed = True
+                await parse_stream(record, conn.reads, lock=self._parse_lock)
+        except asyncio.CancelledError:
+            if parsed:  # the response was whole and its parse finished: the record stands
+                raise
+            record.end_s = clock()
+            self._partial(record, conn)
+            _fail(record, "cancelled", "cancelled before the stream finished")
+            raise
+        except TimeoutError:
+            record.end_s = clock()
+            self._partial(record, conn)
+            _fail(record, "timeout", f"no complete response within {s.timeout_s:g} s")
+        except _ConnectTimeout:
+            record.end_s = clock()
+            _fail(record, "timeout", f"ConnectTimeout: stalled for {self._connect_timeout_s:g} s")
+        except _ConnectFailed as e:
+            record.end_s = clock()
+            _fail(record, "connect", f"cannot connect to {s.base_url}: {e}")
+        except Exception as e:  # a bug here must cost one record, not the run
+            record.end_s = clock()
+            self._partial(record, conn)
+            _fail(record, "other", f"{type(e).__name__}: {_one_line(str(e))}")
+        finally:
+            if conn is not None:
+                self._give_back(conn)
+        return record
+
+    def _partial(self, record: RequestRecord, conn: _Conn | None) -> None:
+        """Keep what arrived before a cancel or the deadline; the connection is dropped."""
+        if conn is None:
+            return
+        conn.abort()
+        record.status_code = conn.status or None
+        if conn.status < 400:
+            _parse_partial(record, conn.reads)
+
+    async def _take(self) -> _Conn:
+        while self._free:
+            c = self._free.pop()
+            if c.reusable and not c.closed:
+                return c
+            self._drop(c)
+        return await self._open()
+
+    def _give_back(self, conn: _Conn) -> None:
+        if conn.reusable and not conn.closed and conn.error is None:
+            self._free.append(conn)
+        else:
+            self._drop(conn)
+
+    def _drop(self, conn: _Conn) -> None:
+        conn.close()
+        self._all.discard(conn)
+
+    async def _open(self) -> _Conn:
+        loop = asyncio.get_running_loop()
+        conn = _Conn(self._clock)
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                await loop.create_connection(
+                    lambda: conn,
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl is not None else None,
+                )
+        except TimeoutError:
+            raise _ConnectTimeout from None
+        except OSError as e:
+            raise _ConnectFailed(_one_line(str(e)) or type(e).__name__) from None
+        self._all.add(conn)
+        return conn
+
+    async def aclose(self) -> None:
+        for c in list(self._all):
+            c.close()
+        self._all.clear()
+        self._free.clear()
+        await asyncio.sleep(0)  # let the transports' close callbacks run
+
+
+def _stream_cut(kind: str) -> str:
+    """The httpx path's message prefix for a cut stream."""
+    return "stream cut: " if kind == "stream_cut" else ""
