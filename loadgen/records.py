@@ -8,7 +8,8 @@ run's start), so records from one run share one origin and never jump with NTP.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import operator
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 # Error kinds, the ``error_kind`` of a failed record. One word each so summaries can
@@ -84,9 +85,18 @@ class RequestRecord:
         return self.sent_s - self.scheduled_s
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        """One compact JSON object, fields in declaration order (what ``asdict`` gave, byte
+        for byte). Built by hand: ``asdict`` deep-copies every chunk time (~2.5 ms for a
+        512-chunk record, on the event loop), and ``json.dumps`` with options builds a new
+        encoder per call."""
+        return _ENCODE(dict(zip(_FIELD_NAMES, _FIELD_VALUES(self), strict=True)))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RequestRecord:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(RequestRecord))
+_FIELD_VALUES = operator.attrgetter(*_FIELD_NAMES)
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
