@@ -25,7 +25,7 @@ from loadgen import server_metrics
 from loadgen.arrivals import Schedule, build_schedule
 from loadgen.client import RequestSettings, now_clock
 from loadgen.errors import SpecloadError
-from loadgen.metrics import SummaryAccumulator
+from loadgen.metrics import StreamingSummary
 from loadgen.progress import LiveProgress
 from loadgen.prompts import LocalTokenizer, ServerTokenizer, Tokenizer, load_prompts
 from loadgen.results import ResultsDir, slugify
@@ -297,13 +297,15 @@ async def _run_phase(
             # After warmup: the counters' deltas then cover measured requests only.
             scraped["before"] = await _scrape(ctl, settings.base_url, pdir / "metrics_before.prom")
 
-        acc = SummaryAccumulator()
         total = schedule.num_requests if schedule.offsets is None else len(schedule.offsets)
         live.start_phase(phase.name, total)
         sampler = server_metrics.GaugeSampler(
             ctl, settings.base_url, pdir / "server_samples.jsonl", clock=clock
         )
         with results.records(slug) as writer:
+            # Per-request columns only: the summary reads chunk times back from the
+            # records file, so memory does not grow with every token of a long run.
+            acc = StreamingSummary(writer.path, writer.start_offset)
             runner = PhaseRunner(
                 settings=settings,
                 phase_name=phase.name,
