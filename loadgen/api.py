@@ -300,7 +300,7 @@ async def _run_phase(
         total = schedule.num_requests if schedule.offsets is None else len(schedule.offsets)
         live.start_phase(phase.name, total)
         sampler = server_metrics.GaugeSampler(
-            ctl, settings.base_url, pdir / "server_samples.jsonl", clock=clock
+            ctl, settings.base_url, pdir / "server_samples.jsonl", clock=clock, keep_rows=False
         )
         with results.records(slug) as writer:
             # Per-request columns only: the summary reads chunk times back from the
@@ -341,7 +341,7 @@ async def _run_phase(
         load=phase.load,
         extra=extra,
         spec_decode=spec,
-        server_gauges=server_metrics.summarize_samples(sampler.samples),
+        server_gauges=sampler.stats.summary(),
         # Per-request lists (ttfts, itls, ...) as vllm saves them, up to a size where
         # summary.json stays readable; requests.jsonl has them all anyway.
         detailed=len(acc) <= DETAILED_MAX_REQUESTS,
