@@ -215,7 +215,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": " ".join(["python", *sys.argv]),
         "loadgen_command": " ".join(["python", *cmd[1:]]),
         "loadgen_repo": str(args.repo),
-        "loadgen_commit": git_commit(args.repo),
+        "loadgen_commit": args.repo_commit or git_commit(args.repo),
         "machine": mach,
         "mock": " ".join(mock_args),
         "scenario": scenario(args),
@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, default=1.0, help="RSS sampling period, s")
     ap.add_argument("--max-minutes", type=float, default=None, help="cap the measured phase")
     ap.add_argument("--repo", type=Path, default=REPO, help="checkout whose loadgen runs")
+    ap.add_argument("--repo-commit", help="--repo's commit, where it is not a git checkout")
     ap.add_argument("--name", default="memory_soak")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--keep", action="store_true", help="keep the run's results directory")
