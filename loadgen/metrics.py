@@ -411,6 +411,8 @@ class _RequestColumns:
         self._ok = array("b")
         self._max_itl = array("d")  # longest inter-chunk gap, 0 without one
         self._failed_by_kind: Counter[str] = Counter()
+        # sizes of the summary's per-chunk sample arrays, so they are allocated once
+        self._sizes = _SampleSizes()
 
     def __len__(self) -> int:
         return len(self._sent)
@@ -435,7 +437,9 @@ class _RequestColumns:
         self._out.append(output_token_count(r) if r.ok else 0)
         t = r.chunk_times
         self._max_itl.append(max(map(operator.sub, t[1:], t[:-1])) if len(t) > 1 else 0.0)
-        if not r.ok:
+        if r.ok:
+            self._sizes.add(t, r.chunk_tokens)
+        else:
             self._failed_by_kind[r.error_kind or "other"] += 1
         self._add_chunks(r, i)
 
@@ -502,7 +506,7 @@ class _RequestColumns:
         else:
             t0, nb = 0.0, 0
         errors: dict[int, str] | None = {} if detailed else None
-        chunks = _chunk_pass(self._chunk_blocks(errors), ok, peak_ok, t0, nb, detailed)
+        chunks = _chunk_pass(self._chunk_blocks(errors), self._sizes, ok, peak_ok, t0, nb, detailed)
         if nb:
             conc = concurrency_buckets(sent[peak_ok], (sent + e2e)[peak_ok], t0, nb)
             max_tok_s, max_conc = float(np.max(chunks.tokens_per_s)), int(np.max(conc))
@@ -572,8 +576,16 @@ class _RequestColumns:
 
         s.update(latency_keys("ttft", ttft_ok, ps))
         s.update(latency_keys("tpot", tpot, ps))
-        s.update(latency_keys("itl", chunks.itl, ps, overwrite=True))
-        s.update(latency_keys("itl_token", chunks.itl_token, ps, overwrite=True))
+        # each per-chunk sample array is dropped once used: the peak holds one at a time
+        # with its std temporary, plus the ones not yet used
+        itl_d = distribution(chunks.itl, ps, scale=1000.0, overwrite=True)
+        chunks.itl = _NONE
+        s.update({f"{stat}_itl_ms": v for stat, v in itl_d.items()})
+        if chunks.itl_token is None:  # one token per chunk: the same samples
+            s.update({f"{stat}_itl_token_ms": v for stat, v in itl_d.items()})
+        else:
+            s.update(latency_keys("itl_token", chunks.itl_token, ps, overwrite=True))
+            chunks.itl_token = _NONE
         s.update(latency_keys("e2el", e2e_ok, ps))
         # vllm's --max-concurrency extras: waiting for a slot is our dispatch lag
         lag_ok = lag[ok]
@@ -584,7 +596,12 @@ class _RequestColumns:
         s["phase"] = phase
         s["load_shape"] = lf["load_shape"]
         s["load_level"] = lf["load_level"]
-        tpc_d = distribution(chunks.token_k, (10.0, 90.0))
+        if chunks.token_k is None:  # all 1s: the statistics of one 1 are those of n 1s
+            k_samples = np.ones(min(self._sizes.token_k, 1))
+        else:
+            k_samples, chunks.token_k = chunks.token_k, _NONE
+        tpc_d = distribution(k_samples, (10.0, 90.0), overwrite=True)
+        del k_samples
         s["mean_tokens_per_chunk"] = tpc_d["mean"]
         s["median_tokens_per_chunk"] = tpc_d["median"]
         s["p10_tokens_per_chunk"] = tpc_d["p10"]
@@ -678,7 +695,7 @@ class StreamingSummary(_RequestColumns):
                     break
                 if not line.strip():
                     continue
-                d = json.loads(line)
+                d = json.loads(line.decode())
                 if d.get("warmup"):
                     continue
                 if d.get("request_id") != self._rid[i]:
@@ -740,23 +757,70 @@ class _ChunkStats:
     """What the summary needs from the per-chunk data (completed requests only)."""
 
     itl: np.ndarray  # every inter-chunk gap, s
-    itl_token: np.ndarray  # per-token ITL: gap g before a k-token chunk -> k samples of g/k
-    token_k: np.ndarray  # tokens of each non-first token-bearing chunk
+    # per-token ITL: gap g before a k-token chunk -> k samples of g/k (None: same as itl)
+    itl_token: np.ndarray | None
+    token_k: np.ndarray | None  # tokens of each non-first token-bearing chunk (None: all 1)
     tokens_per_s: np.ndarray  # output tokens per one-second bucket
     itls: list[list[float]] | None  # per request (failed too), for vllm's "itls"
 
 
+class _SampleSizes:
+    """How many ITL, per-token ITL and tokens-per-chunk samples the completed requests
+    added so far give: the chunk pass then fills arrays allocated once at their final size
+    (growing them would copy, and leave the allocator holding the old blocks)."""
+
+    __slots__ = ("itl", "itl_token", "token_k")
+
+    def __init__(self) -> None:
+        self.itl = self.itl_token = self.token_k = 0
+
+    def add(self, times: list[float], tokens: list[int]) -> None:
+        """One completed request's chunks (tokens as recorded; 1 each if they don't match)."""
+        n = len(times)
+        if n == 0:
+            return
+        self.itl += n - 1
+        if len(tokens) != n:
+            self.itl_token += n - 1
+            self.token_k += n - 1
+            return
+        if min(tokens) < 0:
+            tokens = [k if k > 0 else 0 for k in tokens]
+        zeros = tokens.count(0)
+        if zeros == n:
+            return
+        first = tokens[0] if tokens[0] > 0 else next(k for k in tokens if k > 0)
+        self.itl_token += sum(tokens) - first
+        self.token_k += n - zeros - 1
+
+    def one_token_chunks(self) -> bool:
+        """Whether every completed request's chunks after its first carried exactly one
+        token. Each request adds at most n - 1 tokens-per-chunk samples (n - 1 only
+        without 0-token chunks) and at least that many tokens after the first (exactly
+        n - 1 only if each chunk carried one), so equal sums mean every request did."""
+        return self.itl == self.itl_token == self.token_k
+
+
 def _chunk_pass(
     blocks: Iterable[_ChunkBlock],
+    sizes: _SampleSizes,
     ok: np.ndarray,
     peak_ok: np.ndarray,
     t0: float,
     nb: int,
     detailed: bool,
 ) -> _ChunkStats:
-    """One pass over the chunk blocks. Results grow in typed arrays (no concatenation that
-    would hold every sample twice) and are handed out as views of them."""
-    itl, itl_token, token_k = array("d"), array("d"), array("i")
+    """One pass over the chunk blocks, filling sample arrays allocated at their final size.
+
+    When every token-bearing chunk after a request's first carried one token (no
+    speculation), the per-token ITLs are the per-chunk ones, value for value and in the
+    same order, and every tokens-per-chunk sample is 1: neither array is built
+    (``itl_token`` and ``token_k`` come back None).
+    """
+    alias = sizes.one_token_chunks()
+    itl = _Filler(np.empty(sizes.itl))
+    itl_token = None if alias else _Filler(np.empty(sizes.itl_token))
+    token_k = None if alias else _Filler(np.empty(sizes.token_k, dtype=np.intc))
     tokens = np.zeros(nb)
     itls: list[list[float]] | None = [] if detailed else None
     for b in blocks:
@@ -765,45 +829,60 @@ def _chunk_pass(
         first = np.ones(ct.size, dtype=bool)
         first[1:] = req[1:] != req[:-1]
         gaps = np.diff(ct, prepend=ct[:1])
-        _append(itl, gaps[ok[req] & ~first])
+        itl.put(gaps[ok[req] & ~first])
         if itls is not None:
             cuts = np.cumsum(b.counts)[:-1]
             itls.extend(g[1:].tolist() for g in np.split(gaps, cuts))
-        # token-bearing chunks: per-token ITL and tokens per chunk
-        tb = ck > 0
-        t_tb, k_tb, r_tb = ct[tb], ck[tb], req[tb]
-        first_tb = np.ones(t_tb.size, dtype=bool)
-        first_tb[1:] = r_tb[1:] != r_tb[:-1]
-        sel = ok[r_tb] & ~first_tb
-        g, k = np.diff(t_tb, prepend=t_tb[:1])[sel], k_tb[sel]
-        _append(itl_token, np.repeat(g / k, k))
-        _append(token_k, k)
+        if itl_token is not None and token_k is not None:
+            # token-bearing chunks: per-token ITL and tokens per chunk
+            tb = ck > 0
+            t_tb, k_tb, r_tb = ct[tb], ck[tb], req[tb]
+            first_tb = np.ones(t_tb.size, dtype=bool)
+            first_tb[1:] = r_tb[1:] != r_tb[:-1]
+            sel = ok[r_tb] & ~first_tb
+            g, k = np.diff(t_tb, prepend=t_tb[:1])[sel], k_tb[sel]
+            itl_token.put(np.repeat(g / k, k))
+            token_k.put(k)
         if nb:
             pk = peak_ok[req]
             tokens += token_buckets(ct[pk], ck[pk], t0, nb)
     return _ChunkStats(
-        itl=_view(itl, np.float64),
-        itl_token=_view(itl_token, np.float64),
-        token_k=_view(token_k, np.intc),
+        itl=itl.done(),
+        itl_token=None if itl_token is None else itl_token.done(),
+        token_k=None if token_k is None else token_k.done(),
         tokens_per_s=tokens,
         itls=itls,
     )
 
 
-def _append(dst: array, values: np.ndarray) -> None:
-    """Append a contiguous numpy array of ``dst``'s item type to ``dst``, without a copy."""
-    if values.size:
-        dst.frombytes(memoryview(np.ascontiguousarray(values)).cast("B"))
+class _Filler:
+    """Appends into a preallocated array; the count must come out exact."""
+
+    __slots__ = ("a", "n")
+
+    def __init__(self, a: np.ndarray) -> None:
+        self.a = a
+        self.n = 0
+
+    def put(self, values: np.ndarray) -> None:
+        end = self.n + values.size
+        if end > self.a.size:
+            raise RuntimeError("chunk data changed between add() and summary()")
+        self.a[self.n : end] = values
+        self.n = end
+
+    def done(self) -> np.ndarray:
+        if self.n != self.a.size:
+            raise RuntimeError("chunk data changed between add() and summary()")
+        return self.a
 
 
-def _view(a: array, dtype: type) -> np.ndarray:
-    """A writable numpy view of a finished array (it pins ``a``, which is never grown
-    again), so percentiles can partition it in place."""
-    return np.frombuffer(a, dtype=dtype) if len(a) else np.zeros(0, dtype=dtype)
+_NONE = np.zeros(0)
 
 
-# Chunks per block of the summary's chunk pass: bounds the summary's temporaries.
-_BLOCK_CHUNKS = 1 << 20
+# Chunks per block of the summary's chunk pass: bounds its temporaries, about 130 bytes a
+# chunk of the block (measured: a 1 << 20 block put a 60 MB spike on a 30k-request summary).
+_BLOCK_CHUNKS = 1 << 16
 
 
 def _np(a: array) -> np.ndarray:

@@ -89,6 +89,38 @@ def test_streaming_summary_matches_the_golden_too(tmp_path):
     assert digest(sink.summary(detailed=True, **KW)) == golden["detailed_sha256"]
 
 
+@pytest.mark.parametrize("detailed", [False, True])
+def test_one_token_chunks_shortcut_changes_nothing(tmp_path, detailed):
+    """With one token per chunk the summary skips the per-token arrays (they equal the
+    per-chunk ones); every key must be what the full computation gives."""
+    recs = synthetic_records(2000, seed=4)
+    for r in recs:
+        r.chunk_tokens = [1] * len(r.chunk_times)
+        if r.chunk_tokens and r.ok:
+            r.chunk_tokens[0] = 3  # the first chunk may carry several: not an ITL sample
+            r.output_tokens = len(r.chunk_times) + 2
+    sink = streamed(recs, tmp_path / "r.jsonl")
+    assert sink._sizes.one_token_chunks()
+    fast = sink.summary(detailed=detailed, **KW)
+    with mock.patch.object(metrics_mod._SampleSizes, "one_token_chunks", lambda _self: False):
+        full = summarize(recs, detailed=detailed, **KW)
+    same(fast, full)
+    assert fast["mean_tokens_per_chunk"] == 1.0 and fast["mean_itl_token_ms"] > 0
+    # one chunk per request: no ITL and no tokens-per-chunk sample at all (statistics 0.0)
+    for r in recs:
+        del r.chunk_times[1:], r.chunk_tokens[1:]
+    sink = streamed(recs, tmp_path / "one.jsonl", garbage_before=False)
+    assert sink._sizes.one_token_chunks()
+    fast = sink.summary(detailed=detailed, **KW)
+    with mock.patch.object(metrics_mod._SampleSizes, "one_token_chunks", lambda _self: False):
+        full = summarize(recs, detailed=detailed, **KW)
+    same(fast, full)
+    assert fast["mean_tokens_per_chunk"] == 0.0 and fast["completed"] > 1000
+    mixed = SummaryAccumulator()
+    mixed.extend(synthetic_records(200, seed=4))
+    assert not mixed._sizes.one_token_chunks()
+
+
 def test_streaming_summary_holds_no_per_chunk_data(tmp_path):
     """Memory per request is the same for 1-chunk and 500-chunk requests."""
     short = synthetic_records(500, seed=1)
