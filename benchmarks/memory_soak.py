@@ -265,10 +265,12 @@ def markdown(r: dict[str, Any]) -> str:
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return f"""# Memory soak: {r["name"]}
 
-Loadgen RSS (psutil, every second) over one closed-loop phase against the mock server.
+Loadgen RSS (psutil, every second) over one closed-loop phase against the mock server;
+MB here is 2^20 bytes.
 **Machine: {m["cpus"]} cores ({m["cpu_model"]}), {m["memory_gb"]} GB, {m["platform"]},
 Python {m["python"]}; load average at start {m["loadavg_at_start"]}. The box is shared with
-other jobs (and with the mock server): rates are this box's.**
+other jobs (other sessions' tests and benchmarks) and with the mock server: rates are this
+box's, and memory, not speed, is what this measures.**
 
 - command: `{r["command"]}` ({r["wall_s"]} s)
 - load generator: `{r["loadgen_command"]}` from {r["loadgen_repo"]} (commit {r["loadgen_commit"]})
@@ -291,6 +293,36 @@ def _opt_slope(x: float | None) -> str:
     return "n/a" if x is None else f"{x} MB / 100k requests"
 
 
+TABLE_COLS = (
+    ("run", "name"),
+    ("loadgen", "loadgen_commit"),
+    ("requests", "requests_measured"),
+    ("req/s", "requests_per_s"),
+    ("RSS start MB", "rss_mb_start"),
+    ("after 10k", "rss_mb_after_10k"),
+    ("last during run", "rss_mb_last_during_run"),
+    ("peak (HWM)", "rss_mb_peak_hwm"),
+    ("slope 2nd half MB/100k", "slope_mb_per_100k_second_half"),
+    ("load avg at start", "machine"),
+)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """A Markdown table of several runs' figures (e.g. before/after a change)."""
+    head = "| " + " | ".join(c for c, _ in TABLE_COLS) + " |"
+    rule = "|" + "---|" * len(TABLE_COLS)
+    rows = []
+    for r in results:
+        cells = []
+        for _, key in TABLE_COLS:
+            v = r.get(key)
+            if key == "machine":
+                v = r["machine"]["loadavg_at_start"][0]
+            cells.append(f"{v:,}" if isinstance(v, int) else str(v))
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join([head, rule, *rows]) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=200_000)
@@ -306,7 +338,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="memory_soak")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--keep", action="store_true", help="keep the run's results directory")
+    ap.add_argument(
+        "--table", nargs="+", type=Path, metavar="JSON", help="print a table of earlier runs"
+    )
+    ap.add_argument(
+        "--markdown", nargs="+", type=Path, metavar="JSON", help="rewrite runs' .md into --out"
+    )
     args = ap.parse_args(argv)
+    if args.table:
+        print(table([json.loads(p.read_text()) for p in args.table]), end="")
+        return 0
+    if args.markdown:
+        for p in args.markdown:
+            (args.out / p.with_suffix(".md").name).write_text(markdown(json.loads(p.read_text())))
+        return 0
     result = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
