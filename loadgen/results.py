@@ -73,6 +73,8 @@ class RecordWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._f: IO[str] | None = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        # where this writer's records begin (a rerun into the same directory appends)
+        self.start_offset = os.path.getsize(path)
         self.count = 0
 
     def write(self, record: RequestRecord) -> None:

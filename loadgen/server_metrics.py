@@ -17,6 +17,7 @@ import contextlib
 import json
 import math
 import time
+from array import array
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,25 +303,41 @@ def summarize_samples(samples: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     Samples come at a fixed interval, so the plain mean is the time average. Rows with
     an ``error`` (failed scrapes) are counted, not averaged.
     """
-    values: dict[str, list[float]] = {g: [] for g in GAUGES}
-    n_ok = n_err = 0
+    stats = GaugeStats()
     for s in samples:
-        if s.get("error") is not None:
-            n_err += 1
-            continue
-        n_ok += 1
+        stats.add(s)
+    return stats.summary()
+
+
+class GaugeStats:
+    """:func:`summarize_samples` one row at a time, keeping 8 bytes per gauge per row
+    instead of the row (measured: 24 bytes a row against ~490 for the row dict, so a day
+    of 1 s polls is 2 MB instead of 43 MB)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, array[float]] = {g: array("d") for g in GAUGES}
+        self.n_ok = 0
+        self.n_err = 0
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        if row.get("error") is not None:
+            self.n_err += 1
+            return
+        self.n_ok += 1
         for g in GAUGES:
-            v = s.get(g)
+            v = row.get(g)
             if v is not None and not math.isnan(v):
-                values[g].append(float(v))
-    out: dict[str, Any] = {}
-    for g in GAUGES:
-        vals = values[g]
-        out[f"mean_{g}"] = math.fsum(vals) / len(vals) if vals else None
-        out[f"max_{g}"] = max(vals) if vals else None
-    out["num_server_samples"] = n_ok
-    out["num_server_scrape_errors"] = n_err
-    return out
+                self.values[g].append(float(v))
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for g in GAUGES:
+            vals = self.values[g]
+            out[f"mean_{g}"] = math.fsum(vals) / len(vals) if vals else None
+            out[f"max_{g}"] = max(vals) if vals else None
+        out["num_server_samples"] = self.n_ok
+        out["num_server_scrape_errors"] = self.n_err
+        return out
 
 
 # --- I/O -------------------------------------------------------------------------------------
@@ -340,11 +357,12 @@ class GaugeSampler:
     cadence; a poll that overruns skips the missed ticks. A failed scrape becomes a row
     with the gauges None and ``error`` set, and polling goes on. ``clock`` should be
     the run's clock (seconds since the run origin) so ``t`` lines up with the records.
-    Rows are also kept in ``samples`` (one per second is small).
+    Rows are summarised as they come (``stats``) and, unless ``keep_rows=False`` (what a
+    run passes, so an hours-long phase does not hold every row), also kept in ``samples``.
 
         async with GaugeSampler(client, url, path, clock=run_clock) as sampler:
             ...  # drive load
-        gauges = summarize_samples(sampler.samples)
+        gauges = sampler.stats.summary()  # == summarize_samples(rows in the file)
     """
 
     def __init__(
@@ -356,6 +374,7 @@ class GaugeSampler:
         interval_s: float = 1.0,
         clock: Callable[[], float] = time.perf_counter,
         timeout_s: float | None = None,
+        keep_rows: bool = True,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
@@ -366,6 +385,8 @@ class GaugeSampler:
         self.clock = clock
         self.timeout_s = timeout_s if timeout_s is not None else max(interval_s, 5.0)
         self.samples: list[dict[str, Any]] = []
+        self.stats = GaugeStats()
+        self._keep_rows = keep_rows
         self._task: asyncio.Task[None] | None = None
         self._file: Any = None
 
@@ -408,7 +429,9 @@ class GaugeSampler:
         return row
 
     def _record(self, row: dict[str, Any]) -> None:
-        self.samples.append(row)
+        self.stats.add(row)
+        if self._keep_rows:
+            self.samples.append(row)
         if self._file is not None:
             self._file.write(json.dumps(row, separators=(",", ":")) + "\n")
             self._file.flush()

@@ -423,7 +423,36 @@ async def _test_gauge_sampler_polls_writes_jsonl_tolerates_failures_and_stops(tm
     assert rows[3]["kv_cache_usage_perc"] == pytest.approx(0.03)
     s = summarize_samples(rows)
     assert s["num_server_scrape_errors"] == 2 and s["num_server_samples"] == len(rows) - 2
+    assert sampler.stats.summary() == s  # summarised as the rows came
     await sampler.stop()  # idempotent
+
+
+def test_gauge_sampler_without_rows_summarises_the_same(tmp_path):
+    """keep_rows=False (what a run uses): no row is held, the summary is the file's."""
+
+    async def go() -> GaugeSampler:
+        server = FakeServer(fail_on={2})
+        ticks = iter(range(1000))
+        async with (
+            httpx.AsyncClient(transport=httpx.MockTransport(server)) as client,
+            GaugeSampler(
+                client,
+                "http://127.0.0.1:8000",
+                tmp_path / "s.jsonl",
+                interval_s=0.01,
+                clock=lambda: next(ticks),
+                keep_rows=False,
+            ) as sampler,
+        ):
+            while sampler.stats.n_ok + sampler.stats.n_err < 6:
+                await asyncio.sleep(0.01)
+        return sampler
+
+    sampler = asyncio.run(go())
+    assert sampler.samples == []
+    s = summarize_sample_file(tmp_path / "s.jsonl")
+    assert sampler.stats.summary() == s and s["num_server_scrape_errors"] == 1
+    assert s["max_num_requests_running"] is not None
 
 
 def test_gauge_sampler_keeps_cadence_and_rejects_bad_interval():

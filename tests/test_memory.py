@@ -1,0 +1,262 @@
+"""Long runs stay flat in memory: the run's summary sink keeps no records and no per-chunk
+data (it reads chunks back from requests.jsonl), and gives the same summary, key for key,
+as the in-memory accumulator and as the code before it (commit c767ba0's golden file)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+
+import loadgen.metrics as metrics_mod
+from loadgen.client import RequestSettings, now_clock
+from loadgen.metrics import StreamingSummary, SummaryAccumulator, summarize
+from loadgen.mockserver import MockConfig, MockServer
+from loadgen.records import RequestRecord
+from loadgen.results import RecordWriter, read_records
+from loadgen.runner import PhaseRunner, StopSignal
+from tests.synthetic import GOLDEN_KW as KW
+from tests.synthetic import GOLDEN_N_DETAILED, GOLDEN_SEED, canonical, digest, synthetic_records
+
+GOLDEN = Path(__file__).parent / "data" / "summary_golden.json"
+
+
+def streamed(
+    recs: list[RequestRecord], path: Path, *, garbage_before: bool = True
+) -> StreamingSummary:
+    """Write ``recs`` as the runner does (file first, then the sink) and return the sink."""
+    if garbage_before:  # an earlier run's records in the same file must be skipped
+        with RecordWriter(path) as w:
+            for r in recs[:50]:
+                w.write(r)
+    with RecordWriter(path) as w:
+        sink = StreamingSummary(path, w.start_offset)
+        for r in recs:
+            w.write(r)
+            sink.add(r)
+    return sink
+
+
+def same(a: dict[str, Any], b: dict[str, Any]) -> None:
+    a, b = dict(a), dict(b)
+    a.pop("date"), b.pop("date")
+    assert a.keys() == b.keys()
+    diff = [k for k in a if a[k] != b[k]]
+    assert not diff, {k: (a[k], b[k]) for k in diff[:5]}
+
+
+@pytest.mark.parametrize("block", [1 << 20, 997])
+@pytest.mark.parametrize("detailed", [False, True])
+def test_streaming_summary_equals_in_memory_summary(tmp_path, block, detailed):
+    """Every key equal (floats bit for bit), over 3,000 records with warmups, failures,
+    multi-token and 0-token chunks, and chunk blocks that split the file."""
+    recs = synthetic_records(3000, seed=3)
+    assert sum(r.warmup for r in recs) > 50 and sum(not r.ok for r in recs) > 100
+    assert any(max(r.chunk_tokens, default=1) > 1 for r in recs)
+    sink = streamed(recs, tmp_path / "requests.jsonl")
+    with mock.patch.object(metrics_mod, "_BLOCK_CHUNKS", block):
+        a = sink.summary(detailed=detailed, **KW)
+        b = summarize(recs, detailed=detailed, **KW)
+    same(a, b)
+    assert a["num_prompts"] == sum(not r.warmup for r in recs)
+    assert a["request_goodput"] is not None and a["failed"] > 100
+
+
+def test_summaries_equal_the_pre_streaming_code():
+    """Both implementations reproduce what commit c767ba0's summary gave for the same
+    records (tests/data/make_summary_golden.py), exactly."""
+    golden = json.loads(GOLDEN.read_text())
+    recs = synthetic_records(golden["n"], GOLDEN_SEED)
+    assert json.loads(canonical(summarize(recs, detailed=False, **KW))) == golden["summary"]
+    assert (
+        digest(summarize(recs[:GOLDEN_N_DETAILED], detailed=True, **KW))
+        == golden["detailed_sha256"]
+    )
+
+
+def test_streaming_summary_matches_the_golden_too(tmp_path):
+    golden = json.loads(GOLDEN.read_text())
+    recs = synthetic_records(golden["n"], GOLDEN_SEED)
+    sink = streamed(recs, tmp_path / "r.jsonl")
+    assert json.loads(canonical(sink.summary(detailed=False, **KW))) == golden["summary"]
+    sink = streamed(recs[:GOLDEN_N_DETAILED], tmp_path / "d.jsonl")
+    assert digest(sink.summary(detailed=True, **KW)) == golden["detailed_sha256"]
+
+
+@pytest.mark.parametrize("detailed", [False, True])
+def test_one_token_chunks_shortcut_changes_nothing(tmp_path, detailed):
+    """With one token per chunk the summary skips the per-token arrays (they equal the
+    per-chunk ones); every key must be what the full computation gives."""
+    recs = synthetic_records(2000, seed=4)
+    for r in recs:
+        r.chunk_tokens = [1] * len(r.chunk_times)
+        if r.chunk_tokens and r.ok:
+            r.chunk_tokens[0] = 3  # the first chunk may carry several: not an ITL sample
+            r.output_tokens = len(r.chunk_times) + 2
+    sink = streamed(recs, tmp_path / "r.jsonl")
+    assert sink._sizes.one_token_chunks()
+    fast = sink.summary(detailed=detailed, **KW)
+    with mock.patch.object(metrics_mod._SampleSizes, "one_token_chunks", lambda _self: False):
+        full = summarize(recs, detailed=detailed, **KW)
+    same(fast, full)
+    assert fast["mean_tokens_per_chunk"] == 1.0 and fast["mean_itl_token_ms"] > 0
+    # one chunk per request: no ITL and no tokens-per-chunk sample at all (statistics 0.0)
+    for r in recs:
+        del r.chunk_times[1:], r.chunk_tokens[1:]
+    sink = streamed(recs, tmp_path / "one.jsonl", garbage_before=False)
+    assert sink._sizes.one_token_chunks()
+    fast = sink.summary(detailed=detailed, **KW)
+    with mock.patch.object(metrics_mod._SampleSizes, "one_token_chunks", lambda _self: False):
+        full = summarize(recs, detailed=detailed, **KW)
+    same(fast, full)
+    assert fast["mean_tokens_per_chunk"] == 0.0 and fast["completed"] > 1000
+    mixed = SummaryAccumulator()
+    mixed.extend(synthetic_records(200, seed=4))
+    assert not mixed._sizes.one_token_chunks()
+
+
+def test_streaming_summary_holds_no_per_chunk_data(tmp_path):
+    """Memory per request is the same for 1-chunk and 500-chunk requests."""
+    short = synthetic_records(500, seed=1)
+    long = synthetic_records(500, seed=1)
+    for r in long:
+        r.chunk_times = [r.sent_s + 0.001 * j for j in range(500)]
+        r.chunk_tokens = [1] * 500
+    a = streamed(short, tmp_path / "a.jsonl", garbage_before=False)
+    b = streamed(long, tmp_path / "b.jsonl", garbage_before=False)
+    assert a.nbytes() == b.nbytes() <= 70 * len(a)
+    acc = SummaryAccumulator()
+    acc.extend(long)
+    assert acc.nbytes() > 500 * 12 * len(acc)  # the in-memory one does hold the chunks
+
+
+def test_streaming_summary_refuses_a_file_that_does_not_match(tmp_path):
+    recs = [r for r in synthetic_records(40, seed=2) if not r.warmup]
+    path = tmp_path / "r.jsonl"
+    sink = streamed(recs, path, garbage_before=False)
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-3]))
+    with pytest.raises(RuntimeError, match="measured records on disk"):
+        sink.summary(duration_s=1.0)
+    path.write_text("".join(lines[1:]))
+    with pytest.raises(RuntimeError, match="expected"):
+        sink.summary(duration_s=1.0)
+
+
+# --- the runner keeps nothing ------------------------------------------------------------------
+
+
+class LiveRecordProbe:
+    """A sink that counts RequestRecord objects still alive, every ``every`` records."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.seen = 0
+        self.alive: list[int] = []
+
+    def add(self, record: RequestRecord) -> None:
+        self.seen += 1
+        if self.seen % self.every == 0:
+            gc.collect()
+            self.alive.append(sum(isinstance(o, RequestRecord) for o in gc.get_objects()))
+
+
+def test_runner_retains_no_records_over_2000_requests(tmp_path):
+    """2,000 requests at concurrency 16 against the mock: at every check the live records
+    are the ones in flight (<= 16 plus the one being finished), and the sink's arrays
+    grow by the per-request columns only."""
+    conc, n = 16, 2000
+
+    async def go() -> tuple[StreamingSummary, LiveRecordProbe, Path, float]:
+        cfg = MockConfig(ttft_ms=1.0, itl_ms=0.2, port=0)
+        async with MockServer(cfg) as srv:
+            settings = RequestSettings(base_url=srv.url, model=cfg.model, timeout_s=10.0)
+            clock = now_clock(0.0)
+            path = tmp_path / "requests.jsonl"
+            probe = LiveRecordProbe(every=250)
+            with RecordWriter(path) as writer:
+                sink = StreamingSummary(path, writer.start_offset)
+                runner = PhaseRunner(
+                    settings=settings,
+                    phase_name="mem",
+                    prompts=[_prompt()],
+                    output_tokens=16,
+                    clock=clock,
+                    writer=writer,
+                    sinks=[sink, probe],
+                    stop=StopSignal(),
+                    id_prefix="mem",
+                )
+                from loadgen.arrivals import Schedule
+
+                out = await runner.run(Schedule(None, conc, n, None), warmup_requests=20)
+            return sink, probe, path, out.duration_s
+
+    sink, probe, path, duration = asyncio.run(go())
+    assert len(sink) == n and probe.seen == n + 20
+    assert len(probe.alive) == (n + 20) // 250
+    assert max(probe.alive) <= conc + 1, probe.alive
+    assert sink.nbytes() <= 70 * n
+    recs = list(read_records(path))
+    assert len(recs) == n + 20 and all(r.ok for r in recs)
+    same(sink.summary(duration_s=duration), summarize(recs, duration_s=duration))
+
+
+def _prompt() -> Any:
+    from loadgen.prompts import Prompt
+
+    return Prompt("w1 w2 w3 w4", 4)
+
+
+# --- records on disk ---------------------------------------------------------------------------
+
+
+def test_to_json_is_byte_identical_to_asdict_and_round_trips():
+    for r in synthetic_records(200, seed=5):
+        r.error = None if r.error is None else r.error + ' "quoted" é \n'
+        line = r.to_json()
+        assert line == json.dumps(asdict(r), separators=(",", ":"))
+        back = RequestRecord.from_dict(json.loads(line))
+        assert back == r
+        assert back.chunk_times == r.chunk_times  # floats bit for bit
+
+
+def test_old_format_lines_still_read(tmp_path):
+    """Lines without the newer fields (written_s, worker, usage_source, ...) and with
+    fields this version does not know read back, with defaults for what is missing."""
+    old = {
+        "request_id": 3,
+        "phase": "concurrency=4",
+        "scheduled_s": 1.0,
+        "sent_s": 1.25,
+        "prompt_tokens": 32,
+        "first_token_s": 1.5,
+        "end_s": 2.0,
+        "chunk_times": [1.5, 1.75, 2.0],
+        "chunk_tokens": [1, 2, 1],
+        "output_tokens": 4,
+        "finish_reason": "length",
+        "status_code": 200,
+        "error": None,
+        "warmup": False,
+        "a_future_field": {"x": 1},
+    }
+    path = tmp_path / "requests.jsonl"
+    new = synthetic_records(3, seed=9)
+    path.write_text(json.dumps(old) + "\n" + "".join(r.to_json() + "\n" for r in new))
+    recs = list(read_records(path))
+    assert len(recs) == 4 and recs[1:] == new
+    r = recs[0]
+    assert (r.request_id, r.chunk_tokens, r.written_s, r.worker) == (3, [1, 2, 1], None, 0)
+    assert r.usage_source == "usage" and r.ttft_s == pytest.approx(0.25)
+    # and the streaming summary reads such a file like the in-memory one
+    sink = StreamingSummary(path)
+    for rec in recs:
+        sink.add(rec)
+    same(sink.summary(duration_s=2.0), summarize(recs, duration_s=2.0))
