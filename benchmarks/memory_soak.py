@@ -36,6 +36,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from loadgen.api import cpu_model  # noqa: E402
 from loadgen.mockserver import start_mock_process, stop_mock_process  # noqa: E402
 
 MB = 1024 * 1024
@@ -128,11 +129,7 @@ def _round(x: float | None) -> float | None:
 
 
 def machine() -> dict[str, Any]:
-    model = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
+    model = cpu_model()
     return {
         "cpus": os.cpu_count(),
         "cpu_model": model,

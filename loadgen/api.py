@@ -122,12 +122,24 @@ def make_tokenizer(
     return ServerTokenizer(base_url, model, client)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), for saying which machine a run used."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def host_info() -> dict[str, Any]:
     return {
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
     }
 
 

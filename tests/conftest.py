@@ -15,9 +15,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+
+from loadgen.mockserver import start_mock_process, stop_mock_process
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = Path(os.environ.get("SPECLOAD_MODELS", REPO / "models"))
@@ -126,3 +129,18 @@ def run_loadgen(*args: str, timeout: float = 600) -> subprocess.CompletedProcess
         timeout=timeout,
         cwd=REPO,
     )
+
+
+@pytest.fixture
+def mock() -> Iterator[Any]:
+    """``mock(args)`` starts a mock server process; all are stopped at the test's end."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str) -> tuple[subprocess.Popen[bytes], str]:
+        proc, url = start_mock_process(list(args))
+        procs.append(proc)
+        return proc, url
+
+    yield start
+    for p in procs:
+        stop_mock_process(p)

@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from loadgen import api
 from loadgen.api import EXIT_ERROR_BUDGET, EXIT_INTERRUPTED, EXIT_SERVER_LOST, run_scenario
 from loadgen.cli import main as loadgen_main
 from loadgen.client import RequestSettings, _parse_stream, make_http_client, send_request
-from loadgen.mockserver import MockConfig, MockServer, start_mock_process, stop_mock_process
+from loadgen.mockserver import MockConfig, MockServer
 from loadgen.records import ERROR_KINDS, RequestRecord
 from loadgen.results import RecordWriter, atomic_write_json, read_records
 from loadgen.runner import CONNECT_FAILURES_TO_STOP
@@ -83,21 +82,6 @@ def assert_none_lost(out: Path, sent: int | None = None) -> list[RequestRecord]:
     assert s["failed_by_kind"] == dict(failed)
     print(f"\n[faults] {out.parent.name}: {len(recs)} requests on disk, failed {dict(failed)}")
     return recs
-
-
-@pytest.fixture
-def mock() -> Iterator[Any]:
-    """``mock(args)`` starts a mock server process; all are stopped at the test's end."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(*args: str) -> tuple[subprocess.Popen[bytes], str]:
-        proc, url = start_mock_process(list(args))
-        procs.append(proc)
-        return proc, url
-
-    yield start
-    for p in procs:
-        stop_mock_process(p)
 
 
 # --- one request, each fault, through the real client ---------------------------------------

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import yaml
 from loadgen.api import EXIT_ERROR_BUDGET, EXIT_INTERRUPTED, EXIT_SERVER_LOST, EXIT_WORKER_LOST
 from loadgen.arrivals import build_schedule
 from loadgen.metrics import summarize
-from loadgen.mockserver import start_mock_process, stop_mock_process
+from loadgen.mockserver import stop_mock_process
 from loadgen.records import RequestRecord
 from loadgen.report import load_run
 from loadgen.results import (
@@ -38,20 +37,6 @@ from loadgen.scenario import parse_scenario
 from tests.conftest import REPO, run_loadgen
 
 PROMPT = {"source": "base_prompt", "base_prompt": "w5 w6 w7 w8"}
-
-
-@pytest.fixture
-def mock() -> Iterator[Any]:
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(*args: str) -> tuple[subprocess.Popen[bytes], str]:
-        proc, url = start_mock_process(list(args))
-        procs.append(proc)
-        return proc, url
-
-    yield start
-    for p in procs:
-        stop_mock_process(p)
 
 
 def _write(path: Path, doc: dict[str, Any]) -> Path:
