@@ -695,14 +695,14 @@ class StreamingSummary(_RequestColumns):
                     break
                 if not line.strip():
                     continue
-                d = json.loads(line.decode())
-                if d.get("warmup"):
+                try:
+                    d = json.loads(line.decode())
+                except ValueError:  # a torn line (disk full, a crash): add() never saw it
+                    continue
+                if not isinstance(d, dict) or d.get("warmup"):
                     continue
                 if d.get("request_id") != self._rid[i]:
-                    raise RuntimeError(
-                        f"{self.path}: record {i} is request {d.get('request_id')}, "
-                        f"expected {self._rid[i]}: the file changed under the run"
-                    )
+                    continue  # a line add() never took (rejected); the order is the same
                 times = d.get("chunk_times") or []
                 tokens = d.get("chunk_tokens") or []
                 block.add(times, tokens if len(tokens) == len(times) else [1] * len(times))
@@ -713,7 +713,10 @@ class StreamingSummary(_RequestColumns):
                     yield block.done()
                     block = _BlockBuilder(i)
         if i < n:
-            raise RuntimeError(f"{self.path}: {i} measured records on disk, {n} were added")
+            raise RuntimeError(
+                f"{self.path}: {i} of the {n} measured records found: the file changed under "
+                "the run"
+            )
         if block.counts:
             yield block.done()
 

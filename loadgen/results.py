@@ -66,6 +66,12 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 class RecordWriter:
     """Appends one JSON line per finished request and flushes it at once."""
 
@@ -73,7 +79,12 @@ class RecordWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._f: IO[str] | None = open(path, "a", encoding="utf-8")  # noqa: SIM115
-        # where this writer's records begin (a rerun into the same directory appends)
+        # A rerun into the same directory appends; a torn last line (a killed run) is
+        # closed first, so it cannot swallow this run's first record.
+        if path.stat().st_size and not _ends_with_newline(path):
+            self._f.write("\n")
+            self._f.flush()
+        # where this writer's records begin
         self.start_offset = os.path.getsize(path)
         self.count = 0
 

@@ -96,9 +96,11 @@ class _Conn(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods
         self.transport = cast(asyncio.Transport, transport)
         self.reusable = True
-        # high=0: pause_writing() iff bytes are left in the buffer, resume_writing() when
-        # the last of them went to the kernel (written_s).
-        self.transport.set_write_buffer_limits(high=0)
+        # pause_writing() iff bytes are left in the buffer, resume_writing() when the last
+        # of them went to the kernel (written_s). Plain transports pause when size > high,
+        # asyncio's TLS transport when size >= high: high=0 there would pause at once.
+        tls = transport.get_extra_info("ssl_object") is not None
+        self.transport.set_write_buffer_limits(high=1 if tls else 0)
 
     def pause_writing(self) -> None:
         self.paused = True

@@ -52,7 +52,7 @@ from loadgen.client import RequestSettings
 from loadgen.errors import one_line
 from loadgen.prompts import Prompt
 from loadgen.records import RequestRecord
-from loadgen.results import RecordWriter, worker_records_path
+from loadgen.results import RecordWriter, worker_record_files, worker_records_path
 from loadgen.runner import ERROR_BUDGET_MIN_REQUESTS, PhaseRunner, StopSignal
 from loadgen.worksplit import split_phase
 
@@ -218,7 +218,11 @@ def worker_entry(argv: list[str]) -> None:
 
 def worker_main(index: int, conn: Connection) -> None:
     """A local worker: serve the parent's messages until it says exit or goes away."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us in order
+    # The parent stops us in order (in-flight requests written as cancelled); a signal
+    # sent to the whole process group (timeout, systemd, Ctrl-C) must not cut that short.
+    # A parent that dies closes our socket, and we exit then.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         import uvloop  # type: ignore[import-not-found]
 
@@ -551,6 +555,10 @@ class WorkerPool:
         if self.lost is not None:
             stop.set(f"{WORKER_LOST}: {self.lost}")
         shares = split_phase(schedule, warmup_requests, self.size)
+        # A killed earlier run into the same directory may have left per-worker files: they
+        # would be merged into this phase's records. Set them aside, never delete data.
+        for stale in worker_record_files(phase_dir):
+            stale.rename(stale.with_name(f"{stale.name}.stale-{int(time.time())}"))
         measured_base = first_id + warmup_requests
         active: list[Any] = []  # the workers that got their share
         tally = RecordTally(stop, max_error_rate, live)
@@ -578,8 +586,13 @@ class WorkerPool:
             for h in active:
                 h.stop(stop.reason or "stopped")
 
+        pumping = asyncio.Event()
+        pumping.set()
+
         async def pump() -> None:
-            while True:
+            # Stopped by clearing ``pumping``, never by cancelling: a cancel landing inside a
+            # Ray drain RPC would drop the lines the actor had already handed over.
+            while pumping.is_set():
                 await asyncio.sleep(PUMP_INTERVAL_S)
                 await self._collect(active, tally)
 
@@ -605,8 +618,8 @@ class WorkerPool:
             )
         finally:
             stop_task.cancel()
-            pump_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            pumping.clear()
+            with contextlib.suppress(Exception):
                 await pump_task
             await self._collect(active, tally)
         end = max([o["end"] for o in outcomes if o.get("end") is not None] or [clock()])

@@ -142,11 +142,35 @@ def test_streaming_summary_refuses_a_file_that_does_not_match(tmp_path):
     sink = streamed(recs, path, garbage_before=False)
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:-3]))
-    with pytest.raises(RuntimeError, match="measured records on disk"):
+    with pytest.raises(RuntimeError, match="file changed under the run"):
         sink.summary(duration_s=1.0)
     path.write_text("".join(lines[1:]))
-    with pytest.raises(RuntimeError, match="expected"):
+    with pytest.raises(RuntimeError, match="file changed under the run"):
         sink.summary(duration_s=1.0)
+
+
+def test_streaming_summary_skips_lines_the_sink_never_took(tmp_path):
+    """A torn line (disk full, a crash) or a record the sink rejected is skipped on the way
+    back, as add() skipped it, instead of failing the whole summary."""
+    recs = [r for r in synthetic_records(60, seed=4) if not r.warmup]
+    path = tmp_path / "r.jsonl"
+    sink = streamed(recs, path, garbage_before=False)
+    lines = path.read_text().splitlines(keepends=True)
+    foreign = json.dumps({**json.loads(lines[5]), "request_id": -7}) + "\n"
+    torn = '{"request_id": 3, "chunk_ti\n'
+    path.write_text("".join([*lines[:10], torn, foreign, *lines[10:]]))
+    same(sink.summary(duration_s=1.0), summarize(recs, duration_s=1.0))
+
+
+def test_record_writer_closes_a_torn_last_line(tmp_path):
+    """A killed run's half-written last line must not swallow the next run's first record."""
+    path = tmp_path / "requests.jsonl"
+    a, b = [r for r in synthetic_records(10, seed=5) if not r.warmup][:2]
+    path.write_text(a.to_json() + "\n" + '{"request_id": 99, "sent')
+    with RecordWriter(path) as w:
+        w.write(b)
+    assert [r.request_id for r in read_records(path)] == [a.request_id, b.request_id]
+    assert path.read_text().count("\n") == 3
 
 
 # --- the runner keeps nothing ------------------------------------------------------------------

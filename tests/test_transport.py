@@ -335,6 +335,9 @@ class _FakeTransport:
     def set_write_buffer_limits(self, high: int) -> None:
         pass
 
+    def get_extra_info(self, name: str) -> None:
+        return None
+
     def close(self) -> None:
         self.closed = True
 

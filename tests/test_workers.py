@@ -329,6 +329,30 @@ def test_parent_killed_leaves_worker_files_the_report_reads(tmp_path: Path, mock
     assert any("recomputed" in n for n in run.notes)
 
 
+def test_stale_worker_files_of_a_killed_run_are_set_aside(tmp_path: Path, mock: Any) -> None:
+    _, url = mock("--ttft-ms", "1", "--itl-ms", "1")
+    scen = _write(tmp_path / "s.yaml", {
+        "name": "closed", "load": {"shape": "concurrency", "concurrency": 4},
+        "num_requests": 20, "prompts": PROMPT, "output_tokens": 4,
+    })  # fmt: skip
+    out = tmp_path / "out"
+    pdir = out / "concurrency=4"
+    pdir.mkdir(parents=True)
+    # what a killed 4-worker run leaves: per-worker files a 2-worker rerun must not merge
+    stale = json.dumps({"request_id": 999, "phase": "concurrency=4", "sent_s": 0.5,
+                        "scheduled_s": 0.5, "chunk_times": [0.6], "chunk_tokens": [1]})  # fmt: skip
+    for k in (0, 3):
+        worker_records_path(pdir, k).write_text(stale + "\n")
+    p = run_loadgen("--scenario", str(scen), "--base-url", url, "--output-dir", str(out),
+                    "--no-progress", "--workers", "2")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    records = list(read_records(pdir / "requests.jsonl"))
+    assert len(records) == 20 and 999 not in {r.request_id for r in records}
+    (summary,) = json.loads((out / "summary.json").read_text())["phases"].values()
+    assert summary["completed"] == 20
+    assert len(list(pdir.glob("requests.w*.jsonl.stale-*"))) == 2  # kept, not deleted
+
+
 def test_server_lost_with_workers(tmp_path: Path, mock: Any) -> None:
     proc, url = mock("--itl-ms", "1")
     out = tmp_path / "out"
