@@ -296,6 +296,11 @@ def test_https(transport: str, monkeypatch: Any) -> None:
     recs = run_server(srv, transport=transport, tls=_server_tls())
     assert all(r.ok and r.chunk_tokens == [1, 2] for r in recs), recs[0].error
     assert srv.connections == 1  # kept alive over TLS too
+    # written_s is when the request left the buffer, not when the response came back (asyncio's
+    # TLS transport pauses writing at size >= high, so high=0 would pause at once)
+    assert all(r.written_s is not None and r.written_s < r.chunk_times[0] for r in recs), [
+        (r.written_s, r.chunk_times[:1]) for r in recs
+    ]
 
 
 @BOTH
