@@ -73,22 +73,12 @@ class _Conn(asyncio.Protocol):
         self.reusable = False  # until connected; False once the stream state is unknown
         self.closed = False
         self.done: asyncio.Future[None] | None = None
-        self.reads: list[tuple[float, bytes]] = []  # (arrival, body bytes) per read
-        self.status = 0
-        self.error: str | None = None
-        self.error_kind = "stream_cut"
         self.end_t = 0.0
         self.last_t = 0.0
-        self.written_t: float | None = None
         self.paused = False
-        self._state = _IDLE
-        self._buf = b""
-        self._left = 0
-        self._crlf = 0
-        self._trailers = False
-        self._keep_alive = True
         self._idle_s = 0.0
         self._idle: asyncio.TimerHandle | None = None
+        self._reset_exchange(_IDLE)
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
@@ -154,21 +144,25 @@ class _Conn(asyncio.Protocol):
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         self.done = loop.create_future()
-        self.reads = []
+        self._reset_exchange(_HEAD)
+        self._idle_s = idle_timeout_s
+        self.last_t = self.clock()
+        self._idle = loop.call_later(idle_timeout_s, self._check_idle)
+        return self.done
+
+    def _reset_exchange(self, state: int) -> None:
+        """The per-response state, fresh: at construction and before each request."""
+        self.reads: list[tuple[float, bytes]] = []  # (arrival, body bytes) per read
         self.status = 0
-        self.error = None
+        self.error: str | None = None
         self.error_kind = "stream_cut"
-        self.written_t = None
-        self._state = _HEAD
+        self.written_t: float | None = None
+        self._state = state
         self._buf = b""
         self._left = 0
         self._crlf = 0
         self._trailers = False
         self._keep_alive = True
-        self._idle_s = idle_timeout_s
-        self.last_t = self.clock()
-        self._idle = loop.call_later(idle_timeout_s, self._check_idle)
-        return self.done
 
     def close(self) -> None:
         self.reusable = False

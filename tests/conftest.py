@@ -120,6 +120,17 @@ def vllm_draft(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFa
     yield from _serve(tiny_models["tiny-llama"], ["--speculative-config", json.dumps(spec)], log)
 
 
+def start_loadgen(*args: str) -> subprocess.Popen[str]:
+    """``python -m loadgen ARGS`` as a running process (for signals and kills)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "loadgen", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+
+
 def run_loadgen(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """``python -m loadgen ...`` as a user runs it."""
     return subprocess.run(

@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -36,7 +35,7 @@ from loadgen.records import ERROR_KINDS, RequestRecord
 from loadgen.results import RecordWriter, atomic_write_json, read_records
 from loadgen.runner import CONNECT_FAILURES_TO_STOP
 from loadgen.scenario import parse_scenario
-from tests.conftest import REPO, free_port
+from tests.conftest import free_port, start_loadgen
 
 PROMPTS = {"source": "base_prompt", "base_prompt": "w1 w2 w3"}
 
@@ -405,16 +404,6 @@ def test_run_deadline_bounds_a_stalling_server(tmp_path: Path, mock: Any) -> Non
 # --- the CLI as a process: refused at start, signals, a crash ------------------------------------
 
 
-def _loadgen_proc(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "loadgen", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-
-
 def _slow_scenario(path: Path, n: int = 30) -> Path:
     path.write_text(
         yaml.safe_dump(
@@ -432,7 +421,7 @@ def _slow_scenario(path: Path, n: int = 30) -> Path:
 
 def test_connection_refused_at_start_one_line(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    p = _loadgen_proc("--scenario", str(_slow_scenario(tmp_path / "s.yaml")), "--base-url", url,
+    p = start_loadgen("--scenario", str(_slow_scenario(tmp_path / "s.yaml")), "--base-url", url,
                       "--output-dir", str(tmp_path / "out"))  # fmt: skip
     _, err = p.communicate(timeout=60)
     assert p.returncode == 2
@@ -461,7 +450,7 @@ def _wait_in_flight(url: str, n: int, timeout_s: float = 30.0) -> None:
 def test_signal_cancels_in_flight_and_flushes(tmp_path: Path, mock: Any, sig: int) -> None:
     _, url = mock("--itl-ms", "50")  # 100 tokens: 5 s a request
     out = tmp_path / "out"
-    p = _loadgen_proc("--scenario", str(_slow_scenario(tmp_path / "s.yaml")), "--base-url", url,
+    p = start_loadgen("--scenario", str(_slow_scenario(tmp_path / "s.yaml")), "--base-url", url,
                       "--output-dir", str(out), "--no-progress")  # fmt: skip
     _wait_in_flight(url, 3)
     t0 = time.monotonic()
@@ -485,7 +474,7 @@ def test_sigkill_leaves_readable_files(tmp_path: Path, mock: Any) -> None:
     """A crash (SIGKILL) loses in-flight requests but never corrupts what was written."""
     _, url = mock("--itl-ms", "2")  # 0.2 s a request
     out = tmp_path / "out"
-    p = _loadgen_proc("--scenario", str(_slow_scenario(tmp_path / "s.yaml", 1000)), "--base-url",
+    p = start_loadgen("--scenario", str(_slow_scenario(tmp_path / "s.yaml", 1000)), "--base-url",
                       url, "--output-dir", str(out), "--no-progress")  # fmt: skip
     rec_file = out / "concurrency=3" / "requests.jsonl"
     _wait_for(rec_file)

@@ -34,7 +34,7 @@ from loadgen.results import (
     worker_records_path,
 )
 from loadgen.scenario import parse_scenario
-from tests.conftest import REPO, run_loadgen
+from tests.conftest import REPO, run_loadgen, start_loadgen
 
 PROMPT = {"source": "base_prompt", "base_prompt": "w5 w6 w7 w8"}
 
@@ -65,16 +65,6 @@ def _truth(log: Path, expect: int) -> list[dict[str, Any]]:
             break
         time.sleep(0.1)
     return [json.loads(line) for line in lines]
-
-
-def _proc(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "loadgen", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -246,8 +236,8 @@ def _slow(tmp_path: Path, n: int = 40, c: int = 4, **kw: Any) -> Path:
 def test_sigint_stops_all_workers_and_leaves_readable_results(tmp_path: Path, mock: Any) -> None:
     _, url = mock("--itl-ms", "50")  # 100 tokens: 5 s a request
     out = tmp_path / "out"
-    p = _proc("--scenario", str(_slow(tmp_path)), "--base-url", url, "--output-dir", str(out),
-              "--no-progress", "--workers", "2")  # fmt: skip
+    p = start_loadgen("--scenario", str(_slow(tmp_path)), "--base-url", url,
+                      "--output-dir", str(out), "--no-progress", "--workers", "2")  # fmt: skip
     kids = _workers_of(p, 2)
     pdir = out / "concurrency=4"
     deadline = time.monotonic() + 30
@@ -286,7 +276,7 @@ def _metrics(url: str, running: int) -> str:
 def test_killed_worker_marks_the_phase_incomplete(tmp_path: Path, mock: Any) -> None:
     _, url = mock("--itl-ms", "20")  # 2 s a request
     out = tmp_path / "out"
-    p = _proc("--scenario", str(_slow(tmp_path, n=400)), "--base-url", url, "--output-dir",
+    p = start_loadgen("--scenario", str(_slow(tmp_path, n=400)), "--base-url", url, "--output-dir",
               str(out), "--no-progress", "--workers", "2")  # fmt: skip
     kids = _workers_of(p, 2)
     deadline = time.monotonic() + 30
@@ -310,7 +300,7 @@ def test_killed_worker_marks_the_phase_incomplete(tmp_path: Path, mock: Any) -> 
 def test_parent_killed_leaves_worker_files_the_report_reads(tmp_path: Path, mock: Any) -> None:
     _, url = mock("--itl-ms", "1")
     out = tmp_path / "out"
-    p = _proc("--scenario", str(_slow(tmp_path, n=100_000, output_tokens=5)), "--base-url",
+    p = start_loadgen("--scenario", str(_slow(tmp_path, n=100_000, output_tokens=5)), "--base-url",
               url, "--output-dir", str(out), "--no-progress", "--workers", "2")  # fmt: skip
     kids = _workers_of(p, 2)
     pdir = out / "concurrency=4"
@@ -356,7 +346,7 @@ def test_stale_worker_files_of_a_killed_run_are_set_aside(tmp_path: Path, mock: 
 def test_server_lost_with_workers(tmp_path: Path, mock: Any) -> None:
     proc, url = mock("--itl-ms", "1")
     out = tmp_path / "out"
-    p = _proc("--scenario", str(_slow(tmp_path, n=100_000, output_tokens=5)), "--base-url",
+    p = start_loadgen("--scenario", str(_slow(tmp_path, n=100_000, output_tokens=5)), "--base-url",
               url, "--output-dir", str(out), "--no-progress", "--workers", "2")  # fmt: skip
     _workers_of(p, 2)
     _wait_lines([worker_records_path(out / "concurrency=4", k) for k in (0, 1)], 10)

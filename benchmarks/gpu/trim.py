@@ -15,21 +15,14 @@ import json
 import sys
 from pathlib import Path
 
-PER_REQUEST = (
-    "input_lens",
-    "output_lens",
-    "ttfts",
-    "itls",
-    "latencies",
-    "start_times",
-    "queue_times",
-    "generated_texts",
-    "errors",
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+# summarize()'s per-request lists, the ones worth trimming
+from loadgen.metrics import DETAILED_KEYS
 
 
 def _null_lists(obj: dict) -> dict:
-    for key in PER_REQUEST:
+    for key in DETAILED_KEYS:
         if isinstance(obj.get(key), list):
             obj[key] = None
     for value in obj.values():
