@@ -450,8 +450,8 @@ def test_max_num_seqs_queues_and_gauges() -> None:
 def test_log_chunk_times_follow_absolute_schedule_and_match_client(tmp_path: Path) -> None:
     """Out-of-process server (the timing contract): chunk i at start + ttft + i*itl."""
     log = tmp_path / "gt.jsonl"
-    ttft, itl, n = 0.040, 0.010, 40
-    args = ["--ttft-ms", "40", "--itl-ms", "10", "--log", str(log), "--log-flush-s", "0.05"]
+    ttft, itl, n = 0.040, 0.020, 40
+    args = ["--ttft-ms", "40", "--itl-ms", "20", "--log", str(log), "--log-flush-s", "0.05"]
     proc, url = start_mock_process(args)
     try:
         arrivals: list[float] = []
@@ -473,18 +473,20 @@ def test_log_chunk_times_follow_absolute_schedule_and_match_client(tmp_path: Pat
     assert rec["request_id"] == "r1" and rec["outcome"] == "done"
     times = [t for t, k in rec["chunks"]]
     assert [k for _, k in rec["chunks"]] == [1] * n
-    # offsets from the absolute schedule; medians keep it robust on a busy CI box
+    # offsets from the absolute schedule. Bounds sit well under the faults they catch (a
+    # wrong base or an off-by-one chunk is >= itl = 20 ms late) and well over a busy CI
+    # box's wake-up overshoot (one run there saw a median of 3.9 ms on every chunk).
     offs = [t - (rec["start"] + ttft + i * itl) for i, t in enumerate(times)]
     half = n // 2
-    assert min(offs) > -0.0005 and statistics.median(offs) < 0.003, offs
+    assert min(offs) > -0.0005 and statistics.median(offs) < 0.010, offs
     # no drift: relative sleeps would add each wake-up's overshoot to every later chunk,
     # so the second half would sit ~n/2 overshoots later than the first. (Earlier is
     # fine: after a CPU stall an absolute schedule catches up.)
     drift = statistics.median(offs[half:]) - statistics.median(offs[:half])
-    assert drift < 0.001, offs
+    assert drift < 0.005, offs  # a relative schedule drifts ~n/2 overshoots: >= 20 ms
     # the client read each chunk right after the server wrote it (same host clock)
     lags = [a - t for a, t in zip(arrivals, times, strict=True)]
-    assert min(lags) > -0.002 and statistics.median(lags) < 0.005, lags
+    assert min(lags) > -0.005 and statistics.median(lags) < 0.010, lags
 
 
 def test_cli_bad_flag_is_one_line_error() -> None:

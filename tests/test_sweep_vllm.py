@@ -283,8 +283,11 @@ def test_original_config_writes_one_csv_row_per_run_and_request_count(
     assert {r["speculative_model"] for r in rows} == {"none", "[ngram]", "tiny-llama-draft"}
     for r in rows:
         assert r["complete"] == "True" and int(r["completed"]) == int(r["num_requests"])
-        assert float(r["output_throughput"]) > 0 and float(r["median_tpot_ms"]) > 0
+        assert float(r["output_throughput"]) > 0 and float(r["median_tpot_ms"]) >= 0
         assert r["num_speculative_tokens"] == ("" if r["method"] == "none" else "3")
+    # a CPU server that stalls can flush a whole stream in one read: that request's TPOT
+    # is a measured 0, so one cell's median may be 0; all of them being 0 is a bug
+    assert any(float(r["median_tpot_ms"]) > 0 for r in rows)
     drafts = [r for r in rows if r["method"] == "draft_model"]
     assert drafts and all(float(r["spec_decode_num_drafts"]) > 0 for r in drafts)
     print(f"original-config-cpu: {len(original.matrix.runs)} server starts, {original.secs:.0f} s")
