@@ -76,10 +76,38 @@ def split_cores(mock_procs: int, pin: bool) -> tuple[list[int] | None, list[int]
     """(loadgen cores, mock cores): the mock on the last ``mock_procs`` usable cores."""
     if not pin or not hasattr(os, "sched_getaffinity"):
         return None, None
-    cores = sorted(os.sched_getaffinity(0))
+    cores = smt_order(sorted(os.sched_getaffinity(0)))
     if len(cores) <= mock_procs:
         return None, None  # too few to split: share them
     return cores[:-mock_procs], cores[-mock_procs:]
+
+
+def smt_order(cores: list[int]) -> list[int]:
+    """``cores`` with SMT siblings side by side (Linux sysfs), so that a split at an even
+    index never puts loadgen and the mock on two threads of one physical core."""
+    seen: set[int] = set()
+    out: list[int] = []
+    for c in cores:
+        if c in seen:
+            continue
+        try:
+            text = Path(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list")
+            sib = _cpu_list(text.read_text())
+        except (OSError, ValueError):
+            sib = [c]
+        group = [x for x in sib if x in cores and x not in seen] or [c]
+        out += group
+        seen.update(group)
+    return out
+
+
+def _cpu_list(text: str) -> list[int]:
+    """'0-3,8' -> [0, 1, 2, 3, 8] (the kernel's cpu list format)."""
+    out: list[int] = []
+    for part in text.strip().split(","):
+        lo, _, hi = part.partition("-")
+        out += range(int(lo), int(hi or lo) + 1)
+    return out
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -237,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ttft-ms", type=float, default=1.0)
     ap.add_argument("--itl-ms", type=float, default=1.0)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("--name", default="workers_scaling", help="result file stem")
     a = ap.parse_args(argv)
     cores_all = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores_all = cores_all or 1
@@ -282,9 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     add_scaling(res["levels"])
     res["elapsed_s"] = time.monotonic() - t0
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "workers_scaling.json").write_text(json.dumps(res, indent=2) + "\n")
-    (a.out / "workers_scaling.md").write_text(markdown(res))
-    print(f"wrote {a.out / 'workers_scaling.md'}", file=sys.stderr)
+    (a.out / f"{a.name}.json").write_text(json.dumps(res, indent=2) + "\n")
+    (a.out / f"{a.name}.md").write_text(markdown(res))
+    print(f"wrote {a.out / f'{a.name}.md'}", file=sys.stderr)
     return 0
 
 

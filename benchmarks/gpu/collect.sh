@@ -10,5 +10,6 @@ for d in sweep agree2 orig; do
     split -b 15000000 $OUT/$d.tgz $OUT/$d.tgz.part- && rm $OUT/$d.tgz
   fi
 done
+[ -d /tmp/bench ] && tar czf $OUT/bench.tgz bench
 cp /tmp/lease.log /tmp/gpu.txt /tmp/versions.txt $OUT/ 2>/dev/null
 ls -la $OUT

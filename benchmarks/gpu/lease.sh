@@ -8,8 +8,12 @@
 #   agree-spec    agreement round 2 with the draft model (all levels, 3 repeats, prewarmed, ABBA)
 #   agree-nospec  agreement round 2 without speculation at c=16 and 64
 #   original      the original config.yaml at GPU scale (scenarios/original-config-gpu.yaml)
+#   workers       benchmarks/workers_scaling.py on the host's CPUs (mock on 8 cores, loadgen on
+#                 the rest), no GPU used: the 16-core host is the biggest machine lent here
+#   overhead      benchmarks/client_overhead.py, loadgen (both transports) and vLLM's client
 set -u
 cd /tmp/specload
+mkdir -p /tmp/bench
 export PYTHONPATH=/tmp/site:/tmp/specload HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 V="python3 -m vllm.entrypoints.cli.main serve"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > /tmp/gpu.txt
@@ -27,6 +31,13 @@ for step in "$@"; do
     original)
       python3 -m server_launch --matrix scenarios/original-config-gpu.yaml --backend local \
         --vllm-cmd "$V" --output-dir /tmp/orig --resume --no-progress ;;
+    workers)
+      lscpu > /tmp/bench/lscpu.txt
+      python3 benchmarks/workers_scaling.py --mock-procs 8 --out /tmp/bench \
+        --name workers_scaling-h100host ;;
+    overhead)
+      python3 benchmarks/client_overhead.py --clients loadgen-httpx,loadgen-raw,vllm \
+        --out /tmp/bench --name client_overhead-h100host ;;
     *) echo "unknown step $step" ;;
   esac
   echo "=== $step done rc=$? $(date -u +%T)"
