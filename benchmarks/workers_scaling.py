@@ -199,6 +199,10 @@ def add_scaling(rows: list[dict[str, Any]]) -> None:
             r["speedup"] = r["chunks_per_s"] / base["chunks_per_s"]
             r["scaling_vs_linear"] = r["speedup"] / r["workers"]
             r["req_speedup"] = r["req_per_s"] / base["req_per_s"]
+            # per CPU-second given to loadgen: linear scaling where cores are to spare
+            cpu, cpu1 = r.get("loadgen_cpu_us_per_chunk"), base.get("loadgen_cpu_us_per_chunk")
+            if cpu and cpu1:
+                r["cpu_efficiency_vs_1"] = cpu1 / cpu
 
 
 def _f(v: Any, nd: int = 1) -> str:
@@ -230,8 +234,9 @@ def markdown(res: dict[str, Any]) -> str:
         ),
         "",
         "| workers | streams | requests | chunks/s | req/s | chunks/s per worker | speedup "
-        "| vs linear | TTFT p50 ms | ITL p50 ms | loadgen CPU us/chunk | busiest mock CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| vs linear | TTFT p50 ms | ITL p50 ms | loadgen CPU us/chunk | chunks per CPU-s vs 1 "
+        "| busiest mock CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["levels"]:
         lines.append(
@@ -240,14 +245,18 @@ def markdown(res: dict[str, Any]) -> str:
             f"{_f(r['chunks_per_s_per_worker'], 0)} | {_f(r.get('speedup'), 2)} | "
             f"{_f(r.get('scaling_vs_linear'), 2)} | {_f(r['median_ttft_ms'], 2)} | "
             f"{_f(r['median_itl_ms'], 2)} | {_f(r['loadgen_cpu_us_per_chunk'], 0)} | "
+            f"{_f(r.get('cpu_efficiency_vs_1'), 2)} | "
             f"{_f((r['mock_cpu_util_max'] or 0) * 100, 0)} % |"
         )
     lines += [
         "",
         "`speedup`: chunks/s over the 1-worker level; `vs linear`: speedup / workers (1.0 is "
-        "perfect scaling). `busiest mock CPU`: the busiest mock process's CPU over the "
-        "level's wall time (near 100 %: the mock, not loadgen, was the limit). Loadgen CPU "
-        "counts the parent and all workers, start-up and result writing included.",
+        "perfect scaling). `chunks per CPU-s vs 1`: chunks per loadgen CPU-second over the "
+        "1-worker level's (1.0: splitting costs nothing per chunk, so the rate grows with the "
+        "cores given, where the machine has them). `busiest mock CPU`: the busiest mock "
+        "process's CPU over the level's wall time (near 100 %: the mock, not loadgen, was "
+        "the limit). Loadgen CPU counts the parent and all workers, start-up and result "
+        "writing included.",
         "",
     ]
     return "\n".join(lines)

@@ -38,8 +38,10 @@ def test_default_levels_end_at_the_core_count() -> None:
 
 
 def test_scaling_columns() -> None:
-    rows = [{"workers": 1, "chunks_per_s": 100.0, "req_per_s": 10.0},
-            {"workers": 4, "chunks_per_s": 360.0, "req_per_s": 35.0}]  # fmt: skip
+    cpu = "loadgen_cpu_us_per_chunk"
+    rows = [{"workers": 1, "chunks_per_s": 100.0, "req_per_s": 10.0, cpu: 20.0},
+            {"workers": 4, "chunks_per_s": 360.0, "req_per_s": 35.0, cpu: 25.0}]  # fmt: skip
     ws.add_scaling(rows)
+    assert rows[0]["cpu_efficiency_vs_1"] == 1.0 and rows[1]["cpu_efficiency_vs_1"] == 0.8
     assert rows[1]["speedup"] == 3.6 and rows[1]["scaling_vs_linear"] == 0.9
     assert rows[1]["chunks_per_s_per_worker"] == 90.0 and rows[1]["req_speedup"] == 3.5
