@@ -120,6 +120,26 @@ def vllm_draft(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFa
     yield from _serve(tiny_models["tiny-llama"], ["--speculative-config", json.dumps(spec)], log)
 
 
+def cpu_matrix(name: str, model_dir: Path, specs: list[dict], scenarios: list[dict]) -> dict:
+    """A local-backend sweep matrix on the tiny CPU models: the server block every real-vLLM
+    sweep test shares (small context, two sequences, 1 GiB of KV cache)."""
+    return {
+        "name": name,
+        "backend": "local",
+        "model": "tiny-llama",
+        "dummy_models": True,
+        "model_dir": str(model_dir),
+        "server": {
+            "max_model_len": 512,
+            "max_num_seqs": 2,
+            "seed": 0,
+            "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
+        },
+        "specs": specs,
+        "scenarios": scenarios,
+    }
+
+
 def start_loadgen(*args: str) -> subprocess.Popen[str]:
     """``python -m loadgen ARGS`` as a running process (for signals and kills)."""
     return subprocess.Popen(

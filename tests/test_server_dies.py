@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from loadgen.api import HEALTH_INTERVAL_S
-from tests.conftest import free_port
+from tests.conftest import cpu_matrix, free_port
 from tests.test_sweep_vllm import START_MARK, _env
 
 pytestmark = pytest.mark.vllm
@@ -46,24 +46,15 @@ def _matrix(model_dir: Path) -> dict:
         "ignore_eos": True,
         "temperature": 0.0,
     }
-    return {
-        "name": "server-dies",
-        "backend": "local",
-        "model": "tiny-llama",
-        "dummy_models": True,
-        "model_dir": str(model_dir),
-        "server": {
-            "max_model_len": 512,
-            "max_num_seqs": 2,
-            "seed": 0,
-            "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
-        },
-        "specs": [{"method": "none"}, {"method": "none", "label": NEXT}],
-        "scenarios": [
+    return cpu_matrix(
+        "server-dies",
+        model_dir,
+        [{"method": "none"}, {"method": "none", "label": NEXT}],
+        [
             {"name": LONG, "duration_s": LONG_PHASE_S, **scenario},
             {"name": SHORT, "num_requests": 4, **scenario},
         ],
-    }
+    )
 
 
 def _sweep_cmd(*args: str) -> list[str]:

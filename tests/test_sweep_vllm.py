@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from server_launch.matrix import load_matrix
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, cpu_matrix, free_port
 
 pytestmark = pytest.mark.vllm
 
@@ -42,24 +42,15 @@ START_MARK = "=== specload "  # the local backend's line in server.log before ea
 def _matrix(model_dir: Path) -> dict:
     """none, then a draft vLLM refuses (other vocabulary), then a good draft: the refused
     config sits between two good ones so the test sees the sweep go on after it."""
-    return {
-        "name": "vllm-it",
-        "backend": "local",
-        "model": "tiny-llama",
-        "dummy_models": True,
-        "model_dir": str(model_dir),
-        "server": {
-            "max_model_len": 512,
-            "max_num_seqs": 2,
-            "seed": 0,
-            "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
-        },
-        "specs": [
+    return cpu_matrix(
+        "vllm-it",
+        model_dir,
+        [
             {"method": "none"},
             {"method": "draft_model", "model": "tiny-llama-badvocab", "num_speculative_tokens": 3},
             {"method": "draft_model", "model": "tiny-llama-draft", "num_speculative_tokens": 3},
         ],
-        "scenarios": [
+        [
             {
                 "name": SCENARIO,
                 "load": {"shape": "concurrency", "concurrency": 1},
@@ -72,7 +63,7 @@ def _matrix(model_dir: Path) -> dict:
                 "temperature": 0.0,
             }
         ],
-    }
+    )
 
 
 def _env() -> dict[str, str]:
