@@ -294,6 +294,7 @@ async def _run_phases(
                 id_prefix=id_prefix,
                 origin_wall=origin_wall,
                 transport=scenario.transport,
+                spin_s=scenario.spin_ms / 1e3,
             )
         )
     next_id = 0
@@ -419,6 +420,7 @@ async def _run_phase(
                     first_request_id=first_id,
                     max_error_rate=scenario.max_error_rate,
                     transport=scenario.transport,
+                    spin_s=scenario.spin_ms / 1e3,
                 )
                 async with sampler:
                     outcome = await runner.run(schedule, phase.warmup_requests, measure_start)

@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTTP client for the requests: raw (a minimal asyncio HTTP/1.1 client, the "
         "default) or httpx",
     )
+    g.add_argument(
+        "--spin-ms",
+        type=float,
+        metavar="MS",
+        help="open loop: spin the last MS milliseconds before each send instead of trusting "
+        "the loop's timer (late by up to ~1 ms); costs CPU, for a client with a spare core",
+    )
     p.add_argument(
         "--api-key-env",
         metavar="VAR",
@@ -176,6 +183,8 @@ def scenario_overrides(doc: dict[str, Any], args: argparse.Namespace) -> dict[st
         out["max_error_rate"] = args.max_error_rate
     if args.transport is not None:
         out["transport"] = args.transport
+    if args.spin_ms is not None:
+        out["spin_ms"] = args.spin_ms
     if args.skip_bad_lines:
         out["prompts.skip_bad_lines"] = True
     return out

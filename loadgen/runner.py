@@ -92,6 +92,7 @@ class PhaseRunner:
         max_error_rate: float | None = None,
         worker: int = 0,
         transport: str = "raw",
+        spin_s: float = 0.0,
     ) -> None:
         if not prompts:
             raise ValueError("no prompts")
@@ -106,6 +107,7 @@ class PhaseRunner:
         self.id_prefix = id_prefix
         self.max_error_rate = max_error_rate
         self.worker = worker
+        self.spin_s = spin_s
         self._ids = itertools.count(first_request_id)
         self._transport = make_transport(transport, settings, clock)
         self._measured = 0
@@ -209,11 +211,17 @@ class PhaseRunner:
             stop_task.cancel()
 
     async def _sleep_until(self, t: float) -> None:
+        """Until ``t`` on the loop's timer; the last ``spin_s`` by yielding to the loop
+        (ready I/O still runs on each pass), since the timers wake up to ~1 ms late (uvloop's
+        are in whole milliseconds, asyncio's epoll timeout too)."""
         while not self.stop.is_set():
             delay = t - self.clock()
             if delay <= 0:
                 return
-            await asyncio.sleep(min(delay, _SLEEP_SLICE_S))
+            if delay > self.spin_s:
+                await asyncio.sleep(min(delay - self.spin_s, _SLEEP_SLICE_S))
+            else:
+                await asyncio.sleep(0)  # one loop pass: ready I/O runs, then we look again
 
     # --- one request -------------------------------------------------------------------
 

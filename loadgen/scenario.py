@@ -182,6 +182,14 @@ class Scenario(_Strict):
         description="HTTP client: raw (minimal asyncio HTTP/1.1, the default: ~1/3 of "
         "httpx's CPU per chunk) or httpx",
     )
+    spin_ms: float = Field(
+        0.0,
+        ge=0,
+        le=50,
+        description="open loop: yield to the event loop for the last N ms before each "
+        "send instead of a timer, whose wake-up is late by up to ~1 ms (costs CPU; for a "
+        "client with a core to spare)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Scenario:

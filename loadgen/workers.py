@@ -80,6 +80,7 @@ class WorkerInit:
     id_prefix: str
     origin_wall: float  # run.json's epoch_origin: clock value 0 in wall time
     transport: str = "raw"  # loadgen.transport name, as the scenario says
+    spin_s: float = 0.0  # the scenario's spin_ms, in seconds
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ class WorkerCore:
             max_error_rate=None,  # the parent keeps the budget over all workers' records
             worker=self.index,
             transport=self.init.transport,
+            spin_s=self.init.spin_s,
         )
         outcome = await runner.run(
             job.schedule,

@@ -1,4 +1,4 @@
-"""CLI behaviour not covered elsewhere: --skip-bad-lines on a prompt file."""
+"""CLI behaviour not covered elsewhere: --skip-bad-lines on a prompt file, --spin-ms."""
 
 from __future__ import annotations
 
@@ -44,3 +44,38 @@ def test_skip_bad_lines_flag(tmp_path: Path) -> None:
     run = json.loads((tmp_path / "r" / "run.json").read_text())
     assert run["prompts"]["skipped_bad_lines"] == 1
     assert run["scenario"]["prompts"]["skip_bad_lines"] is True
+
+
+def test_spin_ms_reaches_the_run_and_never_sends_early(tmp_path: Path) -> None:
+    """--spin-ms: the last stretch before each open-loop send yields to the loop instead of
+    a timer; no request may leave before its scheduled time, in one process or in workers."""
+    sc = tmp_path / "s.yaml"
+    sc.write_text(
+        json.dumps(
+            {
+                "load": {"shape": "poisson", "rate": 200},
+                "num_requests": 60,
+                "prompts": {"source": "base_prompt", "base_prompt": "w1 w2"},
+                "output_tokens": 4,
+            }
+        )
+    )
+    with mock_process(["--ttft-ms", "1"]) as url:
+        for workers in ("1", "2"):
+            out = tmp_path / f"r{workers}"
+            code = main(["--scenario", str(sc), "--base-url", url, "--output-dir", str(out),
+                         "--no-progress", "--spin-ms", "3", "--workers", workers])  # fmt: skip
+            assert code == 0
+            run = json.loads((out / "run.json").read_text())
+            assert run["scenario"]["spin_ms"] == 3.0
+            (path,) = out.glob("*/requests.jsonl")
+            recs = [json.loads(x) for x in path.read_text().splitlines()]
+            assert len(recs) == 60 and all(r["error"] is None for r in recs)
+            assert all(r["sent_s"] >= r["scheduled_s"] for r in recs)
+
+
+def test_spin_ms_out_of_range_is_one_line_error(tmp_path: Path, capsys) -> None:
+    code = main(["--scenario", str(_scenario(tmp_path)), "--spin-ms", "-1",
+                 "--base-url", "http://127.0.0.1:9"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "spin_ms" in err[0]
