@@ -99,22 +99,22 @@ def test_one_token_chunks_shortcut_changes_nothing(tmp_path, detailed):
         if r.chunk_tokens and r.ok:
             r.chunk_tokens[0] = 3  # the first chunk may carry several: not an ITL sample
             r.output_tokens = len(r.chunk_times) + 2
-    sink = streamed(recs, tmp_path / "r.jsonl")
-    assert sink._sizes.one_token_chunks()
-    fast = sink.summary(detailed=detailed, **KW)
-    with mock.patch.object(metrics_mod._SampleSizes, "one_token_chunks", lambda _self: False):
-        full = summarize(recs, detailed=detailed, **KW)
-    same(fast, full)
+
+    def fast_equals_full(path: Path, **kw: bool) -> dict:
+        sink = streamed(recs, path, **kw)
+        assert sink._sizes.one_token_chunks()
+        fast = sink.summary(detailed=detailed, **KW)
+        with mock.patch.object(metrics_mod._SampleSizes, "one_token_chunks", lambda _s: False):
+            full = summarize(recs, detailed=detailed, **KW)
+        same(fast, full)
+        return fast
+
+    fast = fast_equals_full(tmp_path / "r.jsonl")
     assert fast["mean_tokens_per_chunk"] == 1.0 and fast["mean_itl_token_ms"] > 0
     # one chunk per request: no ITL and no tokens-per-chunk sample at all (statistics 0.0)
     for r in recs:
         del r.chunk_times[1:], r.chunk_tokens[1:]
-    sink = streamed(recs, tmp_path / "one.jsonl", garbage_before=False)
-    assert sink._sizes.one_token_chunks()
-    fast = sink.summary(detailed=detailed, **KW)
-    with mock.patch.object(metrics_mod._SampleSizes, "one_token_chunks", lambda _self: False):
-        full = summarize(recs, detailed=detailed, **KW)
-    same(fast, full)
+    fast = fast_equals_full(tmp_path / "one.jsonl", garbage_before=False)
     assert fast["mean_tokens_per_chunk"] == 0.0 and fast["completed"] > 1000
     mixed = SummaryAccumulator()
     mixed.extend(synthetic_records(200, seed=4))
