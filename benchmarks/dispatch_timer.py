@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -31,7 +29,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from loadgen.api import cpu_model  # noqa: E402
+from benchmarks.common import machine, write_results  # noqa: E402
 from loadgen.mockserver import start_mock_process, stop_mock_process  # noqa: E402
 
 KEYS = ("p50_dispatch_lag_ms", "p99_dispatch_lag_ms", "max_dispatch_lag_ms")
@@ -98,13 +96,17 @@ def _m(v: tuple[float, float, float], nd: int = 2) -> str:
     return f"{med:.{nd}f} ({lo:.{nd}f}–{hi:.{nd}f})"
 
 
+def _loop(m: dict[str, Any]) -> str:
+    return f"uvloop {m['uvloop']}" if m["uvloop"] else "asyncio"
+
+
 def markdown(res: dict[str, Any]) -> str:
     m = res["machine"]
     lines = [
         "# Dispatch lag: the loop's timer against `--spin-ms`",
         "",
         f"- machine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['platform']}, Python "
-        f"{m['python']}, event loop {m['loop']}; load average at start "
+        f"{m['python']}, event loop {_loop(m)}; load average at start "
         f"{', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}; **the mock shares the cores**",
         f"- command: `{res['command']}` ({res['elapsed_s']:.0f} s, {res['date']})",
         f"- load: open loop (Poisson), {res['config']['seconds']:g} s of requests per run, "
@@ -140,22 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--name", default="dispatch_timer", help="result file stem")
     a = ap.parse_args(argv)
-    try:
-        import uvloop  # type: ignore[import-not-found]  # noqa: F401
-
-        loop = "uvloop"
-    except ImportError:
-        loop = "asyncio"
     t0 = time.monotonic()
     res: dict[str, Any] = {
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "cpu_model": cpu_model(),
-            "platform": platform.platform(),
-            "python": sys.version.split()[0],
-            "loop": loop,
-            "loadavg_at_start": list(os.getloadavg()),
-        },
+        "machine": machine(),
         "command": " ".join(["python", "benchmarks/dispatch_timer.py", *sys.argv[1:]]),
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "config": {"seconds": a.seconds, "output_tokens": a.output_tokens, "repeats": a.repeats},
@@ -178,10 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         stop_mock_process(mock)
     res["cells"] = aggregate(res["runs"])
     res["elapsed_s"] = time.monotonic() - t0
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / f"{a.name}.json").write_text(json.dumps(res, indent=2) + "\n")
-    (a.out / f"{a.name}.md").write_text(markdown(res))
-    print(f"wrote {a.out / f'{a.name}.md'}", file=sys.stderr)
+    write_results(a.out, a.name, res, markdown(res))
     return 0
 
 

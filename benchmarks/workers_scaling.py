@@ -24,7 +24,6 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -36,31 +35,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from loadgen.api import cpu_model  # noqa: E402
+from benchmarks.common import machine, write_results  # noqa: E402
 from loadgen.mockserver import start_mock_process, stop_mock_process  # noqa: E402
 
 PROMPT = "w5 w6 w7 w8"
-
-
-def machine() -> dict[str, Any]:
-    import httpx
-
-    try:
-        import uvloop  # type: ignore[import-not-found]
-
-        uv = uvloop.__version__
-    except ImportError:
-        uv = None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": cpu_model(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "httpx": httpx.__version__,
-        "uvloop": uv,
-        "loadavg_at_start": list(os.getloadavg()),
-    }
 
 
 def default_levels(cores: int) -> list[int]:
@@ -319,10 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             stop_mock_process(p)
     add_scaling(res["levels"])
     res["elapsed_s"] = time.monotonic() - t0
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / f"{a.name}.json").write_text(json.dumps(res, indent=2) + "\n")
-    (a.out / f"{a.name}.md").write_text(markdown(res))
-    print(f"wrote {a.out / f'{a.name}.md'}", file=sys.stderr)
+    write_results(a.out, a.name, res, markdown(res))
     return 0
 
 

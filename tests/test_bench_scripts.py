@@ -67,9 +67,10 @@ def test_dispatch_timer_aggregates_median_min_max_per_cell() -> None:
                                                                        (15.0, 2.0, 1)]  # fmt: skip
     assert cells[0]["p50_dispatch_lag_ms"] == (2.0, 1.0, 3.0)
     assert cells[1]["cpu_per_wall"] == (1.0, 1.0, 1.0)
-    assert "| 15 | 0 | 2.00 (1.00–3.00) |" in dt.markdown(
+    md = dt.markdown(
         {"machine": {"cpu_count": 2, "cpu_model": "x", "platform": "p", "python": "3",
-                     "loop": "uvloop", "loadavg_at_start": [0, 0, 0]},
+                     "uvloop": "0.23.0", "loadavg_at_start": [0, 0, 0]},
          "command": "c", "elapsed_s": 1, "date": "d",
          "config": {"seconds": 1, "output_tokens": 16, "repeats": 3}, "cells": cells}
     )  # fmt: skip
+    assert "| 15 | 0 | 2.00 (1.00–3.00) |" in md and "event loop uvloop 0.23.0" in md
