@@ -14,6 +14,7 @@ several tokens, and counting chunks would understate throughput and overstate IT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import re
@@ -229,20 +230,13 @@ async def parse_stream(
     end together, the loop otherwise runs a slice of each of them between two polls for
     I/O, and a chunk arriving meanwhile is stamped that much late."""
     steps = _parse_steps(record, reads, PARSE_SLICE_EVENTS if every is None else every)
-    held = False
     try:
-        if lock is not None:
-            await lock.acquire()
-            held = True
-        for _ in steps:
-            await asyncio.sleep(0)
+        async with lock if lock is not None else contextlib.nullcontext():
+            for _ in steps:
+                await asyncio.sleep(0)
     except asyncio.CancelledError:
-        _drain(steps)
+        _drain(steps)  # synchronous: nothing else runs meanwhile, lock held or not
         raise
-    finally:
-        if held:
-            assert lock is not None
-            lock.release()
 
 
 def _parse_stream(record: RequestRecord, reads: list[tuple[float, bytes]]) -> None:
