@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from statistics import mean
 
-from loadgen.server_metrics import metric_sum, parse_prometheus, spec_decode_delta
+from loadgen.results.server_metrics import metric_sum, parse_prometheus, spec_decode_delta
 
 KEYS = (
     ("median_ttft_ms", "TTFT p50 ms"),

@@ -56,8 +56,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from loadgen.api import cpu_model  # noqa: E402
-from loadgen.mockserver import start_mock_process, stop_mock_process  # noqa: E402
+from loadgen.engine.run import cpu_model  # noqa: E402
+from loadgen.mock.server import start_mock_process, stop_mock_process  # noqa: E402
 
 PROMPT = "w5 w6 w7 w8"
 MODEL = "mock-model"
@@ -218,7 +218,7 @@ def read_truth(log: Path, loadgen: bool) -> dict[str, dict[str, Any]]:
 
 def loadgen_requests(run_dir: Path) -> list[ClientRequest]:
     """loadgen's records on the wall clock (run.json's epoch_origin), keyed by x-request-id."""
-    from loadgen.results import read_records
+    from loadgen.results.files import read_records
 
     origin = json.loads((run_dir / "run.json").read_text())["epoch_origin"]
     (phase_dir,) = [p for p in run_dir.iterdir() if (p / "requests.jsonl").exists()]
@@ -282,8 +282,8 @@ def _wall_minus_perf() -> float:
 
 
 def _offsets(cell: Cell) -> list[float]:
-    from loadgen.arrivals import build_schedule
-    from loadgen.scenario import PoissonLoad
+    from loadgen.config.arrivals import build_schedule
+    from loadgen.config.scenario import PoissonLoad
 
     sched = build_schedule(
         PoissonLoad(rate=cell.rate), num_requests=cell.num_requests, duration_s=None, seed=cell.seed
@@ -293,8 +293,8 @@ def _offsets(cell: Cell) -> list[float]:
 
 
 def run_loadgen_cell(cell: Cell, url: str, out: Path, transport: str) -> dict[str, Any]:
-    from loadgen.api import run_scenario
-    from loadgen.scenario import parse_scenario
+    from loadgen.config.scenario import parse_scenario
+    from loadgen.engine.run import run_scenario
 
     load: dict[str, Any] = (
         {"shape": "poisson", "rate": cell.rate}
@@ -427,7 +427,7 @@ def worker(client: str) -> int:
     else:
         import functools
 
-        import loadgen.api  # noqa: F401
+        import loadgen.engine.run  # noqa: F401
 
         run = functools.partial(run_loadgen_cell, transport=client.split("-", 1)[1])
     proto.write(json.dumps({"ready": True}) + "\n")

@@ -1,6 +1,6 @@
 """Soak: a long run against the mock server with random faults; RSS at start and end.
 
-Starts ``python -m loadgen.mockserver`` with random faults (HTTP errors, cut streams,
+Starts ``python -m loadgen.mock`` with random faults (HTTP errors, cut streams,
 malformed chunks, stalls), runs ``python -m loadgen`` against it with Poisson arrivals for
 ``--minutes``, samples the load generator's RSS from /proc every few seconds, and checks that
 every request sent is on disk (requests lost must be 0). Writes a JSON and a Markdown summary.
@@ -23,8 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from loadgen.mockserver import start_mock_process, stop_mock_process  # noqa: E402
-from loadgen.results import read_records  # noqa: E402
+from loadgen.mock.server import start_mock_process, stop_mock_process  # noqa: E402
+from loadgen.results.files import read_records  # noqa: E402
 
 FAULTS = [
     "--fail-status", "503", "--fail-rate", "0.02", "--cut-rate", "0.02",

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from loadgen.errors import SpecloadError, one_line
-from loadgen.scenario import (
+from loadgen.config.scenario import (
     MAX_WORKERS,
     OPEN_SHAPES,
     list_scenarios,
@@ -19,6 +18,7 @@ from loadgen.scenario import (
     read_yaml,
     resolve_path,
 )
+from loadgen.errors import SpecloadError, one_line
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -226,7 +226,7 @@ def run_main(argv: list[str]) -> int:
     out = args.output_dir or Path("results") / (
         f"{scenario.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     )
-    from loadgen.api import run_scenario
+    from loadgen.engine.run import run_scenario
 
     result = run_scenario(
         scenario,
@@ -241,7 +241,7 @@ def run_main(argv: list[str]) -> int:
         ray_address=args.ray_address,
     )
     try:
-        from loadgen.console import print_summary_table
+        from loadgen.report.console import print_summary_table
 
         print_summary_table(result.phases)
     except ImportError:
@@ -255,11 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] == "report":
-            from loadgen.report import report_main
+            from loadgen.report.report import report_main
 
             return report_main(argv[1:])
         if argv and argv[0] == "compare":
-            from loadgen.report import compare_main
+            from loadgen.report.report import compare_main
 
             return compare_main(argv[1:])
         if argv and argv[0] == "run":

@@ -16,7 +16,7 @@ fi
 .venv/bin/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 .venv/bin/python -c "import vllm, loadgen, server_launch" >/dev/null
 # The embedded default: a tiny Llama (and a draft for it) with dummy weights.
-.venv/bin/python -m server_launch.models tiny-llama models/tiny-llama >/dev/null
-.venv/bin/python -m server_launch.models tiny-llama-draft models/tiny-llama-draft >/dev/null
-.venv/bin/python -m server_launch.models tiny-llama-badvocab models/tiny-llama-badvocab >/dev/null
+.venv/bin/python -m server_launch.dummy_models tiny-llama models/tiny-llama >/dev/null
+.venv/bin/python -m server_launch.dummy_models tiny-llama-draft models/tiny-llama-draft >/dev/null
+.venv/bin/python -m server_launch.dummy_models tiny-llama-badvocab models/tiny-llama-badvocab >/dev/null
 echo "setup: .venv ready (vllm $(.venv/bin/python -c 'import vllm; print(vllm.__version__)' 2>/dev/null)), models in models/"

@@ -19,7 +19,7 @@ are errors)::
       max_num_seqs: 64
       extra_args: ["--enforce-eager"]
       env: {VLLM_CPU_KVCACHE_SPACE: "1"}
-    dummy_models: true         # known names (python -m server_launch.models --list, HF
+    dummy_models: true         # known names (python -m server_launch.dummy_models --list, HF
     model_dir: models          #   aliases too) -> dummy dirs under model_dir (default
                                #   models/), served with --load-format dummy
     specs:                     # SpecConfig entries; list values expand (cartesian)
@@ -60,9 +60,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from loadgen.config.scenario import Scenario, load_scenario, parse_scenario, read_yaml
 from loadgen.errors import SpecloadError, describe_validation_error
-from loadgen.scenario import Scenario, load_scenario, parse_scenario, read_yaml
-from server_launch.models import canonical_name, make_model
+from server_launch.dummy_models import canonical_name, make_model
 from server_launch.specs import LABEL_RE, SpecConfig, expand_specs
 
 ORIGINAL_KEYS = frozenset(
@@ -181,7 +181,7 @@ class _Models:
                 return name
             raise SpecloadError(
                 f"{source}: field '{field}': '{name}' is not a known dummy model "
-                "(python -m server_launch.models --list) nor an existing path"
+                "(python -m server_launch.dummy_models --list) nor an existing path"
             )
         d = str(self.root / canon)
         self.made[d] = canon

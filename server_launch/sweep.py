@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loadgen.errors import SpecloadError
-from loadgen.results import ResultsDir, atomic_write_json, slugify
+from loadgen.results.files import ResultsDir, atomic_write_json, slugify
 from server_launch.backends.base import (
     ServerBackend,
     ServerHandle,
@@ -39,11 +39,11 @@ from server_launch.backends.base import (
 )
 
 if TYPE_CHECKING:
-    from loadgen.scenario import Scenario
+    from loadgen.config.scenario import Scenario
     from server_launch.matrix import Matrix, ServerRun
 
 STATE_VERSION = 1
-EXIT_INTERRUPTED = 130  # as loadgen.api
+EXIT_INTERRUPTED = 130  # as loadgen.engine.run
 EXIT_SERVER_LOST = 4
 DONE, FAILED, PENDING = "done", "failed", "pending"
 Runner = Callable[..., Any]
@@ -54,7 +54,7 @@ def _now() -> str:
 
 
 def _default_runner(scenario: Scenario, **kwargs: Any) -> Any:
-    from loadgen.api import run_scenario
+    from loadgen.engine.run import run_scenario
 
     return run_scenario(scenario, **kwargs)
 
@@ -275,7 +275,7 @@ def run_sweep(
 
 def _write_report(sweep_dir: Path, say: Callable[[str], None]) -> Path | None:
     try:
-        from loadgen.report import write_report
+        from loadgen.report.report import write_report
     except ImportError:
         return None
     try:

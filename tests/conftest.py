@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from loadgen.mockserver import start_mock_process, stop_mock_process
+from loadgen.mock.server import start_mock_process, stop_mock_process
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = Path(os.environ.get("SPECLOAD_MODELS", REPO / "models"))
@@ -36,7 +36,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def tiny_models() -> dict[str, Path]:
     """The CPU target, a draft with the same vocabulary, and one with another."""
-    from server_launch.models import make_model
+    from server_launch.dummy_models import make_model
 
     names = ("tiny-llama", "tiny-llama-draft", "tiny-llama-badvocab")
     return {n: Path(make_model(n, MODELS / n)) for n in names}

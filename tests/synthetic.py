@@ -13,8 +13,8 @@ import json
 import random
 from typing import Any
 
-from loadgen.records import RequestRecord
-from loadgen.scenario import SLO, ConcurrencyLoad
+from loadgen.config.scenario import SLO, ConcurrencyLoad
+from loadgen.results.records import RequestRecord
 
 # The golden file's records and summary arguments (tests/data/make_summary_golden.py).
 GOLDEN_N, GOLDEN_SEED, GOLDEN_N_DETAILED = 3000, 7, 400

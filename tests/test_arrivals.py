@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loadgen.arrivals import (
+from loadgen.config.arrivals import (
     ARRIVALS,
     build_schedule,
     ramp_cumulative_rate,
     ramp_inverse,
 )
-from loadgen.errors import SpecloadError
-from loadgen.scenario import (
+from loadgen.config.scenario import (
     OPEN_SHAPES,
     BurstLoad,
     ConcurrencyLoad,
@@ -22,6 +21,7 @@ from loadgen.scenario import (
     RampLoad,
     TraceLoad,
 )
+from loadgen.errors import SpecloadError
 
 
 def _gaps(load, n=20_000, seed=1) -> np.ndarray:

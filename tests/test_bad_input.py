@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loadgen import cli as loadgen_cli
+from loadgen.config.prompts import read_jsonl
+from loadgen.config.scenario import SLO, PromptSpec, Scenario
 from loadgen.errors import SpecloadError
-from loadgen.mockserver import start_mock_process, stop_mock_process
-from loadgen.prompts import read_jsonl
-from loadgen.scenario import SLO, PromptSpec, Scenario
+from loadgen.mock.server import start_mock_process, stop_mock_process
 from server_launch import cli as launch_cli
 from server_launch.matrix import ServerOptions
 from tests.conftest import free_port

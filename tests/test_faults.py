@@ -26,15 +26,15 @@ import numpy as np
 import pytest
 import yaml
 
-from loadgen import api
-from loadgen.api import EXIT_ERROR_BUDGET, EXIT_INTERRUPTED, EXIT_SERVER_LOST, run_scenario
 from loadgen.cli import main as loadgen_main
-from loadgen.client import RequestSettings, _parse_stream, make_http_client, send_request
-from loadgen.mockserver import MockConfig, MockServer
-from loadgen.records import ERROR_KINDS, RequestRecord
-from loadgen.results import RecordWriter, atomic_write_json, read_records
-from loadgen.runner import CONNECT_FAILURES_TO_STOP
-from loadgen.scenario import parse_scenario
+from loadgen.config.scenario import parse_scenario
+from loadgen.engine import run as api
+from loadgen.engine.phase import CONNECT_FAILURES_TO_STOP
+from loadgen.engine.run import EXIT_ERROR_BUDGET, EXIT_INTERRUPTED, EXIT_SERVER_LOST, run_scenario
+from loadgen.http.client import RequestSettings, _parse_stream, make_http_client, send_request
+from loadgen.mock.server import MockConfig, MockServer
+from loadgen.results.files import RecordWriter, atomic_write_json, read_records
+from loadgen.results.records import ERROR_KINDS, RequestRecord
 from tests.conftest import free_port, start_loadgen
 
 PROMPTS = {"source": "base_prompt", "base_prompt": "w1 w2 w3"}

@@ -14,13 +14,13 @@ from unittest import mock
 
 import pytest
 
-import loadgen.metrics as metrics_mod
-from loadgen.client import RequestSettings, now_clock
-from loadgen.metrics import StreamingSummary, SummaryAccumulator, summarize
-from loadgen.mockserver import MockConfig, MockServer
-from loadgen.records import RequestRecord
-from loadgen.results import RecordWriter, read_records
-from loadgen.runner import PhaseRunner, StopSignal
+import loadgen.results.summary as metrics_mod
+from loadgen.engine.phase import PhaseRunner, StopSignal
+from loadgen.http.client import RequestSettings, now_clock
+from loadgen.mock.server import MockConfig, MockServer
+from loadgen.results.files import RecordWriter, read_records
+from loadgen.results.records import RequestRecord
+from loadgen.results.summary import StreamingSummary, SummaryAccumulator, summarize
 from tests.synthetic import GOLDEN_KW as KW
 from tests.synthetic import GOLDEN_N_DETAILED, GOLDEN_SEED, canonical, digest, synthetic_records
 
@@ -217,7 +217,7 @@ def test_runner_retains_no_records_over_2000_requests(tmp_path):
                     stop=StopSignal(),
                     id_prefix="mem",
                 )
-                from loadgen.arrivals import Schedule
+                from loadgen.config.arrivals import Schedule
 
                 out = await runner.run(Schedule(None, conc, n, None), warmup_requests=20)
             return sink, probe, path, out.duration_s
@@ -233,7 +233,7 @@ def test_runner_retains_no_records_over_2000_requests(tmp_path):
 
 
 def _prompt() -> Any:
-    from loadgen.prompts import Prompt
+    from loadgen.config.prompts import Prompt
 
     return Prompt("w1 w2 w3 w4", 4)
 

@@ -1,4 +1,4 @@
-"""loadgen.metrics: per-request metrics, statistics, and the flat summary."""
+"""loadgen.results.summary: per-request metrics, statistics, and the flat summary."""
 
 from __future__ import annotations
 
@@ -14,8 +14,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import loadgen.metrics as metrics_mod
-from loadgen.metrics import (
+import loadgen.results.summary as metrics_mod
+from loadgen.config.scenario import (
+    SLO,
+    BurstLoad,
+    ConcurrencyLoad,
+    ConstantLoad,
+    GammaLoad,
+    PoissonLoad,
+    RampLoad,
+    TraceLoad,
+)
+from loadgen.results.records import RequestRecord
+from loadgen.results.server_metrics import GAUGE_SUMMARY_KEYS, SpecDecodeStats
+from loadgen.results.summary import (
     BENCH_KEYS,
     DETAILED_KEYS,
     SummaryAccumulator,
@@ -35,18 +47,6 @@ from loadgen.metrics import (
     tpot_s,
     ttft_s,
 )
-from loadgen.records import RequestRecord
-from loadgen.scenario import (
-    SLO,
-    BurstLoad,
-    ConcurrencyLoad,
-    ConstantLoad,
-    GammaLoad,
-    PoissonLoad,
-    RampLoad,
-    TraceLoad,
-)
-from loadgen.server_metrics import GAUGE_SUMMARY_KEYS, SpecDecodeStats
 
 
 def rec(

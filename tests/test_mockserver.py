@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from loadgen.errors import SpecloadError
-from loadgen.mockserver import (
+from loadgen.mock.server import (
     ChunkPlan,
     MockConfig,
     MockServer,
@@ -491,7 +491,7 @@ def test_log_chunk_times_follow_absolute_schedule_and_match_client(tmp_path: Pat
 
 def test_cli_bad_flag_is_one_line_error() -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "loadgen.mockserver", "--tokens-per-chunk", "spec:x"],
+        [sys.executable, "-m", "loadgen.mock", "--tokens-per-chunk", "spec:x"],
         capture_output=True,
         text=True,
         timeout=20,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
 from loadgen.errors import SpecloadError
-from server_launch.models import ALIASES, MODELS, canonical_name, main, make_model
+from server_launch.dummy_models import ALIASES, MODELS, canonical_name, main, make_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -12,15 +12,15 @@ import httpx
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
-from loadgen.errors import SpecloadError
-from loadgen.prompts import (
+from loadgen.config.prompts import (
     LocalTokenizer,
     Prompt,
     ServerTokenizer,
     load_prompts,
     random_prompts,
 )
-from loadgen.scenario import PromptSpec
+from loadgen.config.scenario import PromptSpec
+from loadgen.errors import SpecloadError
 
 _WORD_TEXT = (
     "the of and to in is was for on that with as by at from his an were are which this be or "

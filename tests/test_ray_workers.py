@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 import yaml
 
-from loadgen.arrivals import build_schedule
-from loadgen.mockserver import mock_process
-from loadgen.results import read_records, worker_record_files
-from loadgen.scenario import parse_scenario
+from loadgen.config.arrivals import build_schedule
+from loadgen.config.scenario import parse_scenario
+from loadgen.mock.server import mock_process
+from loadgen.results.files import read_records, worker_record_files
 from tests.conftest import free_port, run_loadgen
 
 RAY = Path(sys.executable).with_name("ray")

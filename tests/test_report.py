@@ -11,11 +11,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from loadgen.console import print_comparison_table, print_summary_table
+from loadgen.config.scenario import parse_scenario
 from loadgen.errors import SpecloadError
-from loadgen.metrics import summarize
-from loadgen.records import RequestRecord
-from loadgen.report import (
+from loadgen.report.console import print_comparison_table, print_summary_table
+from loadgen.report.report import (
     aggregate,
     build_tables,
     compare_main,
@@ -27,8 +26,9 @@ from loadgen.report import (
     split_repeat,
     write_report,
 )
-from loadgen.results import slugify
-from loadgen.scenario import parse_scenario
+from loadgen.results.files import slugify
+from loadgen.results.records import RequestRecord
+from loadgen.results.summary import summarize
 
 LEVELS = [1, 4, 16]
 SCENARIO = {
@@ -749,7 +749,7 @@ def test_repeats_report_files(rep_sweep: Path) -> None:
 
 
 def test_repeat_error_bars(rep_sweep: Path) -> None:
-    from loadgen.figures import error_bars, scenario_figures
+    from loadgen.report.figures import error_bars, scenario_figures
 
     df = build_tables(find_runs([rep_sweep]))
     xs = {f"concurrency={lv}": float(lv) for lv in LEVELS}

@@ -18,7 +18,7 @@ import yaml
 
 from loadgen.cli import build_parser
 from loadgen.cli import main as loadgen_main
-from loadgen.mockserver import (
+from loadgen.mock.server import (
     MockConfig,
     MockServer,
     build_arg_parser,

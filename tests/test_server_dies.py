@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loadgen.api import HEALTH_INTERVAL_S
+from loadgen.engine.run import HEALTH_INTERVAL_S
 from tests.conftest import cpu_matrix, free_port
 from tests.test_sweep_vllm import START_MARK, _env
 

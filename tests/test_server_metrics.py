@@ -1,4 +1,4 @@
-"""loadgen.server_metrics: Prometheus parsing, spec-decode deltas, gauges, the sampler."""
+"""loadgen.results.server_metrics: Prometheus parsing, spec-decode deltas, gauges, the sampler."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import httpx
 import prometheus_client
 import pytest
 
-from loadgen.server_metrics import (
+from loadgen.results.server_metrics import (
     GAUGE_SUMMARY_KEYS,
     SPEC_BENCH_KEYS,
     GaugeSampler,
@@ -478,8 +478,8 @@ async def _test_gauge_sampler_keeps_cadence_and_rejects_bad_interval():
 
 
 def test_reads_the_mock_servers_metrics():
-    """loadgen.mockserver's /metrics (what the integration tests scrape) parses the same."""
-    from loadgen.mockserver import MockMetrics, render_metrics
+    """loadgen.mock.server's /metrics (what the integration tests scrape) parses the same."""
+    from loadgen.mock.server import MockMetrics, render_metrics
 
     m = MockMetrics(spec_k=3)
     before = parse_prometheus(render_metrics(m, MODEL, running=0, kv_usage=0.0))

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from loadgen.errors import SpecloadError
-from loadgen.results import ResultsDir
+from loadgen.results.files import ResultsDir
 from server_launch import cli
 from server_launch.backends.base import ServerStartError
 from server_launch.matrix import load_matrix

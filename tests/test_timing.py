@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadgen.api import run_scenario
-from loadgen.mockserver import start_mock_process, stop_mock_process
-from loadgen.results import read_records
-from loadgen.scenario import parse_scenario
+from loadgen.config.scenario import parse_scenario
+from loadgen.engine.run import run_scenario
+from loadgen.mock.server import start_mock_process, stop_mock_process
+from loadgen.results.files import read_records
 
 N = 24
 OUT = 20

@@ -19,14 +19,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loadgen import client, transport_raw
 from loadgen.cli import main as loadgen_main
-from loadgen.client import RequestSettings
-from loadgen.mockserver import MockConfig, MockServer, mock_process
-from loadgen.records import RequestRecord
-from loadgen.results import read_records
-from loadgen.transport import TRANSPORTS, Transport, make_transport
-from loadgen.transport_raw import _Conn, parse_head
+from loadgen.http import client
+from loadgen.http import raw as transport_raw
+from loadgen.http.base import TRANSPORTS, Transport, make_transport
+from loadgen.http.client import RequestSettings
+from loadgen.http.raw import _Conn, parse_head
+from loadgen.mock.server import MockConfig, MockServer, mock_process
+from loadgen.results.files import read_records
+from loadgen.results.records import RequestRecord
 from tests.conftest import free_port
 
 BOTH = pytest.mark.parametrize("transport", TRANSPORTS)
@@ -430,7 +431,7 @@ def _mock_reads(n: int) -> list[tuple[float, bytes]]:
 
 
 def test_sliced_parse_matches_and_yields() -> None:
-    from loadgen.client import _parse_steps, _parse_stream, parse_stream
+    from loadgen.http.client import _parse_steps, _parse_stream, parse_stream
 
     reads = _mock_reads(300)
     want = _rec()
@@ -468,7 +469,7 @@ def test_byte_scan_agrees_with_json_on_generated_chunks(
 ) -> None:
     """_scan_chunk (its vLLM-order fast match and its general scan) reads what json does,
     or defers to json (None)."""
-    from loadgen.client import _scan_chunk
+    from loadgen.http.client import _scan_chunk
 
     usage = dict(zip(order, numbers, strict=True))
     ch = [{"index": 0, "text": text, "finish_reason": finish}] if choices else []
@@ -485,7 +486,7 @@ def test_byte_scan_agrees_with_json_on_generated_chunks(
 def test_parse_lock_serialises_parses_and_survives_cancel() -> None:
     """With a lock, two finished streams are parsed one after the other (the loop polls
     I/O between single slices), and a cancel while waiting still leaves a whole record."""
-    from loadgen.client import _parse_stream, parse_stream
+    from loadgen.http.client import _parse_stream, parse_stream
 
     reads = _mock_reads(200)
     want = _rec()

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadgen.arrivals import build_schedule
-from loadgen.metrics import BENCH_KEYS
-from loadgen.results import read_records
-from loadgen.scenario import PoissonLoad
+from loadgen.config.arrivals import build_schedule
+from loadgen.config.scenario import PoissonLoad
+from loadgen.results.files import read_records
+from loadgen.results.summary import BENCH_KEYS
 from tests.conftest import REPO, VllmServer, run_loadgen
 
 pytestmark = pytest.mark.vllm
@@ -96,7 +96,7 @@ def test_open_loop_poisson(vllm_plain: VllmServer, tmp_path: Path) -> None:
 def test_two_workers_against_vllm(vllm_plain: VllmServer, tmp_path: Path) -> None:
     """--workers 2: one merged results dir; the server counted exactly the measured requests
     between the scrapes (taken after every worker's warmup and after every worker ended)."""
-    from loadgen.server_metrics import parse_prometheus
+    from loadgen.results.server_metrics import parse_prometheus
 
     out = tmp_path / "workers"
     p = run_loadgen(*_common_args(vllm_plain.url, out, "--workers", "2", "--warmup", "2"))

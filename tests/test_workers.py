@@ -18,13 +18,17 @@ import numpy as np
 import pytest
 import yaml
 
-from loadgen.api import EXIT_ERROR_BUDGET, EXIT_INTERRUPTED, EXIT_SERVER_LOST, EXIT_WORKER_LOST
-from loadgen.arrivals import build_schedule
-from loadgen.metrics import summarize
-from loadgen.mockserver import stop_mock_process
-from loadgen.records import RequestRecord
-from loadgen.report import load_run
-from loadgen.results import (
+from loadgen.config.arrivals import build_schedule
+from loadgen.config.scenario import parse_scenario
+from loadgen.engine.run import (
+    EXIT_ERROR_BUDGET,
+    EXIT_INTERRUPTED,
+    EXIT_SERVER_LOST,
+    EXIT_WORKER_LOST,
+)
+from loadgen.mock.server import stop_mock_process
+from loadgen.report.report import load_run
+from loadgen.results.files import (
     _json_default,
     merge_worker_records,
     phase_record_files,
@@ -33,7 +37,8 @@ from loadgen.results import (
     worker_record_files,
     worker_records_path,
 )
-from loadgen.scenario import parse_scenario
+from loadgen.results.records import RequestRecord
+from loadgen.results.summary import summarize
 from tests.conftest import REPO, run_loadgen, start_loadgen
 
 PROMPT = {"source": "base_prompt", "base_prompt": "w5 w6 w7 w8"}
@@ -445,7 +450,7 @@ def test_merged_file_wins_over_leftover_worker_files(tmp_path: Path) -> None:
 def test_sweep_reuses_the_workers_and_uses_fewer_where_fewer_fit(tmp_path: Path, mock: Any) -> None:
     """In-process API (no main guard needed): phases of a sweep share one pool; a phase
     with one slot runs on one worker, the next on both; the scenario's ``workers`` field."""
-    from loadgen.api import run_scenario
+    from loadgen.engine.run import run_scenario
 
     _, url = mock("--itl-ms", "2")
     sc = parse_scenario({

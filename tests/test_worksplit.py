@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loadgen.arrivals import Schedule, build_schedule
-from loadgen.scenario import BurstLoad, ConcurrencyLoad, PoissonLoad
-from loadgen.worksplit import (
+from loadgen.config.arrivals import Schedule, build_schedule
+from loadgen.config.scenario import BurstLoad, ConcurrencyLoad, PoissonLoad
+from loadgen.engine.workers.split import (
     active_workers,
     even_split,
     proportional_split,

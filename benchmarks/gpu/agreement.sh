@@ -15,7 +15,7 @@ export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 V="python3 -m vllm.entrypoints.cli.main"
 A=${A:-/tmp/agree}; M=/tmp/models; mkdir -p $A; NMUL=${NMUL:-1}; PREWARM=${PREWARM:-1}
 LEVELS="${LEVELS:-1 4 16 64}"; REPS="${REPS:-2}"; PORT=8000; URL=http://127.0.0.1:$PORT
-[ -d $M/llama-3.1-8b ] || { python3 -m server_launch.models llama-3.1-8b $M/llama-3.1-8b && python3 -m server_launch.models llama-3.2-1b $M/llama-3.2-1b; } || exit 1
+[ -d $M/llama-3.1-8b ] || { python3 -m server_launch.dummy_models llama-3.1-8b $M/llama-3.1-8b && python3 -m server_launch.dummy_models llama-3.2-1b $M/llama-3.2-1b; } || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > $A/gpu.txt
 python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)" > $A/versions.txt 2>/dev/null
 SPEC='{"method":"draft_model","model":"'$M'/llama-3.2-1b","num_speculative_tokens":3,"rejection_sample_method":"synthetic","synthetic_acceptance_rates":[0.73,0.52,0.35]}'

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path.cwd()))
 
-from loadgen.metrics import summarize
+from loadgen.results.summary import summarize
 from tests.synthetic import (
     GOLDEN_KW,
     GOLDEN_N,

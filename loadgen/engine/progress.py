@@ -13,7 +13,7 @@ from statistics import median
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from loadgen.records import RequestRecord
+from loadgen.results.records import RequestRecord
 
 _WINDOW = 2000
 _REFRESH_S = 0.25

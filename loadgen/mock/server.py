@@ -265,7 +265,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     """The CLI; flags mirror ``MockConfig`` fields one to one."""
     d = MockConfig()
     p = argparse.ArgumentParser(
-        prog="python -m loadgen.mockserver",
+        prog="python -m loadgen.mock",
         description="Mock vLLM OpenAI-compatible streaming server with ground-truth timing.",
     )
     a = p.add_argument
@@ -1162,13 +1162,13 @@ def _raw(data: str) -> str:
 
 
 def _repo_root() -> str:
-    return str(Path(__file__).resolve().parents[1])
+    return str(Path(__file__).resolve().parents[2])
 
 
 def start_mock_process(
     config_args: Sequence[str] | MockConfig = (), *, timeout_s: float = 15.0
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``python -m loadgen.mockserver`` on a free port; return (process, base URL).
+    """Start ``python -m loadgen.mock`` on a free port; return (process, base URL).
 
     Timing tests need this: the server must not share the client's event loop.
     The caller stops it with ``stop_mock_process`` (or ``proc.terminate()``).
@@ -1179,7 +1179,7 @@ def start_mock_process(
     env = dict(os.environ)
     env["PYTHONPATH"] = _repo_root() + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loadgen.mockserver", *args],
+        [sys.executable, "-m", "loadgen.mock", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,

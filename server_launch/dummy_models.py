@@ -6,8 +6,8 @@ space. What it needs is the right *shapes* (they set the FLOPs and the bytes mov
 step) and a tokenizer. The tokenizer here is a word-level one where the word ``wN`` is
 token N, so any token id sequence is a text that re-encodes to exactly those ids.
 
-    python -m server_launch.models NAME DIR     # write one (idempotent)
-    python -m server_launch.models --list       # names and aliases
+    python -m server_launch.dummy_models NAME DIR     # write one (idempotent)
+    python -m server_launch.dummy_models --list       # names and aliases
 
 Only the ``tokenizers`` package is used to build the tokenizer (no transformers import),
 so this runs anywhere; the files are the ones ``AutoTokenizer`` and vLLM read.
@@ -301,7 +301,7 @@ def make_model(name: str, directory: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m server_launch.models",
+        prog="python -m server_launch.dummy_models",
         description="Write a dummy-weight model directory (config + tokenizer, no weights) "
         "for vLLM --load-format dummy.",
     )

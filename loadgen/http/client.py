@@ -1,6 +1,6 @@
 """The request settings, the httpx transport, and the SSE parsing both transports share:
-one OpenAI-compatible streaming request -> one RequestRecord (``loadgen.transport`` picks
-httpx or the raw asyncio client, ``loadgen.transport_raw``).
+one OpenAI-compatible streaming request -> one RequestRecord (``loadgen.http.base`` picks
+httpx or the raw asyncio client, ``loadgen.http.raw``).
 
 Timing is taken when bytes arrive (each read from the socket gets one timestamp), and
 parsing happens after the stream ends, so JSON decoding never delays a timestamp. That
@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import httpx
 
-from loadgen.records import RequestRecord
+from loadgen.results.records import RequestRecord
 
 Endpoint = Literal["completions", "chat"]
 _MAX_ERROR_CHARS = 300

@@ -28,7 +28,7 @@ from loadgen.errors import SpecloadError
 if TYPE_CHECKING:
     import httpx
 
-    from loadgen.scenario import PromptSpec
+    from loadgen.config.scenario import PromptSpec
 
 BUILTIN_SETS = ("general", "copy-heavy")
 # vllm's ShareGPT filter (benchmarks/datasets.py is_valid_sequence), kept so our sharegpt

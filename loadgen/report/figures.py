@@ -1,4 +1,4 @@
-"""Report figures (PNG, matplotlib Agg) from the tidy table of ``loadgen.report.build_tables``.
+"""Report figures (PNG, matplotlib Agg) from the tidy table of ``report.build_tables``.
 
 Rows are aggregated over repeats: lines are medians, and where a level was repeated an error
 bar spans the min-max over repeats (columns ``<metric>_min`` / ``_max``).

@@ -1,6 +1,6 @@
-"""``--ray-address``: the workers of :mod:`loadgen.workers` as Ray actors, one per worker.
+"""``--ray-address``: the workers of :mod:`loadgen.engine.workers.pool` as Ray actors.
 
-Each actor runs the same :class:`~loadgen.workers.WorkerCore` on the same shared clock
+Each actor runs the same :class:`~loadgen.engine.workers.pool.WorkerCore` on the same shared clock
 (wall-clock start ``T`` from the driver, mapped onto the actor's ``perf_counter``), so on
 other hosts the records line up to within the hosts' NTP offset. Actors keep their records
 in memory and the driver pulls them every quarter second into ``requests.w<K>.jsonl``,
@@ -18,9 +18,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from loadgen.errors import SpecloadError, one_line
-from loadgen.runner import StopSignal
-from loadgen.workers import (
+from loadgen.engine.phase import StopSignal
+from loadgen.engine.workers.pool import (
     RAY_GO_MARGIN_S,
     LineBuffer,
     PhaseJob,
@@ -30,6 +29,7 @@ from loadgen.workers import (
     WorkerPool,
     wait_go_or_stop,
 )
+from loadgen.errors import SpecloadError, one_line
 
 ACTOR_START_TIMEOUT_S = 120.0
 MISSING_RAY = (
@@ -202,7 +202,7 @@ async def start_ray_pool(n: int, address: str) -> WorkerPool:
     """Connect to the cluster at ``address`` and start ``n`` worker actors, spread over
     its nodes. One-line errors for a missing ray, an unreachable cluster, too few CPUs."""
     ray = _import_ray()
-    package = str(Path(__file__).resolve().parent)
+    package = str(Path(__file__).resolve().parents[2])
     try:
         ray.init(  # in the main thread: Ray warns when it can't set its SIGTERM handler
             address=address,

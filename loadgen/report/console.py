@@ -75,7 +75,7 @@ def fmt_spread(value: Any) -> str:
 def fmt_speedup_range(value: Any, lo: Any, hi: Any, stable: Any) -> str:
     """'1.50x' alone without repeats; '1.50x (1.32-1.71) stable' with them.
 
-    ``stable`` is the verdict of ``loadgen.report.speedup_range``: True when the range over
+    ``stable`` is the verdict of ``loadgen.report.report.speedup_range``: True when the range over
     repeat pairings excludes 1.0, False when it includes it, None when there is no range.
     """
     text = fmt_speedup(value)

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from loadgen.records import RequestRecord
+from loadgen.results.records import RequestRecord
 
 
 def slugify(name: str) -> str:

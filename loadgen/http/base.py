@@ -1,7 +1,7 @@
 """How requests reach the server: the interface the runner uses, and its two implementations.
 
-``raw`` (the default, ``loadgen.transport_raw``, a minimal asyncio HTTP/1.1 client) and
-``httpx`` (``loadgen.client``). benchmarks/client_overhead.py compares them: raw spends about
+``raw`` (the default, ``loadgen.http.raw``, a minimal asyncio HTTP/1.1 client) and
+``httpx`` (``loadgen.http.client``). benchmarks/client_overhead.py compares them: raw spends about
 a third of httpx's CPU per chunk and keeps up with vLLM's own benchmark client where httpx
 did not. Both keep one connection per in-flight request, fill the same
 ``RequestRecord`` through the same after-the-fact SSE parsing, and fail with the same
@@ -18,8 +18,8 @@ from typing import Literal, Protocol
 
 import httpx
 
-from loadgen.client import RequestSettings, make_http_client, send_request
-from loadgen.records import RequestRecord
+from loadgen.http.client import RequestSettings, make_http_client, send_request
+from loadgen.results.records import RequestRecord
 
 TransportName = Literal["httpx", "raw"]
 TRANSPORTS: tuple[TransportName, ...] = ("httpx", "raw")
@@ -47,7 +47,7 @@ class Transport(Protocol):
 
 def make_transport(name: str, settings: RequestSettings, clock: Callable[[], float]) -> Transport:
     if name == "raw":
-        from loadgen.transport_raw import RawTransport
+        from loadgen.http.raw import RawTransport
 
         return RawTransport(settings, clock)
     if name == "httpx":

@@ -22,18 +22,23 @@ from typing import Any
 
 import httpx
 
-from loadgen import server_metrics
-from loadgen.arrivals import Schedule, build_schedule
-from loadgen.client import RequestSettings, now_clock
+from loadgen.config.arrivals import Schedule, build_schedule
+from loadgen.config.prompts import LocalTokenizer, ServerTokenizer, Tokenizer, load_prompts
+from loadgen.config.scenario import MAX_WORKERS, Phase, Scenario
+from loadgen.engine.phase import PhaseRunner, StopSignal
+from loadgen.engine.progress import LiveProgress
+from loadgen.engine.workers.pool import WORKER_LOST, WorkerInit, WorkerPool
 from loadgen.errors import SpecloadError
-from loadgen.metrics import StreamingSummary
-from loadgen.progress import LiveProgress
-from loadgen.prompts import LocalTokenizer, ServerTokenizer, Tokenizer, load_prompts
-from loadgen.records import RequestRecord
-from loadgen.results import REQUESTS_FILE, ResultsDir, merge_worker_records, slugify
-from loadgen.runner import PhaseRunner, StopSignal
-from loadgen.scenario import MAX_WORKERS, Phase, Scenario
-from loadgen.workers import WORKER_LOST, WorkerInit, WorkerPool
+from loadgen.http.client import RequestSettings, now_clock
+from loadgen.results import server_metrics
+from loadgen.results.files import (
+    REQUESTS_FILE,
+    ResultsDir,
+    merge_worker_records,
+    slugify,
+)
+from loadgen.results.records import RequestRecord
+from loadgen.results.summary import StreamingSummary
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -168,7 +173,7 @@ async def run_scenario_async(
     if not 1 <= n_workers <= MAX_WORKERS:
         raise SpecloadError(f"--workers: must be from 1 to {MAX_WORKERS}, got {n_workers}")
     if ray_address:
-        from loadgen.rayworkers import require_ray
+        from loadgen.engine.workers.ray_actors import require_ray
 
         require_ray()
     info = await probe_server(base_url, api_key)
@@ -208,7 +213,7 @@ async def run_scenario_async(
 
 async def _start_pool(n: int, ray_address: str | None) -> WorkerPool | None:
     if ray_address:
-        from loadgen.rayworkers import start_ray_pool
+        from loadgen.engine.workers.ray_actors import start_ray_pool
 
         return await start_ray_pool(n, ray_address)
     return WorkerPool.start_local(n) if n > 1 else None

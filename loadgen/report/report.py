@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from loadgen.console import (
+from loadgen.errors import SpecloadError
+from loadgen.report.console import (
     NA,
     as_flag,
     as_float,
@@ -35,13 +36,12 @@ from loadgen.console import (
     fmt_spread,
     pick,
 )
-from loadgen.errors import SpecloadError
-from loadgen.results import phase_record_files
+from loadgen.results.files import phase_record_files
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from loadgen.scenario import Phase, Scenario
+    from loadgen.config.scenario import Phase, Scenario
 
 DEFAULT_BASELINE = "none"
 
@@ -323,7 +323,7 @@ def _parse_scenario(scen_doc: Mapping[str, Any]) -> Scenario | None:
     """The resolved scenario from run.json, or None for an older or hand-edited one."""
     if not scen_doc:
         return None
-    from loadgen.scenario import Scenario
+    from loadgen.config.scenario import Scenario
 
     try:
         return Scenario.model_validate(dict(scen_doc))
@@ -333,7 +333,7 @@ def _parse_scenario(scen_doc: Mapping[str, Any]) -> Scenario | None:
 
 def load_fields_of(load: Any) -> dict[str, Any]:
     """load_shape and load_level as metrics.py defines them (one definition, one place)."""
-    from loadgen.metrics import load_fields
+    from loadgen.results.summary import load_fields
 
     return load_fields(load)
 
@@ -342,8 +342,8 @@ def _recompute(
     phase_dir: Path, name: str, phase: Phase | None, scen: Scenario | None
 ) -> dict[str, Any] | None:
     """A flat summary from a phase's records, for a phase that never wrote summary.json."""
-    from loadgen.metrics import SummaryAccumulator
-    from loadgen.results import phase_records
+    from loadgen.results.files import phase_records
+    from loadgen.results.summary import SummaryAccumulator
 
     # one record at a time into compact arrays: a list of the records themselves takes
     # about 5 times the memory (measured: ~1,190 against ~230 bytes for 13 chunks)
@@ -913,7 +913,7 @@ def write_report(
 
     fig_paths: dict[str, list[Path]] = {}
     if figures:
-        from loadgen import figures as figs
+        from loadgen.report import figures as figs
 
         for scen in dict.fromkeys(df["scenario"]):
             fig_paths[scen] = figs.scenario_figures(df[df["scenario"] == scen], scen, out)
@@ -1268,7 +1268,7 @@ def compare_main(argv: list[str]) -> int:
         "Compare configs (one run directory each) per load level against a baseline.",
         True,
     ).parse_args(argv)
-    from loadgen.console import print_comparison_table
+    from loadgen.report.console import print_comparison_table
 
     try:
         runs = find_runs(args.dirs)

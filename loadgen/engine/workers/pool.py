@@ -1,8 +1,8 @@
 """Several worker processes (or Ray actors) driving one phase on one shared clock.
 
 Why: one Python process tops out at a few thousand chunks/s; past that its own lag shows
-up as server latency. N workers each run a :class:`~loadgen.runner.PhaseRunner` over
-their share of the schedule (:mod:`loadgen.worksplit`), and the parent merges their
+up as server latency. N workers each run a :class:`~loadgen.engine.phase.PhaseRunner` over
+their share of the schedule (:mod:`loadgen.engine.workers.split`), and the parent merges their
 records into the one results directory a 1-worker run writes.
 
 A phase, seen from the parent (:meth:`WorkerPool.run_phase`):
@@ -47,14 +47,14 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
-from loadgen.arrivals import Schedule
-from loadgen.client import RequestSettings
+from loadgen.config.arrivals import Schedule
+from loadgen.config.prompts import Prompt
+from loadgen.engine.phase import ERROR_BUDGET_MIN_REQUESTS, PhaseRunner, StopSignal
+from loadgen.engine.workers.split import split_phase
 from loadgen.errors import one_line
-from loadgen.prompts import Prompt
-from loadgen.records import RequestRecord
-from loadgen.results import RecordWriter, worker_record_files, worker_records_path
-from loadgen.runner import ERROR_BUDGET_MIN_REQUESTS, PhaseRunner, StopSignal
-from loadgen.worksplit import split_phase
+from loadgen.http.client import RequestSettings
+from loadgen.results.files import RecordWriter, worker_record_files, worker_records_path
+from loadgen.results.records import RequestRecord
 
 GO_MARGIN_S = 0.1  # local workers: the start is this far ahead of the go message
 RAY_GO_MARGIN_S = 0.5
@@ -79,7 +79,7 @@ class WorkerInit:
     output_tokens: int
     id_prefix: str
     origin_wall: float  # run.json's epoch_origin: clock value 0 in wall time
-    transport: str = "raw"  # loadgen.transport name, as the scenario says
+    transport: str = "raw"  # loadgen.http.base name, as the scenario says
     spin_s: float = 0.0  # the scenario's spin_ms, in seconds
 
 
@@ -209,8 +209,10 @@ async def wait_go_or_stop(
     return time.time(), clock()
 
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
-_ENTRY = "import sys; from loadgen.workers import worker_entry; worker_entry(sys.argv[1:])"
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
+_ENTRY = (
+    "import sys; from loadgen.engine.workers.pool import worker_entry; worker_entry(sys.argv[1:])"
+)
 
 
 def worker_entry(argv: list[str]) -> None:

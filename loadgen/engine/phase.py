@@ -15,12 +15,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from loadgen.arrivals import Schedule
-from loadgen.client import RequestSettings
-from loadgen.prompts import Prompt
-from loadgen.records import RequestRecord
-from loadgen.results import RecordWriter
-from loadgen.transport import make_transport
+from loadgen.config.arrivals import Schedule
+from loadgen.config.prompts import Prompt
+from loadgen.http.base import make_transport
+from loadgen.http.client import RequestSettings
+from loadgen.results.files import RecordWriter
+from loadgen.results.records import RequestRecord
 
 # Below this many finished requests the error rate is too noisy to stop a run on.
 ERROR_BUDGET_MIN_REQUESTS = 10

@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from loadgen.records import RequestRecord
-from loadgen.scenario import SLO
-from loadgen.server_metrics import GAUGE_SUMMARY_KEYS, SPEC_BENCH_KEYS, SpecDecodeStats
+from loadgen.config.scenario import SLO
+from loadgen.results.records import RequestRecord
+from loadgen.results.server_metrics import GAUGE_SUMMARY_KEYS, SPEC_BENCH_KEYS, SpecDecodeStats
 
 DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0, 99.9)
 # Metrics that get the full mean/median/std/min/max/p* set, all in ms.

@@ -36,7 +36,8 @@ from collections.abc import Callable
 from typing import cast
 from urllib.parse import urlsplit
 
-from loadgen.client import (
+from loadgen.errors import SpecloadError
+from loadgen.http.client import (
     RequestSettings,
     _fail,
     _one_line,
@@ -44,8 +45,7 @@ from loadgen.client import (
     _ssl_context,
     parse_stream,
 )
-from loadgen.errors import SpecloadError
-from loadgen.records import RequestRecord
+from loadgen.results.records import RequestRecord
 
 CONNECT_TIMEOUT_MAX_S = 30.0  # as the httpx path: min(this, request_timeout_s)
 _MAX_HEAD = 64 * 1024

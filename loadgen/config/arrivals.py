@@ -1,6 +1,6 @@
 """Load shapes -> arrival schedules, precomputed before the load starts.
 
-Each shape in :mod:`loadgen.scenario` has a builder registered by name in ``ARRIVALS``.
+Each shape in :mod:`loadgen.config.scenario` has a builder registered by name in ``ARRIVALS``.
 Open-loop builders return *absolute* send offsets (seconds from phase start), computed as a
 cumulative sum of gaps, so a runner that sends at ``start + offset`` never accumulates the
 drift a ``sleep(gap)`` loop would. Everything random comes from
@@ -76,7 +76,7 @@ def register(name: str) -> Callable[[Builder], Builder]:
 def build_schedule(
     load: Any, *, num_requests: int | None, duration_s: float | None, seed: int
 ) -> Schedule:
-    """Turn a validated load spec (``loadgen.scenario.LoadSpec``) into a Schedule."""
+    """Turn a validated load spec (``loadgen.config.scenario.LoadSpec``) into a Schedule."""
     try:
         builder = ARRIVALS[load.shape]
     except KeyError:
