@@ -18,21 +18,14 @@ from loadgen.config.scenario import (
     read_yaml,
     resolve_path,
 )
-from loadgen.errors import SpecloadError, one_line
+from loadgen.errors import ArgParser, SpecloadError, run_cli
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that fails with one line naming the flag, not a usage dump."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgParser(
         prog="python -m loadgen",
         description=(
             "Replay a load scenario against an OpenAI-compatible server (vLLM) and report "
@@ -251,23 +244,19 @@ def run_main(argv: list[str]) -> int:
     return result.exit_code
 
 
+def _dispatch(argv: list[str]) -> int:
+    if argv and argv[0] == "report":
+        from loadgen.report.report import report_main
+
+        return report_main(argv[1:])
+    if argv and argv[0] == "compare":
+        from loadgen.report.report import compare_main
+
+        return compare_main(argv[1:])
+    if argv and argv[0] == "run":
+        argv = argv[1:]
+    return run_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv and argv[0] == "report":
-            from loadgen.report.report import report_main
-
-            return report_main(argv[1:])
-        if argv and argv[0] == "compare":
-            from loadgen.report.report import compare_main
-
-            return compare_main(argv[1:])
-        if argv and argv[0] == "run":
-            argv = argv[1:]
-        return run_main(argv)
-    except SpecloadError as e:
-        print(f"loadgen: error: {one_line(e)}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("loadgen: interrupted", file=sys.stderr)
-        return 130
+    return run_cli("loadgen", _dispatch, argv)

@@ -7,20 +7,12 @@ import datetime as _dt
 import shlex
 import sys
 from pathlib import Path
-from typing import NoReturn
 
-from loadgen.errors import SpecloadError, one_line
+from loadgen.errors import ArgParser, SpecloadError, run_cli
 
 BACKENDS = ("docker", "local")
 DEFAULT_BACKEND = "docker"
 DEFAULT_HEALTH_TIMEOUT_S = 1200.0
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that fails with one line naming the flag, not a usage dump."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _port(text: str) -> int:
@@ -56,7 +48,7 @@ def _gpus(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgParser(
         prog="python -m server_launch",
         description=(
             "Sweep a matrix of vLLM server configurations: for each one start the server "
@@ -143,16 +135,7 @@ def _default_output_dir(name: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return _main(list(sys.argv[1:] if argv is None else argv))
-    except SpecloadError as e:
-        print(f"server_launch: error: {one_line(e)}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("server_launch: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `--dry-run | head`
-        return 0
+    return run_cli("server_launch", _main, argv)
 
 
 def _main(argv: list[str]) -> int:
