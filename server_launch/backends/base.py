@@ -16,9 +16,10 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 import httpx
 
@@ -28,6 +29,13 @@ if TYPE_CHECKING:
     from server_launch.matrix import ServerRun
 
 CONTAINER_PORT = 8000  # vLLM's default port, used inside containers
+
+
+class BackendKind(StrEnum):
+    """How vLLM is started: ``--backend`` or a matrix's ``backend:``."""
+
+    DOCKER = "docker"
+    LOCAL = "local"
 
 
 class ServerStartError(SpecloadError):
@@ -97,29 +105,68 @@ def http_healthy(base_url: str, timeout_s: float = 2.0) -> bool:
     return r.status_code == 200
 
 
-def wait_until_healthy(
-    *,
-    what: str,
-    base_url: str,
-    deadline_s: float,
-    exit_status: Callable[[], str | None],
-    log_tail: Callable[[], str],
-    interval_s: float = 1.0,
-    probe: Callable[[str], bool] = http_healthy,
-) -> None:
-    """Poll /health until 200; fail early when ``exit_status()`` says the server is gone."""
-    end = time.monotonic() + deadline_s
-    while True:
-        gone = exit_status()
-        if gone is not None:
-            raise ServerStartError(f"{what} {gone} before /health answered", log_tail())
-        if probe(base_url):
+class BaseHandle(ABC):
+    """What the real handles share: tracked from creation until ``stop()``, which acts once;
+    ``wait_healthy`` polls /health and fails early, with the log tail, once the server is
+    gone. A backend says only how to tell that, how to stop it and where its log is."""
+
+    health_poll_s: ClassVar[float] = 1.0
+
+    def __init__(self, *, base_url: str, log_path: Path, label: str, stop_grace_s: float) -> None:
+        self.base_url = base_url
+        self.log_path = log_path
+        self.label = label
+        self.stop_grace_s = stop_grace_s
+        self._stopped = False
+        track(self)
+
+    @abstractmethod
+    def _describe(self) -> str:
+        """How errors name this server, e.g. ``vLLM server 'none' (pid 123)``."""
+
+    @abstractmethod
+    def _exit_status(self) -> str | None:
+        """None while the server runs; else how it ended, e.g. ``exited with code 1``."""
+
+    @abstractmethod
+    def _terminate(self) -> None:
+        """Stop the server and everything it started (``stop()`` calls it once)."""
+
+    @abstractmethod
+    def is_alive(self) -> bool: ...
+
+    @abstractmethod
+    def log_tail(self, n: int = 50) -> str: ...
+
+    def wait_healthy(self, deadline_s: float) -> None:
+        """Poll GET /health until 200; ServerStartError once the server is gone or after
+        ``deadline_s`` (timing out leaves it running: the caller stops it)."""
+        end = time.monotonic() + deadline_s
+        while True:
+            gone = self._exit_status()
+            if gone is not None:
+                raise ServerStartError(
+                    f"{self._describe()} {gone} before /health answered", self.log_tail()
+                )
+            if http_healthy(self.base_url):
+                return
+            if time.monotonic() >= end:
+                raise ServerStartError(
+                    f"{self._describe()} not healthy after {deadline_s:g}s "
+                    f"(GET {self.base_url}/health)",
+                    self.log_tail(),
+                )
+            time.sleep(min(self.health_poll_s, max(0.0, end - time.monotonic())) or 0.01)
+
+    def stop(self) -> None:
+        """Stop the server and everything it started. Safe to call twice."""
+        if self._stopped:
             return
-        if time.monotonic() >= end:
-            raise ServerStartError(
-                f"{what} not healthy after {deadline_s:g}s (GET {base_url}/health)", log_tail()
-            )
-        time.sleep(min(interval_s, max(0.0, end - time.monotonic())) or 0.01)
+        self._stopped = True
+        try:
+            self._terminate()
+        finally:
+            untrack(self)
 
 
 def port_in_use(port: int, host: str = "127.0.0.1", timeout_s: float = 0.5) -> bool:

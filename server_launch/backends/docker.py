@@ -22,23 +22,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loadgen.errors import SpecloadError
+from loadgen.errors import SpecloadError, describe_exception
 from server_launch.backends.base import (
     CONTAINER_PORT,
+    BaseHandle,
     ServerStartError,
     install_signal_handlers,
     tail_file,
-    track,
-    untrack,
-    wait_until_healthy,
 )
 
 if TYPE_CHECKING:
     from server_launch.matrix import ServerRun
 
 # The release this project's GPU numbers were taken with (vLLM 0.26.0, see
-# /work/shared/gpu/README.md; its --speculative-config keys are those specs.py writes, synthetic
-# acceptance included). Override with --image or the matrix's ``image:``.
+# results/gpu-sweep-h100/README.md; its --speculative-config keys are those specs.py writes,
+# synthetic acceptance included). Override with --image or the matrix's ``image:``.
 DEFAULT_IMAGE = "vllm/vllm-openai:v0.26.0"
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")  # passed by name, filled at start
 CONTAINER_HOME = "/root"
@@ -162,10 +160,6 @@ def _is_not_found(e: BaseException) -> bool:
     )
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:500] or type(e).__name__
-
-
 class DockerBackend:
     name = "docker"
 
@@ -213,8 +207,9 @@ class DockerBackend:
                 self._client = docker.from_env()
                 self._client.ping()
             except Exception as e:
+                why = describe_exception(e, 500)
                 raise SpecloadError(
-                    f"--backend docker: cannot reach the Docker engine: {_one_line(e)}"
+                    f"--backend docker: cannot reach the Docker engine: {why}"
                 ) from None
         return self._client
 
@@ -240,7 +235,7 @@ class DockerBackend:
                 **sdk_kwargs(spec, os.environ, self._device_request())
             )
         except Exception as e:
-            msg = _one_line(e)
+            msg = describe_exception(e, 500)
             if _is_not_found(e):
                 raise SpecloadError(f"--image: cannot pull {self.image}: {msg}") from None
             if "device driver" in msg or ("capabilities" in msg and "gpu" in msg):
@@ -256,7 +251,6 @@ class DockerBackend:
             label=run.label,
             stop_grace_s=self.stop_grace_s,
         )
-        track(handle)
         handle.start_log_stream()
         return handle
 
@@ -273,7 +267,9 @@ class DockerBackend:
                 old.remove(force=True)
 
 
-class DockerHandle:
+class DockerHandle(BaseHandle):
+    health_poll_s = 2.0
+
     def __init__(
         self,
         container: Any,
@@ -284,12 +280,10 @@ class DockerHandle:
         stop_grace_s: int = STOP_GRACE_S,
     ) -> None:
         self.container = container
-        self.base_url = base_url
-        self.log_path = log_path
-        self.label = label
-        self.stop_grace_s = stop_grace_s
-        self._stopped = False
         self._log_thread: threading.Thread | None = None
+        super().__init__(
+            base_url=base_url, log_path=log_path, label=label, stop_grace_s=stop_grace_s
+        )
 
     def start_log_stream(self) -> None:
         """Copy the container's output into log_path as it comes (a daemon thread)."""
@@ -331,15 +325,8 @@ class DockerHandle:
             return f"exited with code {code}{oom}"
         return None
 
-    def wait_healthy(self, deadline_s: float) -> None:
-        wait_until_healthy(
-            what=f"vLLM container '{self.container.name}'",
-            base_url=self.base_url,
-            deadline_s=deadline_s,
-            exit_status=self._exit_status,
-            log_tail=self.log_tail,
-            interval_s=2.0,
-        )
+    def _describe(self) -> str:
+        return f"vLLM container '{self.container.name}'"
 
     def log_tail(self, n: int = 50) -> str:
         text = tail_file(self.log_path, n)
@@ -351,28 +338,22 @@ class DockerHandle:
             return text
         return raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
 
-    def stop(self) -> None:
-        """docker stop (SIGTERM, SIGKILL after the grace period), then remove. Idempotent."""
-        if self._stopped:
-            return
-        self._stopped = True
+    def _terminate(self) -> None:
+        """docker stop (SIGTERM, SIGKILL after the grace period), then remove."""
         try:
+            self.container.stop(timeout=self.stop_grace_s)
+        except Exception as e:
+            if not _is_not_found(e):
+                with contextlib.suppress(Exception):
+                    self.container.kill()
+        if self._log_thread is not None:
+            self._log_thread.join(timeout=5)
+        deadline = time.monotonic() + 30
+        while True:
             try:
-                self.container.stop(timeout=self.stop_grace_s)
+                self.container.remove(force=True)
+                break
             except Exception as e:
-                if not _is_not_found(e):
-                    with contextlib.suppress(Exception):
-                        self.container.kill()
-            if self._log_thread is not None:
-                self._log_thread.join(timeout=5)
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    self.container.remove(force=True)
+                if _is_not_found(e) or time.monotonic() > deadline:
                     break
-                except Exception as e:
-                    if _is_not_found(e) or time.monotonic() > deadline:
-                        break
-                    time.sleep(1)  # "removal already in progress" and friends
-        finally:
-            untrack(self)
+                time.sleep(1)  # "removal already in progress" and friends

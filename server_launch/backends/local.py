@@ -23,13 +23,11 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from server_launch.backends.base import (
+    BaseHandle,
     ServerStartError,
     install_signal_handlers,
     server_flags,
     tail_file,
-    track,
-    untrack,
-    wait_until_healthy,
 )
 
 if TYPE_CHECKING:
@@ -119,7 +117,7 @@ class LocalBackend:
         except OSError as e:
             log.close()
             raise ServerStartError(f"cannot start {argv[0]!r}: {e.strerror or e}") from None
-        handle = LocalHandle(
+        return LocalHandle(
             proc,
             base_url=f"http://{_url_host(self.host)}:{port}",
             log_path=log_path,
@@ -127,8 +125,6 @@ class LocalBackend:
             label=run.label,
             stop_grace_s=self.stop_grace_s,
         )
-        track(handle)
-        return handle
 
 
 def _url_host(host: str) -> str:
@@ -139,7 +135,7 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-class LocalHandle:
+class LocalHandle(BaseHandle):
     def __init__(
         self,
         proc: subprocess.Popen[bytes],
@@ -152,12 +148,10 @@ class LocalHandle:
     ) -> None:
         self.proc = proc
         self.pgid = proc.pid  # start_new_session: the leader's pid is the group id
-        self.base_url = base_url
-        self.log_path = log_path
         self._log: IO[bytes] | None = log
-        self.label = label
-        self.stop_grace_s = stop_grace_s
-        self._stopped = False
+        super().__init__(
+            base_url=base_url, log_path=log_path, label=label, stop_grace_s=stop_grace_s
+        )
 
     def is_alive(self) -> bool:
         return self.proc.poll() is None
@@ -168,14 +162,8 @@ class LocalHandle:
             return None
         return f"exited with code {rc}" if rc >= 0 else f"was killed by signal {-rc}"
 
-    def wait_healthy(self, deadline_s: float) -> None:
-        wait_until_healthy(
-            what=f"vLLM server '{self.label}' (pid {self.proc.pid})",
-            base_url=self.base_url,
-            deadline_s=deadline_s,
-            exit_status=self._exit_status,
-            log_tail=self.log_tail,
-        )
+    def _describe(self) -> str:
+        return f"vLLM server '{self.label}' (pid {self.proc.pid})"
 
     def log_tail(self, n: int = 50) -> str:
         if self._log is not None:
@@ -208,11 +196,8 @@ class LocalHandle:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pgid, sig)
 
-    def stop(self) -> None:
+    def _terminate(self) -> None:
         """SIGTERM the whole group, wait up to the grace period, then SIGKILL what is left."""
-        if self._stopped:
-            return
-        self._stopped = True
         try:
             self._signal_group(signal.SIGTERM)
             end = time.monotonic() + self.stop_grace_s
@@ -230,4 +215,3 @@ class LocalHandle:
                 with contextlib.suppress(OSError):
                     self._log.close()
                 self._log = None
-            untrack(self)
