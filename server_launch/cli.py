@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 from loadgen.errors import ArgParser, SpecloadError, run_cli
+from server_launch.backends.base import BackendKind
 
-BACKENDS = ("docker", "local")
-DEFAULT_BACKEND = "docker"
+DEFAULT_BACKEND = BackendKind.DOCKER
 DEFAULT_HEALTH_TIMEOUT_S = 1200.0
 
 
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--backend",
-        choices=BACKENDS,
+        choices=[k.value for k in BackendKind],
         help=f"how to start vLLM (default: the matrix's 'backend', else {DEFAULT_BACKEND})",
     )
     p.add_argument(
@@ -143,14 +143,10 @@ def _main(argv: list[str]) -> int:
     from server_launch.matrix import load_matrix
 
     matrix = load_matrix(args.matrix, dummy_models=args.dummy_models, model_dir=args.model_dir)
-    backend_name = args.backend or matrix.backend or DEFAULT_BACKEND
-    if backend_name not in BACKENDS:
-        raise SpecloadError(
-            f"{args.matrix}: field 'backend': '{backend_name}' is not one of {', '.join(BACKENDS)}"
-        )
-    if args.vllm_cmd is not None and backend_name != "local":
+    kind = BackendKind(args.backend) if args.backend else matrix.backend or DEFAULT_BACKEND
+    if args.vllm_cmd is not None and kind is not BackendKind.LOCAL:
         raise SpecloadError("--vllm-cmd: only for --backend local")
-    if (args.image is not None or args.gpus is not None) and backend_name != "docker":
+    if (args.image is not None or args.gpus is not None) and kind is not BackendKind.DOCKER:
         flag = "--image" if args.image is not None else "--gpus"
         raise SpecloadError(f"{flag}: only for --backend docker")
     if args.only:
@@ -165,7 +161,7 @@ def _main(argv: list[str]) -> int:
         )
     if args.resume and args.output_dir is None:
         raise SpecloadError("--resume: give the --output-dir of the sweep to resume")
-    backend = _make_backend(backend_name, args, matrix.image)
+    backend = _make_backend(kind, args, matrix.image)
     out = args.output_dir or _default_output_dir(matrix.name)
 
     if args.dry_run:
@@ -203,8 +199,8 @@ def _main(argv: list[str]) -> int:
     return result.exit_code
 
 
-def _make_backend(name: str, args: argparse.Namespace, matrix_image: str | None):
-    if name == "local":
+def _make_backend(kind: BackendKind, args: argparse.Namespace, matrix_image: str | None):
+    if kind is BackendKind.LOCAL:
         from server_launch.backends.local import LocalBackend
 
         cmd = None

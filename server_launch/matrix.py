@@ -37,7 +37,7 @@ are errors)::
       num_requests: 8          #   mappings (merged key by key, except load and sweep,
       prompts.input_tokens: 32 #   which replace the scenario's whole value)
 
-Original format (``/work/shared/seed/README-original.md``; detected by its keys):
+Original format (the seed experiment's README documents it; detected by its keys):
 ``speculative_models`` x ``num_speculative_tokens_list`` x ``batch_size_list`` runs, each
 batch size being both the server's ``max_num_seqs`` and the client's closed-loop
 concurrency; per run, one scenario per ``num_requests_list`` value (named ``n<N>``),
@@ -48,28 +48,43 @@ loads as is. Keys the original lacks, all optional, for runs without downloads:
 ``warmup_requests`` (default: the batch size, one full wave before measuring),
 ``ignore_eos`` (default true: fixed-length outputs), ``max_model_len``, ``load_format``,
 ``dtype``, ``extra_args``, ``env``, ``dummy_models``, ``model_dir``, ``name``,
-``backend``, ``image``, and ``synthetic_acceptance_rates`` (GPU only: every draft-model
-entry accepts at these per-position rates, so dummy-weight drafts cost what real ones cost
-and accept as the rates say; ngram entries are left as they are).
+``description``, ``backend``, ``image``, and ``synthetic_acceptance_rates`` (GPU only:
+every draft-model entry accepts at these per-position rates, so dummy-weight drafts cost
+what real ones cost and accept as the rates say; ngram entries are left as they are).
+
+Each format is a pydantic model (``NativeMatrixFile``, ``OriginalMatrixFile``) that rejects
+unknown keys and wrong types once, at the edge, in one line naming the file and the field.
+A value that ends up in a ServerOptions, SpecConfig or Scenario is typed here and bounded
+there, by the model that owns it. ``load_matrix`` turns either format into one ``Matrix``.
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from loadgen.config.scenario import Scenario, load_scenario, parse_scenario, read_yaml
 from loadgen.errors import SpecloadError, describe_validation_error
+from server_launch.backends.base import BackendKind
 from server_launch.dummy_models import canonical_name, make_model
 from server_launch.specs import LABEL_RE, SpecConfig, expand_specs
 
+# Any of these keys marks a file as the original experiment's config.yaml.
 ORIGINAL_KEYS = frozenset(
     {"num_requests_list", "batch_size_list", "speculative_models", "target_model_name"}
 )
 DEFAULT_MODEL_DIR = "models"
 ORIGINAL_OUTPUT_TOKENS = 128
+ORIGINAL_BASE_PROMPT = "The future of AI is"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+# --- what a sweep runs ---------------------------------------------------------------------
 
 
 class ServerOptions(BaseModel):
@@ -123,19 +138,21 @@ class ServerRun(BaseModel):
 
 
 class Matrix(BaseModel):
+    """A loaded matrix file, either format (sweep.json records it as ``matrix``)."""
+
     name: str
     description: str = ""
     runs: list[ServerRun]
     source: str
     output_csv: str | None = None  # original format: the sweep writes raw_data/<output_csv>
-    backend: str | None = None
+    backend: BackendKind | None = None
     image: str | None = None
     dummy_models: dict[str, str] = Field(
         default_factory=dict, description="model directory -> dummy model name to generate"
     )
 
 
-# --- loading ---------------------------------------------------------------------------
+# --- loading -------------------------------------------------------------------------------
 
 
 def load_matrix(
@@ -143,20 +160,28 @@ def load_matrix(
 ) -> Matrix:
     """Read a matrix file (native or original format). ``dummy_models``/``model_dir``
     override the file's (the CLI's way to run the original config offline)."""
-    p = Path(path)
-    doc = read_yaml(p)
+    source = Path(path)
+    doc = read_yaml(source)
     if not isinstance(doc, dict):
-        raise SpecloadError(f"{p}: expected a mapping at top level")
-    for key in ("backend", "image", "output_csv"):  # checked here: Matrix() is built last
-        if doc.get(key) is not None and not isinstance(doc[key], str):
-            raise SpecloadError(f"{p}: field '{key}': expected a string")
+        raise SpecloadError(f"{source}: expected a mapping at top level")
     if dummy_models is not None:
         doc["dummy_models"] = dummy_models
     if model_dir is not None:
         doc["model_dir"] = model_dir
-    if ORIGINAL_KEYS & doc.keys():
-        return _original(doc, p)
-    return _native(doc, p)
+    fmt: type[MatrixFile] = OriginalMatrixFile if ORIGINAL_KEYS & doc.keys() else NativeMatrixFile
+    file = _validated(fmt, doc, str(source))
+    models = _Models(bool(file.dummy_models), file.model_dir, source)
+    runs = file.server_runs(source, models)
+    return Matrix(
+        name=file.name or source.stem,
+        description=file.description or file.DEFAULT_DESCRIPTION,
+        runs=runs,
+        source=str(source),
+        output_csv=file.output_csv,
+        backend=file.backend,
+        image=file.image,
+        dummy_models=models.made,
+    )
 
 
 def prepare_models(matrix: Matrix) -> list[Path]:
@@ -164,170 +189,324 @@ def prepare_models(matrix: Matrix) -> list[Path]:
     return [make_model(name, d) for d, name in matrix.dummy_models.items()]
 
 
-class _Models:
-    """Maps model names to dummy directories when ``dummy_models`` is on; records them."""
+def _validated(model: type[M], data: Any, source: str) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise SpecloadError(describe_validation_error(source, e)) from None
 
-    def __init__(self, enabled: bool, model_dir: str | None) -> None:
+
+def _mapping(value: Any) -> Any:
+    """Reject a non-mapping in the project's words (pydantic's would name a model class)."""
+    if not isinstance(value, dict):
+        raise PydanticCustomError("mapping_type", "expected a mapping")
+    return value
+
+
+def _scenario_ref(value: Any) -> Any:
+    if not isinstance(value, str | dict):
+        raise PydanticCustomError("scenario_ref", "give a name, a path or a mapping")
+    return value
+
+
+def _speculative_model(value: Any) -> Any:
+    if value is not None and not isinstance(value, str):
+        raise PydanticCustomError("speculative_model", "expected null, '[ngram]' or a model name")
+    return value
+
+
+def _one_int_or_list(value: Any) -> Any:
+    """``8`` means ``[8]`` (a one-value list written as a scalar)."""
+    return [value] if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _one_str_or_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+AsMapping = BeforeValidator(_mapping)
+ScenarioRef = Annotated[str | dict[Any, Any], BeforeValidator(_scenario_ref)]
+SpeculativeModel = Annotated[str | None, BeforeValidator(_speculative_model)]
+PositiveInts = Annotated[
+    list[Annotated[int, Field(strict=True, gt=0)]],
+    BeforeValidator(_one_int_or_list),
+    Field(min_length=1),
+]
+
+
+class MatrixFile(BaseModel):
+    """The keys both formats share. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+    DEFAULT_DESCRIPTION: ClassVar[str] = ""
+
+    name: str | None = Field(None, coerce_numbers_to_str=True)  # default: the file's stem
+    description: str | None = Field(None, coerce_numbers_to_str=True)
+    backend: BackendKind | None = None
+    image: str | None = None
+    output_csv: str | None = None
+    dummy_models: bool | None = None
+    model_dir: str | None = None
+
+    @abstractmethod
+    def server_runs(self, source: Path, models: _Models) -> list[ServerRun]:
+        """The file's runs, in the order the sweep runs them."""
+
+
+class ServerSection(ServerOptions):
+    """The native format's ``server:``; its model may be given at top level instead."""
+
+    model: str | None = None  # type: ignore[assignment]
+
+
+class SpecEntry(BaseModel):
+    """One ``specs:`` entry: SpecConfig fields, list values expanded (by expand_specs), and
+    ``scenarios``, the names of the matrix's scenarios this entry runs on (default: all)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    scenarios: Annotated[list[str], BeforeValidator(_one_str_or_list)] | None = None
+
+    def spec_fields(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def pick(self, scenarios: list[Scenario], where: str) -> list[Scenario]:
+        if self.scenarios is None:
+            return scenarios
+        names = [s.name for s in scenarios]
+        missing = [n for n in self.scenarios if n not in names]
+        if missing:
+            raise SpecloadError(
+                f"{where}: field 'scenarios': no scenario named '{missing[0]}' "
+                f"(have: {', '.join(names)})"
+            )
+        return [s for s in scenarios if s.name in self.scenarios]
+
+
+class NativeMatrixFile(MatrixFile):
+    """The native format (module docstring)."""
+
+    model: str | None = None
+    server: Annotated[ServerSection, AsMapping] | None = None
+    specs: Annotated[list[Annotated[SpecEntry, AsMapping]], Field(min_length=1)]
+    scenarios: Annotated[list[ScenarioRef], Field(min_length=1)]
+    overrides: Annotated[dict[str, Any], AsMapping] | None = None
+
+    def server_runs(self, source: Path, models: _Models) -> list[ServerRun]:
+        server = models.server(self._server_options(source))
+        scenarios = self._scenarios(source)
+        runs: list[ServerRun] = []
+        for i, entry in enumerate(self.specs):
+            where = f"{source}: specs[{i}]"
+            chosen = entry.pick(scenarios, where)
+            for spec in expand_specs(entry.spec_fields(), where):
+                spec = models.spec(spec, f"specs[{i}].model")
+                runs.append(
+                    ServerRun(label=spec.label or "", server=server, spec=spec, scenarios=chosen)
+                )
+        _unique([r.label for r in runs], "specs", source, "run label", " (set 'label' on the spec)")
+        return runs
+
+    def _server_options(self, source: Path) -> ServerOptions:
+        section = self.server or ServerSection()
+        if self.model is not None and section.model not in (None, self.model):
+            raise SpecloadError(f"{source}: field 'model': conflicts with server.model")
+        model = self.model if self.model is not None else section.model
+        if model is None:
+            raise SpecloadError(f"{source}: field 'model': required (or server.model)")
+        return ServerOptions(**{**section.model_dump(), "model": model})
+
+    def _scenarios(self, source: Path) -> list[Scenario]:
+        overrides = _flatten_overrides(self.overrides or {})
+        scenarios = [_scenario(s, i, overrides, source) for i, s in enumerate(self.scenarios)]
+        names = [s.name for s in scenarios]
+        _unique(names, "scenarios", source, "scenario name")
+        for n in names:
+            if not LABEL_RE.match(n):
+                raise SpecloadError(
+                    f"{source}: field 'scenarios': name '{n}' is not filesystem-safe"
+                )
+        return scenarios
+
+
+class OriginalMatrixFile(MatrixFile):
+    """The original experiment's config.yaml, as is, plus optional keys of ours (module
+    docstring). Values bound for ServerOptions, SpecConfig or Scenario are bounded there."""
+
+    DEFAULT_DESCRIPTION: ClassVar[str] = "original experiment config"
+
+    # the original's keys
+    target_model_name: str = Field(min_length=1)
+    num_requests_list: PositiveInts
+    batch_size_list: PositiveInts
+    speculative_models: Annotated[list[SpeculativeModel], Field(min_length=1)] | None = None
+    num_speculative_tokens_list: PositiveInts | None = None  # required with any speculation
+    gpu_memory_utilization: float | None = None
+    ngram_prompt_lookup_max: int | None = None
+    ngram_prompt_lookup_min: int | None = None
+    base_prompt: str = ORIGINAL_BASE_PROMPT
+    # ours
+    output_tokens: int = ORIGINAL_OUTPUT_TOKENS  # the original does not say: vLLM bench's
+    warmup_requests: int | None = None  # default: the batch size, one full wave
+    ignore_eos: bool = True
+    max_model_len: int | None = None
+    load_format: str | None = None
+    dtype: str | None = None
+    extra_args: list[str] | None = None
+    env: dict[str, str] | None = None
+    synthetic_acceptance_rates: list[float] | None = None
+
+    def server_runs(self, source: Path, models: _Models) -> list[ServerRun]:
+        specs = self._specs(source)
+        base = models.server(self._server_options(source))
+        scenarios = {b: self._scenarios(b, source) for b in self.batch_size_list}
+        runs: list[ServerRun] = []
+        for spec in specs:
+            spec = models.spec(spec, "speculative_models")
+            for b in self.batch_size_list:
+                runs.append(
+                    ServerRun(
+                        label=f"{spec.label}-bs{b}",
+                        server=base.model_copy(update={"max_num_seqs": b}),
+                        spec=spec,
+                        scenarios=scenarios[b],
+                        batch_size=b,
+                    )
+                )
+        _unique([r.label for r in runs], "speculative_models", source, "run label")
+        return runs
+
+    def _specs(self, source: Path) -> list[SpecConfig]:
+        """``null`` -> none, ``'[ngram]'`` -> ngram, a name -> a draft model; x each k."""
+        entries = self.speculative_models or [None]
+        ks = self.num_speculative_tokens_list
+        if ks is None and any(e is not None for e in entries):
+            raise SpecloadError(f"{source}: field 'num_speculative_tokens_list': required")
+        specs: list[SpecConfig] = []
+        for i, entry in enumerate(entries):
+            if entry is None or entry.lower() in ("none", "null"):
+                specs.append(SpecConfig(method="none"))
+                continue
+            if entry.strip() in ("[ngram]", "ngram"):
+                raw: dict[str, Any] = {
+                    "method": "ngram",
+                    "num_speculative_tokens": ks,
+                    "prompt_lookup_max": self.ngram_prompt_lookup_max,
+                    "prompt_lookup_min": self.ngram_prompt_lookup_min,
+                }
+            else:
+                raw = {
+                    "method": "draft_model",
+                    "model": entry,
+                    "num_speculative_tokens": ks,
+                    "synthetic_acceptance_rates": self.synthetic_acceptance_rates,
+                }
+            given = {k: v for k, v in raw.items() if v is not None}
+            specs += expand_specs(given, f"{source}: speculative_models[{i}]")
+        return specs
+
+    def _server_options(self, source: Path) -> ServerOptions:
+        options = {
+            "model": self.target_model_name,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "max_model_len": self.max_model_len,
+            "load_format": self.load_format,
+            "dtype": self.dtype,
+            "extra_args": self.extra_args or [],
+            "env": self.env or {},
+        }
+        return _validated(ServerOptions, options, str(source))
+
+    def _scenarios(self, batch: int, source: Path) -> list[Scenario]:
+        """One closed-loop scenario per request count, at ``batch`` concurrency."""
+        return [
+            _validated(
+                Scenario,
+                {
+                    "name": f"n{n}",
+                    "description": f"original config: {n} requests at batch size {batch}",
+                    "load": {"shape": "concurrency", "concurrency": batch},
+                    "num_requests": n,
+                    "warmup_requests": (
+                        batch if self.warmup_requests is None else self.warmup_requests
+                    ),
+                    "prompts": {"source": "base_prompt", "base_prompt": self.base_prompt},
+                    "output_tokens": self.output_tokens,
+                    "ignore_eos": self.ignore_eos,
+                    "temperature": 0.0,
+                },
+                str(source),
+            )
+            for n in self.num_requests_list
+        ]
+
+
+class _Models:
+    """With ``dummy_models`` on, known model names -> dummy directories under the model
+    directory (recorded in ``made`` for prepare_models); off, names pass through."""
+
+    def __init__(self, enabled: bool, model_dir: str | None, source: Path) -> None:
         self.enabled = enabled
         self.root = Path(model_dir or DEFAULT_MODEL_DIR).resolve()
+        self.source = source
         self.made: dict[str, str] = {}
 
-    def resolve(self, name: str, field: str, source: Path) -> str:
-        if not self.enabled:
-            return name
+    def _resolve(self, name: str, field: str) -> str:
         canon = canonical_name(name)
         if canon is None:
             if Path(name).exists():
                 return name
             raise SpecloadError(
-                f"{source}: field '{field}': '{name}' is not a known dummy model "
+                f"{self.source}: field '{field}': '{name}' is not a known dummy model "
                 "(python -m server_launch.dummy_models --list) nor an existing path"
             )
         d = str(self.root / canon)
         self.made[d] = canon
         return d
 
+    def server(self, server: ServerOptions) -> ServerOptions:
+        """Point the server at a dummy dir, with --load-format dummy and the name it had."""
+        if not self.enabled:
+            return server
+        path = self._resolve(server.model, "server.model")
+        if path == server.model:
+            return server
+        return server.model_copy(
+            update={
+                "model": path,
+                "load_format": server.load_format or "dummy",
+                "served_model_name": server.served_model_name or server.model,
+            }
+        )
 
-def _check_keys(doc: dict[str, Any], allowed: set[str], source: Path) -> None:
-    unknown = sorted(set(doc) - allowed)
-    if unknown:
-        raise SpecloadError(f"{source}: field '{unknown[0]}': unknown field")
-
-
-def _server(raw: dict[str, Any], source: Path, prefix: str = "server") -> ServerOptions:
-    try:
-        return ServerOptions.model_validate(raw)
-    except ValidationError as e:
-        raise SpecloadError(describe_validation_error(f"{source}: {prefix}", e)) from None
-
-
-def _dummy_server(server: ServerOptions, models: _Models, source: Path) -> ServerOptions:
-    """Point the server at a dummy dir, with --load-format dummy and the name it had."""
-    if not models.enabled:
-        return server
-    path = models.resolve(server.model, "server.model", source)
-    if path == server.model:
-        return server
-    return server.model_copy(
-        update={
-            "model": path,
-            "load_format": server.load_format or "dummy",
-            "served_model_name": server.served_model_name or server.model,
-        }
-    )
+    def spec(self, spec: SpecConfig, field: str) -> SpecConfig:
+        if not self.enabled or not spec.model:
+            return spec
+        path = self._resolve(spec.model, field)
+        # keep the label derived from the name the user wrote, not from the directory
+        return spec.model_copy(update={"model": path, "label": spec.label})
 
 
-def _dummy_spec(spec: SpecConfig, models: _Models, source: Path, field: str) -> SpecConfig:
-    if not models.enabled or not spec.model:
-        return spec
-    path = models.resolve(spec.model, field, source)
-    # keep the label derived from the name the user wrote, not from the directory
-    return spec.model_copy(update={"model": path, "label": spec.label})
-
-
-NATIVE_KEYS = {
-    "name",
-    "description",
-    "backend",
-    "image",
-    "model",
-    "server",
-    "dummy_models",
-    "model_dir",
-    "specs",
-    "scenarios",
-    "overrides",
-    "output_csv",
-}
-
-
-def _native(doc: dict[str, Any], source: Path) -> Matrix:
-    _check_keys(doc, NATIVE_KEYS, source)
-    if not isinstance(doc.get("server") or {}, dict):
-        raise SpecloadError(f"{source}: field 'server': expected a mapping")
-    server_raw = dict(doc.get("server") or {})
-    if "model" in doc:
-        if "model" in server_raw and server_raw["model"] != doc["model"]:
-            raise SpecloadError(f"{source}: field 'model': conflicts with server.model")
-        server_raw["model"] = doc["model"]
-    if "model" not in server_raw:
-        raise SpecloadError(f"{source}: field 'model': required (or server.model)")
-    models = _Models(bool(doc.get("dummy_models", False)), doc.get("model_dir"))
-    server = _dummy_server(_server(server_raw, source), models, source)
-
-    overrides = _flatten_overrides(doc.get("overrides") or {}, source)
-    scen_raw = doc.get("scenarios")
-    if not isinstance(scen_raw, list) or not scen_raw:
-        raise SpecloadError(f"{source}: field 'scenarios': give a non-empty list")
-    scenarios = [_scenario(s, i, overrides, source) for i, s in enumerate(scen_raw)]
-    names = [s.name for s in scenarios]
-    _unique(names, "scenarios", source, "scenario name")
-    for n in names:
-        if not LABEL_RE.match(n):
-            raise SpecloadError(f"{source}: field 'scenarios': name '{n}' is not filesystem-safe")
-
-    specs_raw = doc.get("specs")
-    if not isinstance(specs_raw, list) or not specs_raw:
-        raise SpecloadError(f"{source}: field 'specs': give a non-empty list")
-    runs: list[ServerRun] = []
-    for i, entry in enumerate(specs_raw):
-        where = f"{source}: specs[{i}]"
-        if not isinstance(entry, dict):
-            raise SpecloadError(f"{where}: expected a mapping")
-        entry = dict(entry)
-        only = entry.pop("scenarios", None)
-        chosen = scenarios
-        if only is not None:
-            if isinstance(only, str):
-                only = [only]
-            missing = [o for o in only if o not in names]
-            if missing:
-                raise SpecloadError(
-                    f"{where}: field 'scenarios': no scenario named '{missing[0]}' "
-                    f"(have: {', '.join(names)})"
-                )
-            chosen = [s for s in scenarios if s.name in only]
-        for spec in expand_specs(entry, where):
-            spec = _dummy_spec(spec, models, source, f"specs[{i}].model")
-            runs.append(
-                ServerRun(label=spec.label or "", server=server, spec=spec, scenarios=chosen)
-            )
-    _unique([r.label for r in runs], "specs", source, "run label", " (set 'label' on the spec)")
-    return Matrix(
-        name=str(doc.get("name") or source.stem),
-        description=str(doc.get("description") or ""),
-        runs=runs,
-        source=str(source),
-        output_csv=doc.get("output_csv"),
-        backend=doc.get("backend"),
-        image=doc.get("image"),
-        dummy_models=models.made,
-    )
-
-
-def _scenario(entry: Any, i: int, overrides: dict[str, Any], source: Path) -> Scenario:
+def _scenario(
+    entry: str | dict[Any, Any], i: int, overrides: dict[str, Any], source: Path
+) -> Scenario:
     if isinstance(entry, str):
         return load_scenario(entry, overrides)
-    if isinstance(entry, dict):
-        doc = dict(entry)
-        if "name" not in doc:
-            raise SpecloadError(f"{source}: scenarios[{i}]: field 'name': required inline")
-        return parse_scenario(doc, f"{source}: scenarios[{i}]", overrides)
-    raise SpecloadError(f"{source}: scenarios[{i}]: give a name, a path or a mapping")
+    if "name" not in entry:
+        raise SpecloadError(f"{source}: scenarios[{i}]: field 'name': required inline")
+    return parse_scenario(dict(entry), f"{source}: scenarios[{i}]", overrides)
 
 
 _REPLACE_WHOLE = ("load", "sweep")
 
 
-def _flatten_overrides(raw: Any, source: Path, prefix: str = "") -> dict[str, Any]:
+def _flatten_overrides(raw: dict[Any, Any], prefix: str = "") -> dict[str, Any]:
     """Nested override mappings -> dotted keys (``prompts: {input_tokens: 32}`` merges)."""
-    if not isinstance(raw, dict):
-        raise SpecloadError(f"{source}: field 'overrides': expected a mapping")
     out: dict[str, Any] = {}
     for key, value in raw.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict) and dotted not in _REPLACE_WHOLE and value:
-            out.update(_flatten_overrides(value, source, dotted + "."))
+            out.update(_flatten_overrides(value, dotted + "."))
         else:
             out[dotted] = value
     return out
@@ -339,155 +518,3 @@ def _unique(values: list[str], field: str, source: Path, what: str, hint: str = 
         if v in seen:
             raise SpecloadError(f"{source}: field '{field}': duplicate {what} '{v}'{hint}")
         seen.add(v)
-
-
-# --- the original experiment's config.yaml ------------------------------------------------
-
-ORIGINAL_ALLOWED = {
-    "num_requests_list",
-    "batch_size_list",
-    "speculative_models",
-    "target_model_name",
-    "num_speculative_tokens_list",
-    "gpu_memory_utilization",
-    "ngram_prompt_lookup_max",
-    "ngram_prompt_lookup_min",
-    "base_prompt",
-    "output_csv",
-    # ours, optional
-    "name",
-    "description",
-    "backend",
-    "image",
-    "output_tokens",
-    "warmup_requests",
-    "ignore_eos",
-    "max_model_len",
-    "load_format",
-    "dtype",
-    "extra_args",
-    "env",
-    "dummy_models",
-    "model_dir",
-    "synthetic_acceptance_rates",
-}
-
-
-def _int_list(doc: dict[str, Any], key: str, source: Path, required: bool = True) -> list[int]:
-    value = doc.get(key)
-    if value is None:
-        if required:
-            raise SpecloadError(f"{source}: field '{key}': required")
-        return []
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise SpecloadError(f"{source}: field '{key}': give a non-empty list of integers")
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise SpecloadError(f"{source}: field '{key}': {v!r} is not a positive integer")
-    return value
-
-
-def _original_specs(doc: dict[str, Any], source: Path) -> list[SpecConfig]:
-    entries = doc.get("speculative_models", [None])
-    if entries is None:
-        entries = [None]
-    if not isinstance(entries, list) or not entries:
-        raise SpecloadError(f"{source}: field 'speculative_models': give a list")
-    needs_k = any(e is not None for e in entries)
-    ks = _int_list(doc, "num_speculative_tokens_list", source, required=needs_k)
-    specs: list[SpecConfig] = []
-    for i, entry in enumerate(entries):
-        where = f"{source}: speculative_models[{i}]"
-        if entry is None or (isinstance(entry, str) and entry.lower() in ("none", "null")):
-            specs.append(SpecConfig(method="none"))
-            continue
-        if not isinstance(entry, str):
-            raise SpecloadError(f"{where}: expected null, '[ngram]' or a model name")
-        if entry.strip() in ("[ngram]", "ngram"):
-            raw: dict[str, Any] = {
-                "method": "ngram",
-                "num_speculative_tokens": ks,
-                "prompt_lookup_max": doc.get("ngram_prompt_lookup_max"),
-                "prompt_lookup_min": doc.get("ngram_prompt_lookup_min"),
-            }
-        else:
-            raw = {
-                "method": "draft_model",
-                "model": entry,
-                "num_speculative_tokens": ks,
-                "synthetic_acceptance_rates": doc.get("synthetic_acceptance_rates"),
-            }
-        specs += expand_specs({k: v for k, v in raw.items() if v is not None}, where)
-    return specs
-
-
-def _original(doc: dict[str, Any], source: Path) -> Matrix:
-    _check_keys(doc, ORIGINAL_ALLOWED, source)
-    if not doc.get("target_model_name"):
-        raise SpecloadError(f"{source}: field 'target_model_name': required")
-    n_list = _int_list(doc, "num_requests_list", source)
-    b_list = _int_list(doc, "batch_size_list", source)
-    specs = _original_specs(doc, source)
-    models = _Models(bool(doc.get("dummy_models", False)), doc.get("model_dir"))
-    base = _server(
-        {
-            "model": doc["target_model_name"],
-            "gpu_memory_utilization": doc.get("gpu_memory_utilization"),
-            "max_model_len": doc.get("max_model_len"),
-            "load_format": doc.get("load_format"),
-            "dtype": doc.get("dtype"),
-            "extra_args": doc.get("extra_args") or [],
-            "env": doc.get("env") or {},
-        },
-        source,
-        prefix="top level",
-    )
-    base = _dummy_server(base, models, source)
-    base_prompt = doc.get("base_prompt", "The future of AI is")
-    runs: list[ServerRun] = []
-    for spec in specs:
-        spec = _dummy_spec(spec, models, source, "speculative_models")
-        for b in b_list:
-            scenarios = [_original_scenario(doc, b, n, base_prompt, source) for n in n_list]
-            runs.append(
-                ServerRun(
-                    label=f"{spec.label}-bs{b}",
-                    server=base.model_copy(update={"max_num_seqs": b}),
-                    spec=spec,
-                    scenarios=scenarios,
-                    batch_size=b,
-                )
-            )
-    _unique([r.label for r in runs], "speculative_models", source, "run label")
-    return Matrix(
-        name=str(doc.get("name") or source.stem),
-        description=str(doc.get("description") or "original experiment config"),
-        runs=runs,
-        source=str(source),
-        output_csv=doc.get("output_csv"),
-        backend=doc.get("backend"),
-        image=doc.get("image"),
-        dummy_models=models.made,
-    )
-
-
-def _original_scenario(
-    doc: dict[str, Any], batch: int, n: int, base_prompt: Any, source: Path
-) -> Scenario:
-    scenario = {
-        "name": f"n{n}",
-        "description": f"original config: {n} requests at batch size {batch}",
-        "load": {"shape": "concurrency", "concurrency": batch},
-        "num_requests": n,
-        "warmup_requests": doc.get("warmup_requests", batch),
-        "prompts": {"source": "base_prompt", "base_prompt": base_prompt},
-        "output_tokens": doc.get("output_tokens", ORIGINAL_OUTPUT_TOKENS),
-        "ignore_eos": doc.get("ignore_eos", True),
-        "temperature": 0.0,
-    }
-    try:
-        return Scenario.model_validate(scenario)
-    except ValidationError as e:
-        raise SpecloadError(describe_validation_error(str(source), e)) from None
