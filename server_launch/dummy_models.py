@@ -15,14 +15,12 @@ so this runs anywhere; the files are the ones ``AutoTokenizer`` and vLLM read.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadgen.errors import SpecloadError
+from loadgen.errors import ArgParser, SpecloadError, run_cli
 
 MARKER = ".specload-dummy"  # present in every directory this module wrote
 
@@ -59,7 +57,7 @@ _LLAMA_BASE: dict[str, Any] = {
     "attention_bias": False,
     "mlp_bias": False,
 }
-# Llama-3.1 shapes as in /work/shared/gpu/mkmodels.py (which the GPU reference run used).
+# Llama-3.1 shapes, as the GPU reference runs used them (results/gpu-sweep-h100/).
 _LLAMA3 = {
     **_LLAMA_BASE,
     "vocab_size": 128256,
@@ -300,7 +298,11 @@ def make_model(name: str, directory: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    return run_cli("server_launch.dummy_models", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    p = ArgParser(
         prog="python -m server_launch.dummy_models",
         description="Write a dummy-weight model directory (config + tokenizer, no weights) "
         "for vLLM --load-format dummy.",
@@ -316,12 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.name or not args.dir:
         p.error("give NAME and DIR, or --list")
-    try:
-        out = make_model(args.name, args.dir)
-    except SpecloadError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return SpecloadError.exit_code
-    print(out)
+    print(make_model(args.name, args.dir))
     return 0
 
 
