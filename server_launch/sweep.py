@@ -275,7 +275,7 @@ def run_sweep(
 
 def _write_report(sweep_dir: Path, say: Callable[[str], None]) -> Path | None:
     try:
-        from loadgen.report.report import write_report
+        from loadgen.report.render import write_report
     except ImportError:
         return None
     try:
