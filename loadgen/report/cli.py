@@ -1,7 +1,8 @@
-"""``python -m loadgen report`` and ``python -m loadgen compare``: the report command lines.
+"""The reporting command lines: ``python -m loadgen report``, ``python -m loadgen compare``
+and ``python analyze_results.py`` (graphs from the original experiment's CSV).
 
-Both take run directories, a baseline and an output folder, so they share one parser; a
-user error ends as one ``error: ...`` line on stderr and the error's exit code.
+report and compare take run directories, a baseline and an output folder, so they share
+one parser; every user error ends as one ``error: ...`` line on stderr and its exit code.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from loadgen.errors import ArgParser, SpecloadError, one_line
 from loadgen.report.console import print_comparison_table
 from loadgen.report.crossover import crossovers
 from loadgen.report.load import find_runs
+from loadgen.report.original_csv import make_figures, read_results
 from loadgen.report.render import write_report
 from loadgen.report.tables import DEFAULT_BASELINE, build_tables, resolve_baseline
 
@@ -88,3 +91,20 @@ def _compare(args: argparse.Namespace) -> None:
     if args.out:
         md = write_report(args.dirs, args.out, args.baseline, figures=not args.no_figures)
         print(f"report: {md}")
+
+
+def analyze_main(argv: list[str] | None = None) -> int:
+    """``python analyze_results.py CSV [--out DIR]``: the original experiment's graphs."""
+    p = ArgParser(
+        prog="analyze_results.py",
+        description="Graphs from the sweep's results CSV (raw_data/<output_csv>).",
+    )
+    p.add_argument("csv", help="results CSV written by the sweep")
+    p.add_argument("--out", default="visualizations", help="output directory")
+    return _run(_analyze, p.parse_args(argv))
+
+
+def _analyze(args: argparse.Namespace) -> None:
+    df = read_results(args.csv)
+    for path in make_figures(df, args.out, Path(args.csv).stem):
+        print(path)
