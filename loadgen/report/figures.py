@@ -226,7 +226,6 @@ def speedup_heatmap(df: pd.DataFrame, out: Path) -> Path | None:
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.colors import TwoSlopeNorm
-    from matplotlib.patches import Rectangle
 
     spec = df[~df["is_baseline"].astype(bool)]
     configs = _configs(spec)
@@ -262,33 +261,7 @@ def speedup_heatmap(df: pd.DataFrame, out: Path) -> Path | None:
         )
         for i, row in enumerate(grid):
             for j, v in enumerate(row):
-                text = "n/a" if math.isnan(v) else f"{v:.2f}x"
-                lo, hi = ranges[i][j]
-                if not (math.isnan(v) or math.isnan(lo) or math.isnan(hi)):
-                    text += f"\n{lo:.2f}-{hi:.2f}"
-                if unstable[i][j]:
-                    # the repeats do not settle win vs loss here
-                    ax.add_patch(
-                        Rectangle(
-                            (j - 0.5, i - 0.5),
-                            1,
-                            1,
-                            fill=False,
-                            hatch="///",
-                            edgecolor="#777777",
-                            linewidth=0,
-                        )
-                    )
-                dark = not math.isnan(v) and abs(float(norm(v)) - 0.5) > 0.3
-                ax.text(
-                    j,
-                    i,
-                    text,
-                    ha="center",
-                    va="center",
-                    fontsize=9,
-                    color="white" if dark else "black",
-                )
+                _heatmap_cell(ax, i, j, v, ranges[i][j], unstable[i][j], norm)
         ax.set_xticks(range(len(phases)), phases, rotation=30, ha="right")
         ax.set_yticks(range(len(configs)), configs)
         hatched = any(map(any, unstable))
@@ -296,6 +269,39 @@ def speedup_heatmap(df: pd.DataFrame, out: Path) -> Path | None:
         ax.set_title(title + " vs baseline (>1 = better)" + hatch)
         fig.colorbar(im, ax=ax, shrink=0.8)
     return _save(fig, out)
+
+
+def _heatmap_cell(
+    ax: Axes,
+    i: int,
+    j: int,
+    v: float,
+    lo_hi: tuple[float, float],
+    unstable: bool,
+    norm: Any,
+) -> None:
+    """One heatmap cell's text (speedup, and its range over repeats), hatched where the
+    repeats do not settle win vs loss."""
+    from matplotlib.patches import Rectangle
+
+    text = "n/a" if math.isnan(v) else f"{v:.2f}x"
+    lo, hi = lo_hi
+    if not (math.isnan(v) or math.isnan(lo) or math.isnan(hi)):
+        text += f"\n{lo:.2f}-{hi:.2f}"
+    if unstable:
+        ax.add_patch(
+            Rectangle(
+                (j - 0.5, i - 0.5),
+                1,
+                1,
+                fill=False,
+                hatch="///",
+                edgecolor="#777777",
+                linewidth=0,
+            )
+        )
+    dark = not math.isnan(v) and abs(float(norm(v)) - 0.5) > 0.3
+    ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
 
 
 def _lookup(df: pd.DataFrame, label: str, phase: str, col: str) -> Any:
