@@ -404,7 +404,7 @@ def _records(phase: str, n: int, tokens_per_chunk: int, gap_s: float) -> list[Re
 
 
 def _write_real_run(root: Path, label: str, spec: dict | None, tpc: int, gap: float) -> Path:
-    """A run whose summaries come from metrics.summarize, as the runner writes them."""
+    """A run whose summaries come from summary.summarize, as the runner writes them."""
     scen = parse_scenario(
         {"name": "real", "load": {"shape": "concurrency", "concurrency": 1}, "num_requests": 8},
         "test",

@@ -115,9 +115,9 @@ def speculative_model_name(method: str, model: str | None) -> str:
 
 
 def row_from_summary(run: ServerRunLike, summary: Mapping[str, Any]) -> dict[str, Any]:
-    """One CSV row from a server run and one phase's flat summary (metrics.summarize).
+    """One CSV row from a server run and one phase's flat summary (summary.summarize).
 
-    ``summary`` should carry ``scenario`` (results.py adds it to summary rows); the
+    ``summary`` should carry ``scenario`` (the sweep adds it to each phase's summary); the
     scenario's configured ``output_tokens`` is looked up in the run by that name.
     """
     spec = run.spec

@@ -197,7 +197,7 @@ def metrics_of(s: Mapping[str, Any]) -> tuple[dict[str, float], list[str], bool]
     notes: list[str] = []
     if s.get("complete") is False:
         notes.append("phase incomplete")
-    # metrics.py writes 0.0 for a statistic of no samples: with nothing completed, the
+    # the summary writes 0.0 for a statistic of no samples: with nothing completed, the
     # latencies and throughputs are not measurements.
     nothing_done = as_float(s.get("completed")) == 0
     if nothing_done:
