@@ -3,7 +3,7 @@
 python analyze_results.py raw_data/vllm_benchmark_results.csv   # -> visualizations/
 """
 
-from server_launch.analyze import main
+from loadgen.report.cli import analyze_main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(analyze_main())

@@ -246,11 +246,11 @@ def run_main(argv: list[str]) -> int:
 
 def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] == "report":
-        from loadgen.report.report import report_main
+        from loadgen.report.cli import report_main
 
         return report_main(argv[1:])
     if argv and argv[0] == "compare":
-        from loadgen.report.report import compare_main
+        from loadgen.report.cli import compare_main
 
         return compare_main(argv[1:])
     if argv and argv[0] == "run":

@@ -275,7 +275,7 @@ def run_sweep(
 
 def _write_report(sweep_dir: Path, say: Callable[[str], None]) -> Path | None:
     try:
-        from loadgen.report.report import write_report
+        from loadgen.report.render import write_report
     except ImportError:
         return None
     try:
@@ -482,7 +482,7 @@ def _append_csv(
     """The original experiment's CSV: one row per finished phase, appended."""
     if not summaries:
         return
-    from server_launch.analyze import row_from_summary, write_rows
+    from loadgen.report.original_csv import row_from_summary, write_rows
 
     rows = [row_from_summary(run, {"scenario": scenario.name, **s}) for s in summaries.values()]
     write_rows(path, rows, append=True)

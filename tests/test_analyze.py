@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from loadgen.errors import SpecloadError
-from server_launch.analyze import (
+from loadgen.report.cli import analyze_main
+from loadgen.report.original_csv import (
     CSV_COLUMNS,
-    main,
     make_figures,
     read_results,
     row_from_summary,
@@ -141,7 +141,7 @@ def test_cli_script(tmp_path: Path) -> None:
 
 
 def test_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([str(tmp_path / "nope.csv")]) == 2
+    assert analyze_main([str(tmp_path / "nope.csv")]) == 2
     assert "no such file" in capsys.readouterr().err
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"batch_size": [1], "output_throughput": [1.0]}).to_csv(bad, index=False)

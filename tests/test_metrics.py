@@ -1,4 +1,4 @@
-"""loadgen.results.summary: per-request metrics, statistics, and the flat summary."""
+"""loadgen.results.stats and .summary: per-request metrics, statistics, and the flat summary."""
 
 from __future__ import annotations
 
@@ -27,26 +27,24 @@ from loadgen.config.scenario import (
 )
 from loadgen.results.records import RequestRecord
 from loadgen.results.server_metrics import GAUGE_SUMMARY_KEYS, SpecDecodeStats
-from loadgen.results.summary import (
+from loadgen.results.stats import (
     BENCH_KEYS,
     DETAILED_KEYS,
-    SummaryAccumulator,
     chunk_token_counts,
     dispatch_lag_s,
     distribution,
     e2e_s,
     itl_chunk_s,
     itl_token_s,
-    load_fields,
     meets_slo,
     output_token_count,
     peak_output_and_concurrency,
     percentile_word,
-    summarize,
     tokens_per_chunk,
     tpot_s,
     ttft_s,
 )
+from loadgen.results.summary import SummaryAccumulator, load_fields, summarize
 
 
 def rec(

@@ -13,19 +13,12 @@ from rich.console import Console
 
 from loadgen.config.scenario import parse_scenario
 from loadgen.errors import SpecloadError
+from loadgen.report.cli import compare_main, report_main
 from loadgen.report.console import print_comparison_table, print_summary_table
-from loadgen.report.report import (
-    aggregate,
-    build_tables,
-    compare_main,
-    crossovers,
-    find_crossover,
-    find_runs,
-    report_main,
-    speedup_range,
-    split_repeat,
-    write_report,
-)
+from loadgen.report.crossover import crossovers, find_crossover
+from loadgen.report.load import find_runs, split_repeat
+from loadgen.report.render import write_report
+from loadgen.report.tables import aggregate, build_tables, speedup_range
 from loadgen.results.files import slugify
 from loadgen.results.records import RequestRecord
 from loadgen.results.summary import summarize
@@ -411,7 +404,7 @@ def _records(phase: str, n: int, tokens_per_chunk: int, gap_s: float) -> list[Re
 
 
 def _write_real_run(root: Path, label: str, spec: dict | None, tpc: int, gap: float) -> Path:
-    """A run whose summaries come from metrics.summarize, as the runner writes them."""
+    """A run whose summaries come from summary.summarize, as the runner writes them."""
     scen = parse_scenario(
         {"name": "real", "load": {"shape": "concurrency", "concurrency": 1}, "num_requests": 8},
         "test",

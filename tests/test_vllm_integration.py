@@ -15,7 +15,7 @@ import pytest
 from loadgen.config.arrivals import build_schedule
 from loadgen.config.scenario import PoissonLoad
 from loadgen.results.files import read_records
-from loadgen.results.summary import BENCH_KEYS
+from loadgen.results.stats import BENCH_KEYS
 from tests.conftest import REPO, VllmServer, run_loadgen
 
 pytestmark = pytest.mark.vllm

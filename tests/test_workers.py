@@ -27,7 +27,7 @@ from loadgen.engine.run import (
     EXIT_WORKER_LOST,
 )
 from loadgen.mock.server import stop_mock_process
-from loadgen.report.report import load_run
+from loadgen.report.load import load_run
 from loadgen.results.files import (
     _json_default,
     merge_worker_records,

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 # summarize()'s per-request lists, the ones worth trimming
-from loadgen.results.summary import DETAILED_KEYS
+from loadgen.results.stats import DETAILED_KEYS
 
 
 def _null_lists(obj: dict) -> dict:

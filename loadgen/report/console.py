@@ -27,28 +27,27 @@ def as_float(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def fmt_ms(value: Any) -> str:
-    """Milliseconds: more decimals for small values, where they still mean something."""
+def fmt_magnitude(value: Any, one_decimal_below: float) -> str:
+    """Two decimals under 10, one under ``one_decimal_below``, then whole numbers with
+    thousands separators: more decimals for small values, where they still mean something."""
     f = as_float(value)
     if f is None:
         return NA
     if abs(f) < 10:
         return f"{f:.2f}"
-    if abs(f) < 100:
+    if abs(f) < one_decimal_below:
         return f"{f:.1f}"
     return f"{f:,.0f}"
+
+
+def fmt_ms(value: Any) -> str:
+    """Milliseconds."""
+    return fmt_magnitude(value, 100)
 
 
 def fmt_rate(value: Any) -> str:
     """Throughputs (req/s, tok/s)."""
-    f = as_float(value)
-    if f is None:
-        return NA
-    if abs(f) < 10:
-        return f"{f:.2f}"
-    if abs(f) < 1000:
-        return f"{f:.1f}"
-    return f"{f:,.0f}"
+    return fmt_magnitude(value, 1000)
 
 
 def fmt_num(value: Any, digits: int = 2) -> str:
@@ -75,8 +74,9 @@ def fmt_spread(value: Any) -> str:
 def fmt_speedup_range(value: Any, lo: Any, hi: Any, stable: Any) -> str:
     """'1.50x' alone without repeats; '1.50x (1.32-1.71) stable' with them.
 
-    ``stable`` is the verdict of ``loadgen.report.report.speedup_range``: True when the range over
-    repeat pairings excludes 1.0, False when it includes it, None when there is no range.
+    ``stable`` is the verdict of ``loadgen.report.tables.speedup_range``: True when the
+    range over repeat pairings excludes 1.0, False when it includes it, None when there is
+    no range.
     """
     text = fmt_speedup(value)
     flag = as_flag(stable)
@@ -122,16 +122,14 @@ def _console(console: Any) -> Any:
     return c if c.is_terminal else Console(width=200)
 
 
-def _goodput_cell(s: Mapping[str, Any]) -> str:
-    rate = as_float(s.get("request_goodput"))
-    frac = as_float(s.get("goodput_fraction"))
-    if rate is None and frac is None:
-        return NA
-    if frac is None:
+def fmt_goodput(rate: Any, fraction: Any) -> str:
+    """'1.50/s (90%)': good requests per second and their share of all; either alone where
+    the other is missing."""
+    if as_float(rate) is None:
+        return fmt_pct(fraction)
+    if as_float(fraction) is None:
         return f"{fmt_rate(rate)}/s"
-    if rate is None:
-        return fmt_pct(frac)
-    return f"{fmt_rate(rate)}/s ({fmt_pct(frac)})"
+    return f"{fmt_rate(rate)}/s ({fmt_pct(fraction)})"
 
 
 def _done_cell(s: Mapping[str, Any]) -> str:
@@ -181,7 +179,10 @@ def print_summary_table(summaries: Mapping[str, Mapping[str, Any]], console: Any
         ]
         if show_accept:
             row.append(fmt_num(s.get("spec_decode_acceptance_length")))
-        row += [_goodput_cell(s), fmt_ms(s.get("p99_dispatch_lag_ms"))]
+        row += [
+            fmt_goodput(s.get("request_goodput"), s.get("goodput_fraction")),
+            fmt_ms(s.get("p99_dispatch_lag_ms")),
+        ]
         table.add_row(*row)
     console.print(table)
 

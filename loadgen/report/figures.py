@@ -1,4 +1,4 @@
-"""Report figures (PNG, matplotlib Agg) from the tidy table of ``report.build_tables``.
+"""Report figures (PNG, matplotlib Agg) from the tidy table of ``tables.build_tables``.
 
 Rows are aggregated over repeats: lines are medians, and where a level was repeated an error
 bar spans the min-max over repeats (columns ``<metric>_min`` / ``_max``).
@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 DPI = 110
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "scenario"
+def file_stem(text: str, default: str) -> str:
+    """``text`` as a file name stem (``default`` when nothing of it is left)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or default
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -183,32 +184,37 @@ def latency_figure(df: pd.DataFrame, out: Path) -> Path:
 
 
 def throughput_figure(df: pd.DataFrame, out: Path) -> Path:
-    fig = _new_figure(8, 5)
-    ax = fig.subplots()
-    xs, ticks, labels, log = _x_axis(df)
-    for colour, label in zip(_colours(len(_configs(df))), _configs(df), strict=True):
-        _line(ax, df, label, "output_throughput", xs, "-", marker="o", color=colour, label=label)
-    ax.set_ylabel("output tokens/s")
     bars = " (bars: min-max over repeats)" if _has_repeats(df) else ""
-    ax.set_title(f"Output throughput vs load{bars}")
-    _style_x(ax, ticks, labels, log, _load_name(df))
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small")
-    return _save(fig, out)
+    return _metric_figure(
+        df, out, "output_throughput", "output tokens/s", f"Output throughput vs load{bars}"
+    )
 
 
 def tokens_per_chunk_figure(df: pd.DataFrame, out: Path) -> Path:
     """Tokens per streamed chunk: ~1 without speculation, ~acceptance length with it."""
+    return _metric_figure(
+        df,
+        out,
+        "tokens_per_chunk",
+        "mean output tokens per chunk",
+        "Tokens per chunk vs load",
+        from_zero=True,
+    )
+
+
+def _metric_figure(
+    df: pd.DataFrame, out: Path, col: str, ylabel: str, title: str, from_zero: bool = False
+) -> Path:
+    """One metric vs load, a line per config (with min-max bars where the table has them)."""
     fig = _new_figure(8, 5)
     ax = fig.subplots()
     xs, ticks, labels, log = _x_axis(df)
     for colour, label in zip(_colours(len(_configs(df))), _configs(df), strict=True):
-        x, y = _series(df, label, "tokens_per_chunk", xs)
-        if x:
-            ax.plot(x, y, "-", marker="o", color=colour, label=label)
-    ax.set_ylabel("mean output tokens per chunk")
-    ax.set_ylim(bottom=0)
-    ax.set_title("Tokens per chunk vs load")
+        _line(ax, df, label, col, xs, "-", marker="o", color=colour, label=label)
+    ax.set_ylabel(ylabel)
+    if from_zero:
+        ax.set_ylim(bottom=0)
+    ax.set_title(title)
     _style_x(ax, ticks, labels, log, _load_name(df))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
@@ -220,7 +226,6 @@ def speedup_heatmap(df: pd.DataFrame, out: Path) -> Path | None:
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.colors import TwoSlopeNorm
-    from matplotlib.patches import Rectangle
 
     spec = df[~df["is_baseline"].astype(bool)]
     configs = _configs(spec)
@@ -256,33 +261,7 @@ def speedup_heatmap(df: pd.DataFrame, out: Path) -> Path | None:
         )
         for i, row in enumerate(grid):
             for j, v in enumerate(row):
-                text = "n/a" if math.isnan(v) else f"{v:.2f}x"
-                lo, hi = ranges[i][j]
-                if not (math.isnan(v) or math.isnan(lo) or math.isnan(hi)):
-                    text += f"\n{lo:.2f}-{hi:.2f}"
-                if unstable[i][j]:
-                    # the repeats do not settle win vs loss here
-                    ax.add_patch(
-                        Rectangle(
-                            (j - 0.5, i - 0.5),
-                            1,
-                            1,
-                            fill=False,
-                            hatch="///",
-                            edgecolor="#777777",
-                            linewidth=0,
-                        )
-                    )
-                dark = not math.isnan(v) and abs(float(norm(v)) - 0.5) > 0.3
-                ax.text(
-                    j,
-                    i,
-                    text,
-                    ha="center",
-                    va="center",
-                    fontsize=9,
-                    color="white" if dark else "black",
-                )
+                _heatmap_cell(ax, i, j, v, ranges[i][j], unstable[i][j], norm)
         ax.set_xticks(range(len(phases)), phases, rotation=30, ha="right")
         ax.set_yticks(range(len(configs)), configs)
         hatched = any(map(any, unstable))
@@ -292,22 +271,57 @@ def speedup_heatmap(df: pd.DataFrame, out: Path) -> Path | None:
     return _save(fig, out)
 
 
-def _cell(df: pd.DataFrame, label: str, phase: str, col: str) -> float:
+def _heatmap_cell(
+    ax: Axes,
+    i: int,
+    j: int,
+    v: float,
+    lo_hi: tuple[float, float],
+    unstable: bool,
+    norm: Any,
+) -> None:
+    """One heatmap cell's text (speedup, and its range over repeats), hatched where the
+    repeats do not settle win vs loss."""
+    from matplotlib.patches import Rectangle
+
+    text = "n/a" if math.isnan(v) else f"{v:.2f}x"
+    lo, hi = lo_hi
+    if not (math.isnan(v) or math.isnan(lo) or math.isnan(hi)):
+        text += f"\n{lo:.2f}-{hi:.2f}"
+    if unstable:
+        ax.add_patch(
+            Rectangle(
+                (j - 0.5, i - 0.5),
+                1,
+                1,
+                fill=False,
+                hatch="///",
+                edgecolor="#777777",
+                linewidth=0,
+            )
+        )
+    dark = not math.isnan(v) and abs(float(norm(v)) - 0.5) > 0.3
+    ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
+
+
+def _lookup(df: pd.DataFrame, label: str, phase: str, col: str) -> Any:
+    """One config's value at one level, or None where there is none (no column, no row, NaN)."""
     if col not in df.columns:
-        return math.nan
+        return None
     v = df.loc[(df["label"] == label) & (df["phase"] == phase), col]
     if v.empty or v.iloc[0] is None or _isnan(v.iloc[0]):
-        return math.nan
-    return float(v.iloc[0])
+        return None
+    return v.iloc[0]
+
+
+def _cell(df: pd.DataFrame, label: str, phase: str, col: str) -> float:
+    v = _lookup(df, label, phase, col)
+    return math.nan if v is None else float(v)
 
 
 def _flag(df: pd.DataFrame, label: str, phase: str, col: str) -> bool | None:
-    if col not in df.columns:
-        return None
-    v = df.loc[(df["label"] == label) & (df["phase"] == phase), col]
-    if v.empty or v.iloc[0] is None or _isnan(v.iloc[0]):
-        return None
-    return bool(v.iloc[0])
+    v = _lookup(df, label, phase, col)
+    return None if v is None else bool(v)
 
 
 def acceptance_figure(df: pd.DataFrame, out: Path) -> Path | None:
@@ -347,7 +361,7 @@ def _colours(n: int) -> list[Any]:
 
 def scenario_figures(df: pd.DataFrame, scenario: str, out_dir: Path) -> list[Path]:
     """All figures of one scenario's rows; returns the PNGs written (empty ones are skipped)."""
-    stem = _slug(scenario)
+    stem = file_stem(scenario, "scenario")
     made: Sequence[Path | None] = [
         latency_figure(df, out_dir / f"{stem}_latency.png"),
         throughput_figure(df, out_dir / f"{stem}_throughput.png"),

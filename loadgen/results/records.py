@@ -86,9 +86,9 @@ class RequestRecord:
 
     def to_json(self) -> str:
         """One compact JSON object, fields in declaration order (what ``asdict`` gave, byte
-        for byte). Built by hand: ``asdict`` deep-copies every chunk time (~2.5 ms for a
-        512-chunk record, on the event loop), and ``json.dumps`` with options builds a new
-        encoder per call."""
+        for byte). Built by hand: ``asdict`` deep-copies every chunk time (slow for a long
+        record, and this runs on the event loop), and ``json.dumps`` with options builds a
+        new encoder per call."""
         return _ENCODE(dict(zip(_FIELD_NAMES, _FIELD_VALUES(self), strict=True)))
 
     @classmethod

@@ -1,30 +1,56 @@
 """The original experiment's results CSV: one row per (run, scenario, phase), and its graphs.
 
 The original wrote ``raw_data/<output_csv>`` and ``analyze_results.py`` drew graphs from it
-into ``visualizations/``. The sweep writes the same file here, one row per measured phase,
-with the original's identifying columns (``speculative_model``, ``num_speculative_tokens``,
-``batch_size``, ``num_requests``) followed by ``vllm bench serve``-named metrics.
+into ``visualizations/``. The sweep writes the same file, one row per measured phase, with
+the original's identifying columns (``speculative_model``, ``num_speculative_tokens``,
+``batch_size``, ``num_requests``) followed by ``vllm bench serve``-named metrics; this
+module owns that format both ways (writing rows, reading them back for the graphs).
 
     python analyze_results.py raw_data/vllm_benchmark_results.csv [--out visualizations]
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
-import re
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from loadgen.config.scenario import Scenario
 from loadgen.errors import SpecloadError
+from loadgen.report.figures import file_stem
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from server_launch.matrix import ServerRun
+
+class SpecLike(Protocol):
+    """What a row needs of a speculative config (``server_launch.specs.SpecConfig``)."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def num_speculative_tokens(self) -> int | None: ...
+    @property
+    def label(self) -> str | None: ...
+
+
+class ServerRunLike(Protocol):
+    """What a row needs of the server run it came from (``server_launch.matrix.ServerRun``);
+    a protocol so the format lives here without loadgen importing server_launch."""
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def batch_size(self) -> int | None: ...
+    @property
+    def spec(self) -> SpecLike: ...
+    @property
+    def scenarios(self) -> Sequence[Scenario]: ...
+
 
 # Identifying columns first (the original's four, then where the row came from), then
 # metrics with vllm bench serve's names (ms for latencies, per second for throughputs).
@@ -88,10 +114,10 @@ def speculative_model_name(method: str, model: str | None) -> str:
     return model
 
 
-def row_from_summary(run: ServerRun, summary: Mapping[str, Any]) -> dict[str, Any]:
-    """One CSV row from a server run and one phase's flat summary (metrics.summarize).
+def row_from_summary(run: ServerRunLike, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """One CSV row from a server run and one phase's flat summary (summary.summarize).
 
-    ``summary`` should carry ``scenario`` (results.py adds it to summary rows); the
+    ``summary`` should carry ``scenario`` (the sweep adds it to each phase's summary); the
     scenario's configured ``output_tokens`` is looked up in the run by that name.
     """
     spec = run.spec
@@ -253,7 +279,7 @@ def make_figures(df: pd.DataFrame, out_dir: str | Path, stem: str = "results") -
         handles, labels = axes[0].get_legend_handles_labels()
         if handles:
             fig.legend(handles, labels, loc="outside right upper", fontsize=8)
-        path = out / f"{_slug(stem)}-{name}.png"
+        path = out / f"{file_stem(stem, 'results')}-{name}.png"
         fig.savefig(path, format="png")
         written.append(path)
     return written
@@ -273,26 +299,3 @@ def _panels(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         out.append((_as_int(sub["num_requests"].min()) or 0, title, sub))
     out.sort(key=lambda t: (t[0], t[1]))
     return [(title, sub) for _, title, sub in out]
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "results"
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="analyze_results.py",
-        description="Graphs from the sweep's results CSV (raw_data/<output_csv>).",
-    )
-    p.add_argument("csv", help="results CSV written by the sweep")
-    p.add_argument("--out", default="visualizations", help="output directory")
-    args = p.parse_args(argv)
-    try:
-        df = read_results(args.csv)
-        paths = make_figures(df, args.out, Path(args.csv).stem)
-    except SpecloadError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return SpecloadError.exit_code
-    for path in paths:
-        print(path)
-    return 0
