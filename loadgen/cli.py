@@ -12,12 +12,12 @@ from typing import Any, NoReturn
 
 from loadgen.config.scenario import (
     MAX_WORKERS,
-    OPEN_SHAPES,
     list_scenarios,
     parse_scenario,
     read_yaml,
     resolve_path,
 )
+from loadgen.config.shapes.base import SHAPES, shape_class
 from loadgen.errors import ArgParser, SpecloadError, run_cli
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -140,20 +140,19 @@ def scenario_overrides(doc: dict[str, Any], args: argparse.Namespace) -> dict[st
     for flag, fvalue in (("--rate", args.rate), ("--duration", args.duration)):
         if fvalue is not None and not fvalue > 0:
             _fail(f"{flag}: must be positive, got {fvalue:g}")
-    if args.concurrency is not None:
-        if shape == "concurrency":
-            out["load.concurrency"] = args.concurrency
-            drop_sweep("concurrency")
-        else:
-            out["load.max_concurrency"] = args.concurrency
+    cls = shape_class(shape)
+    if args.concurrency is not None and cls is not None and cls.concurrency_field:
+        out[f"load.{cls.concurrency_field}"] = args.concurrency
+        drop_sweep(cls.concurrency_field)
     if args.rate is not None:
-        if shape not in OPEN_SHAPES or shape in ("burst", "trace", "ramp"):
+        if cls is None or cls.rate_field is None:
+            *most, last = [name for name, c in SHAPES.items() if c.rate_field]
             _fail(
-                f"--rate: scenario load shape '{shape}' has no rate; use a poisson, gamma or "
-                "constant scenario"
+                f"--rate: scenario load shape '{shape}' has no rate; use a "
+                f"{', '.join(most)} or {last} scenario"
             )
-        out["load.rate"] = args.rate
-        drop_sweep("rate")
+        out[f"load.{cls.rate_field}"] = args.rate
+        drop_sweep(cls.rate_field)
     if args.num_requests is not None:
         out["num_requests"] = args.num_requests
         if args.duration is None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from loadgen.config.shapes import LoadSpec
 from loadgen.errors import SpecloadError, describe_validation_error
 
 SCENARIO_DIR = Path(__file__).resolve().parents[2] / "scenarios"
@@ -23,70 +24,6 @@ MAX_WORKERS = 1024  # --workers: more is a typo that would start a process storm
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# --- load shapes -----------------------------------------------------------------------
-# Open model (arrival rate): poisson, gamma, constant, burst, ramp, trace.
-# Closed model (fixed number in flight): concurrency.
-
-
-class _OpenLoad(_Strict):
-    max_concurrency: int | None = Field(None, gt=0, description="cap on requests in flight")
-
-
-class PoissonLoad(_OpenLoad):
-    shape: Literal["poisson"] = "poisson"
-    rate: float = Field(gt=0, description="mean requests per second")
-
-
-class GammaLoad(_OpenLoad):
-    """Gamma inter-arrivals: burstiness 1.0 is Poisson, below 1 burstier, above 1 smoother."""
-
-    shape: Literal["gamma"] = "gamma"
-    rate: float = Field(gt=0)
-    burstiness: float = Field(gt=0)
-
-
-class ConstantLoad(_OpenLoad):
-    shape: Literal["constant"] = "constant"
-    rate: float = Field(gt=0)
-
-
-class BurstLoad(_OpenLoad):
-    """Waves of ``size`` requests sent at once, one wave every ``interval_s``."""
-
-    shape: Literal["burst"] = "burst"
-    size: int = Field(gt=0)
-    interval_s: float = Field(ge=0)
-
-
-class RampLoad(_OpenLoad):
-    """Rate rising linearly from ``start_rate`` to ``end_rate`` over ``ramp_s`` seconds."""
-
-    shape: Literal["ramp"] = "ramp"
-    start_rate: float = Field(gt=0)
-    end_rate: float = Field(gt=0)
-    ramp_s: float = Field(gt=0)
-
-
-class TraceLoad(_OpenLoad):
-    """Replay send offsets (seconds) from a file: one number per line, or JSONL {"t": ...}."""
-
-    shape: Literal["trace"] = "trace"
-    path: str
-    speedup: float = Field(1.0, gt=0)
-
-
-class ConcurrencyLoad(_Strict):
-    shape: Literal["concurrency"] = "concurrency"
-    concurrency: int = Field(gt=0, description="requests kept in flight")
-
-
-LoadSpec = Annotated[
-    PoissonLoad | GammaLoad | ConstantLoad | BurstLoad | RampLoad | TraceLoad | ConcurrencyLoad,
-    Field(discriminator="shape"),
-]
-OPEN_SHAPES = ("poisson", "gamma", "constant", "burst", "ramp", "trace")
 
 
 # --- prompts, SLOs -------------------------------------------------------------------
@@ -221,7 +158,7 @@ class Scenario(_Strict):
             ]
         out = []
         for combo in combos:
-            label = ",".join(f"{k}={v}" for k, v in combo.items()) or _label(self.load)
+            label = ",".join(f"{k}={v}" for k, v in combo.items()) or self.load.level_label()
             for r in range(1, self.repeats + 1):
                 out.append(
                     Phase(
@@ -234,15 +171,6 @@ class Scenario(_Strict):
                     )
                 )
         return out
-
-
-def _label(load: BaseModel) -> str:
-    d = load.model_dump(exclude_none=True)
-    shape = d.pop("shape")
-    main = {"concurrency": "concurrency", "burst": "size"}.get(shape, "rate")
-    if main in d:
-        return f"{main}={d[main]}"
-    return shape
 
 
 # --- loading -------------------------------------------------------------------------------
