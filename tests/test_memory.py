@@ -233,7 +233,7 @@ def test_runner_retains_no_records_over_2000_requests(tmp_path):
 
 
 def _prompt() -> Any:
-    from loadgen.config.prompts import Prompt
+    from loadgen.config.prompts.base import Prompt
 
     return Prompt("w1 w2 w3 w4", 4)
 

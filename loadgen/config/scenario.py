@@ -15,9 +15,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from loadgen.config.prompts.base import SOURCES
+from loadgen.config.prompts.builtin import BUILTIN_SETS
 from loadgen.config.shapes import LoadSpec
 from loadgen.errors import SpecloadError, describe_validation_error
 
+SOURCE_NAMES = tuple(sorted(SOURCES))
 SCENARIO_DIR = Path(__file__).resolve().parents[2] / "scenarios"
 MAX_WORKERS = 1024  # --workers: more is a typo that would start a process storm
 
@@ -30,22 +33,16 @@ class _Strict(BaseModel):
 
 
 class PromptSpec(_Strict):
-    """Where prompts come from.
+    """Where prompts come from: ``source`` names a registered source (one module each in
+    :mod:`loadgen.config.prompts`, whose docstrings say what each does and which of the
+    fields below it reads). The default, ``random``, is random token ids exactly
+    ``input_tokens`` long in the served tokenizer."""
 
-    - ``random``: random token ids, exactly ``input_tokens`` long in the served tokenizer.
-    - ``base_prompt``: the original experiment's single prompt, repeated.
-    - ``jsonl``: one JSON object per line with ``prompt`` (or ``text``) and optional
-      ``output_tokens``.
-    - ``sharegpt``: a ShareGPT JSON file; first human turn is the prompt.
-    - ``builtin``: prompts this project ships; ``set: copy-heavy`` are code edits and
-      quoting summaries on which ngram speculation can find matches.
-    """
-
-    source: Literal["random", "base_prompt", "jsonl", "sharegpt", "builtin"] = "random"
+    source: Literal[SOURCE_NAMES] = "random"  # type: ignore[valid-type]
     input_tokens: int = Field(256, gt=0)
     base_prompt: str = "The future of AI is"
     path: str | None = None
-    set: Literal["general", "copy-heavy"] = "general"
+    set: Literal[BUILTIN_SETS] = "general"  # type: ignore[valid-type]
     skip_bad_lines: bool = False
     tokenizer: str | None = Field(
         None, description="tokenizer directory; default: the server's /tokenize endpoint"
@@ -58,7 +55,7 @@ class PromptSpec(_Strict):
 
     @model_validator(mode="after")
     def _needs_path(self) -> PromptSpec:
-        if self.source in ("jsonl", "sharegpt") and not self.path:
+        if SOURCES[self.source].needs_path and not self.path:
             raise ValueError(f"prompts.path is required for source '{self.source}'")
         return self
 

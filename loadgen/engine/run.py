@@ -22,7 +22,8 @@ from typing import Any
 
 import httpx
 
-from loadgen.config.prompts import LocalTokenizer, ServerTokenizer, Tokenizer, load_prompts
+from loadgen.config.prompts.base import load_prompts
+from loadgen.config.prompts.tokenizers import LocalTokenizer, ServerTokenizer, Tokenizer
 from loadgen.config.scenario import MAX_WORKERS, Phase, Scenario
 from loadgen.config.shapes.base import Schedule, build_schedule
 from loadgen.engine.phase import PhaseRunner, StopSignal
