@@ -9,6 +9,7 @@ order, with its own warmup and its own summary.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from loadgen.config.prompts.base import SOURCES
 from loadgen.config.prompts.builtin import BUILTIN_SETS
 from loadgen.config.shapes import LoadSpec
+from loadgen.config.shapes.base import SHAPES
 from loadgen.errors import SpecloadError, describe_validation_error
 
 SOURCE_NAMES = tuple(sorted(SOURCES))
@@ -26,7 +28,8 @@ MAX_WORKERS = 1024  # --workers: more is a typo that would start a process storm
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf or nan anywhere: no field means "unbounded" by an infinite value.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --- prompts, SLOs -------------------------------------------------------------------
@@ -103,7 +106,7 @@ class Scenario(_Strict):
     ignore_eos: bool = True
     temperature: float = Field(0.0, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     slo: SLO = SLO()
     request_timeout_s: float = Field(600.0, gt=0)
     max_error_rate: float | None = Field(None, ge=0, le=1)
@@ -200,8 +203,19 @@ def list_scenarios() -> list[str]:
     return out
 
 
-def parse_scenario(doc: Any, source: str, overrides: dict[str, Any] | None = None) -> Scenario:
-    """Validate a YAML document (plus dotted-key overrides) into a Scenario."""
+def parse_scenario(
+    doc: Any,
+    source: str,
+    overrides: dict[str, Any] | None = None,
+    *,
+    flags: Mapping[str, str] | None = None,
+) -> Scenario:
+    """Validate a YAML document (plus dotted-key overrides) into a Scenario.
+
+    An invalid value is reported in one line naming ``source`` and the field, or, when the
+    value came from an override that ``flags`` names (key -> command-line flag), naming the
+    flag as the user typed it.
+    """
     if not isinstance(doc, dict):
         raise SpecloadError(f"{source}: expected a mapping at top level, got {type(doc).__name__}")
     doc = dict(doc)
@@ -211,7 +225,23 @@ def parse_scenario(doc: Any, source: str, overrides: dict[str, Any] | None = Non
     try:
         return Scenario.model_validate(doc)
     except ValidationError as e:
-        raise SpecloadError(describe_validation_error(source, e)) from None
+        first = e.errors()[0]
+        flag = (flags or {}).get(field_key(first["loc"]))
+        if flag is None:
+            raise SpecloadError(describe_validation_error(source, e)) from None
+        msg = first["msg"].replace("Input should be", "must be", 1)
+        value = first.get("input")
+        shown = f"{value:g}" if isinstance(value, float) else repr(value)
+        raise SpecloadError(f"{flag}: {msg}, got {shown}") from None
+
+
+def field_key(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as an override key: ``load.rate``, not pydantic's
+    ``load.poisson.rate`` (a load error's location carries the shape, the union's tag)."""
+    parts = [str(p) for p in loc]
+    if len(parts) > 2 and parts[0] == "load" and parts[1] in SHAPES:
+        del parts[1]
+    return ".".join(parts)
 
 
 def read_yaml(path: Path) -> Any:
