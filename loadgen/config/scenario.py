@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +24,18 @@ from loadgen.config.shapes.base import SHAPES
 from loadgen.errors import SpecloadError, describe_validation_error
 
 SOURCE_NAMES = tuple(sorted(SOURCES))
-SCENARIO_DIR = Path(__file__).resolve().parents[2] / "scenarios"
+
+
+def _builtin_dir() -> Path:
+    """Where the built-in scenarios are: in an installed wheel, the package data
+    ``loadgen/builtin_scenarios`` (pyproject.toml maps it onto ``scenarios/``, so the top-level
+    folder stays the one copy); in a source checkout (editable install, PYTHONPATH, the
+    Docker image's /app) the checkout's ``scenarios/`` itself, which users read and edit."""
+    installed = Path(str(resources.files("loadgen") / "builtin_scenarios"))
+    return installed if installed.is_dir() else Path(__file__).resolve().parents[2] / "scenarios"
+
+
+SCENARIO_DIR = _builtin_dir()
 MAX_WORKERS = 1024  # --workers: more is a typo that would start a process storm
 
 
