@@ -12,8 +12,11 @@ COPY pyproject.toml README.md ./
 COPY loadgen ./loadgen
 COPY server_launch ./server_launch
 COPY scenarios ./scenarios
-# Editable, so scenarios/ (found next to the package) is /app/scenarios; [docker] adds the
-# Docker SDK the sweep profile needs, [fast] uvloop (~10% less client CPU per chunk).
-RUN pip install -e ".[docker,fast]"
+# Not editable: the wheel carries scenarios/ as package data. /app keeps the sources, so
+# `python -m loadgen` run here (docker-compose's command) imports them and reads
+# /app/scenarios, which compose mounts from the host: scenarios edited there need no
+# rebuild. [docker] adds the Docker SDK the sweep profile needs, [fast] uvloop (~10% less
+# client CPU per chunk).
+RUN pip install ".[docker,fast]"
 
 CMD ["python", "-m", "loadgen", "--help"]

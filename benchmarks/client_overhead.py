@@ -282,8 +282,8 @@ def _wall_minus_perf() -> float:
 
 
 def _offsets(cell: Cell) -> list[float]:
-    from loadgen.config.arrivals import build_schedule
-    from loadgen.config.scenario import PoissonLoad
+    from loadgen.config.shapes.base import build_schedule
+    from loadgen.config.shapes.poisson import PoissonLoad
 
     sched = build_schedule(
         PoissonLoad(rate=cell.rate), num_requests=cell.num_requests, duration_s=None, seed=cell.seed

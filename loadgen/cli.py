@@ -8,16 +8,16 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from loadgen.config.scenario import (
-    MAX_WORKERS,
-    OPEN_SHAPES,
+    Scenario,
     list_scenarios,
     parse_scenario,
     read_yaml,
     resolve_path,
 )
+from loadgen.config.shapes.base import SHAPES, shape_class
 from loadgen.errors import ArgParser, SpecloadError, run_cli
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -110,85 +110,72 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail(msg: str) -> NoReturn:
-    print(f"loadgen: error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+# Flags that set one scenario field: argparse dest -> the field's dotted key. The flag is
+# the dest spelt as typed (num_requests -> --num-requests), so an invalid value is reported
+# under the flag, though the Scenario's validation finds it.
+SCENARIO_FLAGS: dict[str, str] = {
+    "num_requests": "num_requests",
+    "duration": "duration_s",
+    "warmup": "warmup_requests",
+    "input_tokens": "prompts.input_tokens",
+    "output_tokens": "output_tokens",
+    "endpoint": "endpoint",
+    "seed": "seed",
+    "max_error_rate": "max_error_rate",
+    "transport": "transport",
+    "spin_ms": "spin_ms",
+    "skip_bad_lines": "prompts.skip_bad_lines",
+    "workers": "workers",
+}
 
 
-def scenario_overrides(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """CLI flags as dotted-key overrides of the scenario document."""
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def scenario_overrides(doc: Any, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    """CLI flags as dotted-key overrides of the scenario document, and the flag that set
+    each key (to name it in an error). ``--rate`` and ``--concurrency`` set the load field
+    the scenario's shape says they set, and replace a sweep over that field."""
+    doc = doc if isinstance(doc, dict) else {}
     out: dict[str, Any] = {}
+    flags: dict[str, str] = {}
+    for dest, key in SCENARIO_FLAGS.items():
+        value = getattr(args, dest)
+        if value is not None and value is not False:
+            out[key], flags[key] = value, _flag(dest)
+    if args.num_requests is not None and args.duration is None:
+        out["duration_s"] = None  # a count replaces the scenario's duration, and vice versa
+    if args.duration is not None and args.num_requests is None:
+        out["num_requests"] = None
     load = doc.get("load") if isinstance(doc.get("load"), dict) else {}
-    shape = load.get("shape")
-    sweep = dict(doc["sweep"]) if isinstance(doc.get("sweep"), dict) else None
-
-    def drop_sweep(key: str) -> None:
-        if sweep and key in sweep:
-            del sweep[key]
-            out["sweep"] = sweep or None
-
-    for flag, value in (
-        ("--concurrency", args.concurrency),
-        ("--num-requests", args.num_requests),
-        ("--input-tokens", args.input_tokens),
-        ("--output-tokens", args.output_tokens),
-        ("--warmup", args.warmup),
-    ):
-        if value is not None and value < (0 if flag == "--warmup" else 1):
-            need = ">= 0" if flag == "--warmup" else "a positive integer"
-            _fail(f"{flag}: must be {need}, got {value}")
-    for flag, fvalue in (("--rate", args.rate), ("--duration", args.duration)):
-        if fvalue is not None and not fvalue > 0:
-            _fail(f"{flag}: must be positive, got {fvalue:g}")
-    if args.concurrency is not None:
-        if shape == "concurrency":
-            out["load.concurrency"] = args.concurrency
-            drop_sweep("concurrency")
-        else:
-            out["load.max_concurrency"] = args.concurrency
-    if args.rate is not None:
-        if shape not in OPEN_SHAPES or shape in ("burst", "trace", "ramp"):
-            _fail(
-                f"--rate: scenario load shape '{shape}' has no rate; use a poisson, gamma or "
-                "constant scenario"
+    shape = shape_class(load.get("shape"))
+    if shape is None:  # an unknown shape: the scenario's validation reports it
+        return out, flags
+    sweep = dict(doc["sweep"]) if isinstance(doc.get("sweep"), dict) else {}
+    for dest, attr in (("rate", "rate_field"), ("concurrency", "concurrency_field")):
+        value, field = getattr(args, dest), getattr(shape, attr)
+        if value is None:
+            continue
+        if field is None:
+            *most, last = [name for name, c in SHAPES.items() if getattr(c, attr)]
+            takers = f"{', '.join(most)} or {last}" if most else last
+            raise SpecloadError(
+                f"{_flag(dest)}: scenario load shape '{load['shape']}' has no {dest}; use a "
+                f"{takers} scenario"
             )
-        out["load.rate"] = args.rate
-        drop_sweep("rate")
-    if args.num_requests is not None:
-        out["num_requests"] = args.num_requests
-        if args.duration is None:
-            out["duration_s"] = None
-    if args.duration is not None:
-        out["duration_s"] = args.duration
-        if args.num_requests is None:
-            out["num_requests"] = None
-    if args.warmup is not None:
-        out["warmup_requests"] = args.warmup
-    if args.input_tokens is not None:
-        out["prompts.input_tokens"] = args.input_tokens
-    if args.output_tokens is not None:
-        out["output_tokens"] = args.output_tokens
-    if args.endpoint is not None:
-        out["endpoint"] = args.endpoint
-    if args.seed is not None:
-        out["seed"] = args.seed
-    if args.max_error_rate is not None:
-        out["max_error_rate"] = args.max_error_rate
-    if args.transport is not None:
-        out["transport"] = args.transport
-    if args.spin_ms is not None:
-        out["spin_ms"] = args.spin_ms
-    if args.skip_bad_lines:
-        out["prompts.skip_bad_lines"] = True
-    return out
+        out[f"load.{field}"], flags[f"load.{field}"] = value, _flag(dest)
+        if field in sweep:
+            del sweep[field]
+            out["sweep"] = sweep or None
+    return out, flags
 
 
-def load_scenario_from_args(args: argparse.Namespace) -> Any:
+def load_scenario_from_args(args: argparse.Namespace) -> Scenario:
     path = resolve_path(args.scenario)
     doc = read_yaml(path)
-    if not isinstance(doc, dict):
-        raise SpecloadError(f"{path}: expected a mapping at top level")
-    return parse_scenario(doc, str(path), scenario_overrides(doc, args))
+    overrides, flags = scenario_overrides(doc, args)
+    return parse_scenario(doc, str(path), overrides, flags=flags)
 
 
 def run_main(argv: list[str]) -> int:
@@ -198,23 +185,25 @@ def run_main(argv: list[str]) -> int:
             print(name)
         return 0
     if not args.scenario:
-        _fail("--scenario: required (a name from --list-scenarios or a YAML path)")
+        raise SpecloadError("--scenario: required (a name from --list-scenarios or a YAML path)")
     api_key = None
     if args.api_key_env:
         if not _ENV_NAME.fullmatch(args.api_key_env):
             # Likely the key itself (or `--api-key KEY`, which argparse abbreviates to this
             # flag): never echo it, stderr ends up in logs.
-            _fail(
+            raise SpecloadError(
                 "--api-key-env: give the NAME of an environment variable holding the key "
                 "(e.g. OPENAI_API_KEY), not the key; the value given is not shown"
             )
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
-            _fail(f"--api-key-env: environment variable {args.api_key_env} is not set")
-    if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
-        _fail(f"--workers: must be an integer from 1 to {MAX_WORKERS}, got {args.workers}")
+            raise SpecloadError(
+                f"--api-key-env: environment variable {args.api_key_env} is not set"
+            )
     if args.ray_address is not None and not args.ray_address.strip():
-        _fail("--ray-address: give the cluster address (host:port, ray://host:port or local)")
+        raise SpecloadError(
+            "--ray-address: give the cluster address (host:port, ray://host:port or local)"
+        )
     scenario = load_scenario_from_args(args)
     out = args.output_dir or Path("results") / (
         f"{scenario.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -230,7 +219,6 @@ def run_main(argv: list[str]) -> int:
         api_key=api_key,
         progress=not args.no_progress and sys.stderr.isatty(),
         cli=["python", "-m", "loadgen", *argv],
-        workers=args.workers,
         ray_address=args.ray_address,
     )
     try:

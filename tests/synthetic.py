@@ -13,7 +13,8 @@ import json
 import random
 from typing import Any
 
-from loadgen.config.scenario import SLO, ConcurrencyLoad
+from loadgen.config.scenario import SLO
+from loadgen.config.shapes.concurrency import ConcurrencyLoad
 from loadgen.results.records import RequestRecord
 
 # The golden file's records and summary arguments (tests/data/make_summary_golden.py).

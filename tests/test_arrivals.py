@@ -5,22 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loadgen.config.arrivals import (
-    ARRIVALS,
+from loadgen.config.shapes import OPEN_SHAPES
+from loadgen.config.shapes.base import (
+    SHAPES,
     build_schedule,
-    ramp_cumulative_rate,
-    ramp_inverse,
+    level_axis_name,
+    level_from_label,
+    register,
 )
-from loadgen.config.scenario import (
-    OPEN_SHAPES,
-    BurstLoad,
-    ConcurrencyLoad,
-    ConstantLoad,
-    GammaLoad,
-    PoissonLoad,
-    RampLoad,
-    TraceLoad,
-)
+from loadgen.config.shapes.burst import BurstLoad
+from loadgen.config.shapes.concurrency import ConcurrencyLoad
+from loadgen.config.shapes.constant import ConstantLoad
+from loadgen.config.shapes.gamma import GammaLoad
+from loadgen.config.shapes.poisson import PoissonLoad
+from loadgen.config.shapes.ramp import RampLoad, ramp_cumulative_rate, ramp_inverse
+from loadgen.config.shapes.trace import TraceLoad
 from loadgen.errors import SpecloadError
 
 
@@ -31,7 +30,10 @@ def _gaps(load, n=20_000, seed=1) -> np.ndarray:
 
 
 def test_registry_covers_every_shape():
-    assert set(ARRIVALS) == {*OPEN_SHAPES, "concurrency"}
+    assert set(SHAPES) == {
+        "poisson", "gamma", "constant", "burst", "ramp", "trace", "concurrency"
+    }  # fmt: skip
+    assert set(OPEN_SHAPES) == set(SHAPES) - {"concurrency"}
 
 
 def test_open_schedule_is_sorted_float64_from_zero():
@@ -203,3 +205,45 @@ def test_trace_missing_or_empty(tmp_path):
         build_schedule(
             TraceLoad(path=str(tmp_path / "e.txt")), num_requests=1, duration_s=None, seed=0
         )
+
+
+def test_each_shape_says_what_the_flags_set_and_how_its_level_reads():
+    cases = [
+        (PoissonLoad(rate=2), "rate=2.0", "rate", "max_concurrency", False),
+        (GammaLoad(rate=3, burstiness=0.5), "rate=3.0", "rate", "max_concurrency", False),
+        (ConstantLoad(rate=1), "rate=1.0", "rate", "max_concurrency", False),
+        (BurstLoad(size=8, interval_s=2), "size=8", None, "max_concurrency", False),
+        (RampLoad(start_rate=1, end_rate=4, ramp_s=9), "ramp", None, "max_concurrency", False),
+        (TraceLoad(path="x"), "trace", None, "max_concurrency", False),
+        (ConcurrencyLoad(concurrency=4), "concurrency=4", None, "concurrency", True),
+    ]
+    for load, label, rate_field, conc_field, closed in cases:
+        cls = type(load)
+        assert load.level_label() == label
+        assert (cls.rate_field, cls.concurrency_field, cls.closed) == (
+            rate_field,
+            conc_field,
+            closed,
+        )
+    assert {load.shape for load, *_ in cases if not type(load).closed} == set(OPEN_SHAPES)
+
+
+def test_registry_refuses_a_second_shape_of_one_name():
+    class Again(PoissonLoad):
+        pass
+
+    with pytest.raises(ValueError, match="load shape 'poisson' registered twice"):
+        register(Again)
+    assert SHAPES["poisson"] is PoissonLoad
+
+
+def test_level_from_a_phase_name_and_axis_names():
+    assert level_from_label("rate=2.0") == 2.0
+    assert level_from_label("rate=2,burstiness=0.5 r2") == 2.0
+    assert level_from_label("concurrency=16") == 16.0
+    assert level_from_label("n64") == 64.0
+    assert level_from_label("ramp") is None and level_from_label("rate=inf") is None
+    assert level_axis_name("concurrency") == "concurrency (requests in flight)"
+    assert level_axis_name("burst") == "burst size"
+    assert level_axis_name("ramp") == "end rate (req/s)"
+    assert level_axis_name("poisson") == level_axis_name(None) == "request rate (req/s)"

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loadgen import cli as loadgen_cli
-from loadgen.config.prompts import read_jsonl
+from loadgen.config.prompts.jsonl import read_jsonl
 from loadgen.config.scenario import SLO, PromptSpec, Scenario
 from loadgen.errors import SpecloadError
 from loadgen.mock.server import start_mock_process, stop_mock_process
@@ -354,17 +354,22 @@ def test_missing_scenario_file(tmp_path: Path, capsys: Any) -> None:
 @pytest.mark.parametrize(
     ("flags", "expect"),
     [
-        (["--rate", "-3"], "--rate"),
-        (["--rate", "0"], "--rate"),
+        (["--rate", "-3"], "--rate: must be greater than 0, got -3"),
+        (["--rate", "0"], "--rate: must be greater than 0, got 0"),
         (["--rate", "fast"], "--rate"),
-        (["--concurrency", "0"], "--concurrency"),
+        (["--concurrency", "0"], "--concurrency: must be greater than 0, got 0"),
         (["--concurrency", "two"], "--concurrency"),
-        (["--num-requests", "-1"], "--num-requests"),
-        (["--duration", "-5"], "--duration"),
-        (["--warmup", "-1"], "--warmup"),
-        (["--output-tokens", "0"], "--output-tokens"),
-        (["--max-error-rate", "1.5"], "max_error_rate"),
-        (["--max-error-rate", "-0.1"], "max_error_rate"),
+        (["--num-requests", "-1"], "--num-requests: must be greater than 0, got -1"),
+        (["--duration", "-5"], "--duration: must be greater than 0, got -5"),
+        (["--warmup", "-1"], "--warmup: must be greater than or equal to 0, got -1"),
+        (["--output-tokens", "0"], "--output-tokens: must be greater than 0, got 0"),
+        (["--max-error-rate", "1.5"], "--max-error-rate: must be less than or equal to 1"),
+        (["--max-error-rate", "-0.1"], "--max-error-rate: must be greater than or equal to 0"),
+        (["--rate", "inf"], "--rate: must be a finite number"),
+        (["--duration", "inf"], "--duration: must be a finite number"),
+        (["--seed", "-1"], "--seed: must be greater than or equal to 0"),
+        (["--input-tokens", "0"], "--input-tokens: must be greater than 0, got 0"),
+        (["--spin-ms", "51"], "--spin-ms: must be less than or equal to 50"),
         (["--endpoint", "grpc"], "--endpoint"),
         (["--api-key-env", "SPECLOAD_SURELY_UNSET_VAR"], "--api-key-env"),
         (["--bogus-flag"], "unrecognized arguments"),

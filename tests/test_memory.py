@@ -217,7 +217,7 @@ def test_runner_retains_no_records_over_2000_requests(tmp_path):
                     stop=StopSignal(),
                     id_prefix="mem",
                 )
-                from loadgen.config.arrivals import Schedule
+                from loadgen.config.shapes.base import Schedule
 
                 out = await runner.run(Schedule(None, conc, n, None), warmup_requests=20)
             return sink, probe, path, out.duration_s
@@ -233,7 +233,7 @@ def test_runner_retains_no_records_over_2000_requests(tmp_path):
 
 
 def _prompt() -> Any:
-    from loadgen.config.prompts import Prompt
+    from loadgen.config.prompts.base import Prompt
 
     return Prompt("w1 w2 w3 w4", 4)
 

@@ -15,16 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import loadgen.results.summary as metrics_mod
-from loadgen.config.scenario import (
-    SLO,
-    BurstLoad,
-    ConcurrencyLoad,
-    ConstantLoad,
-    GammaLoad,
-    PoissonLoad,
-    RampLoad,
-    TraceLoad,
-)
+from loadgen.config.scenario import SLO
+from loadgen.config.shapes.burst import BurstLoad
+from loadgen.config.shapes.concurrency import ConcurrencyLoad
+from loadgen.config.shapes.constant import ConstantLoad
+from loadgen.config.shapes.gamma import GammaLoad
+from loadgen.config.shapes.poisson import PoissonLoad
+from loadgen.config.shapes.ramp import RampLoad
+from loadgen.config.shapes.trace import TraceLoad
 from loadgen.results.records import RequestRecord
 from loadgen.results.server_metrics import GAUGE_SUMMARY_KEYS, SpecDecodeStats
 from loadgen.results.stats import (

@@ -10,15 +10,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import ValidationError
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
-from loadgen.config.prompts import (
-    LocalTokenizer,
-    Prompt,
-    ServerTokenizer,
-    load_prompts,
-    random_prompts,
-)
+from loadgen.config.prompts.base import SOURCES, Prompt, PromptSource, load_prompts, register
+from loadgen.config.prompts.random_tokens import random_prompts
+from loadgen.config.prompts.tokenizers import LocalTokenizer, ServerTokenizer
 from loadgen.config.scenario import PromptSpec
 from loadgen.errors import SpecloadError
 
@@ -302,6 +299,26 @@ def test_copy_heavy_prompts_carry_text_to_copy():
     ps = load_prompts(PromptSpec(source="builtin", set="copy-heavy"), 33, seed=0, tokenizer=None)
     with_code = sum("```" in p.text for p in ps.prompts[: ps.distinct])
     assert with_code >= 15
+
+
+def test_sources_are_registered_and_say_whether_they_need_a_path():
+    assert set(SOURCES) == {"random", "base_prompt", "jsonl", "sharegpt", "builtin"}
+    assert {n for n, s in SOURCES.items() if s.needs_path} == {"jsonl", "sharegpt"}
+    for name in ("jsonl", "sharegpt"):
+        with pytest.raises(ValidationError, match=f"prompts.path is required for source '{name}'"):
+            PromptSpec(source=name)
+    with pytest.raises(
+        ValidationError,
+        match="Input should be 'base_prompt', 'builtin', 'jsonl', 'random' or 'sharegpt'",
+    ):
+        PromptSpec(source="zipf")
+
+    class Again(PromptSource):
+        name = "jsonl"
+
+    with pytest.raises(ValueError, match="prompt source 'jsonl' registered twice"):
+        register(Again)
+    assert SOURCES["jsonl"] is not Again
 
 
 # --- server tokenizer against a tiny in-test vLLM-like HTTP server -----------------------

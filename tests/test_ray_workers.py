@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import yaml
 
-from loadgen.config.arrivals import build_schedule
 from loadgen.config.scenario import parse_scenario
+from loadgen.config.shapes.base import build_schedule
 from loadgen.mock.server import mock_process
 from loadgen.results.files import read_records, worker_record_files
 from tests.conftest import free_port, run_loadgen

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadgen.config.arrivals import build_schedule
-from loadgen.config.scenario import PoissonLoad
+from loadgen.config.shapes.base import build_schedule
+from loadgen.config.shapes.poisson import PoissonLoad
 from loadgen.results.files import read_records
 from loadgen.results.stats import BENCH_KEYS
 from tests.conftest import REPO, VllmServer, run_loadgen

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
-from loadgen.config.arrivals import build_schedule
 from loadgen.config.scenario import parse_scenario
+from loadgen.config.shapes.base import build_schedule
 from loadgen.engine.run import (
     EXIT_ERROR_BUDGET,
     EXIT_INTERRUPTED,

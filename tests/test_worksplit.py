@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loadgen.config.arrivals import Schedule, build_schedule
-from loadgen.config.scenario import BurstLoad, ConcurrencyLoad, PoissonLoad
+from loadgen.config.shapes.base import Schedule, build_schedule
+from loadgen.config.shapes.burst import BurstLoad
+from loadgen.config.shapes.concurrency import ConcurrencyLoad
+from loadgen.config.shapes.poisson import PoissonLoad
 from loadgen.engine.workers.split import (
     active_workers,
     even_split,

@@ -9,106 +9,55 @@ order, with its own warmup and its own summary.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from loadgen.config.prompts.base import SOURCES
+from loadgen.config.prompts.builtin import BUILTIN_SETS
+from loadgen.config.shapes import LoadSpec
+from loadgen.config.shapes.base import SHAPES
 from loadgen.errors import SpecloadError, describe_validation_error
 
-SCENARIO_DIR = Path(__file__).resolve().parents[2] / "scenarios"
+SOURCE_NAMES = tuple(sorted(SOURCES))
+
+
+def _builtin_dir() -> Path:
+    """Where the built-in scenarios are: in an installed wheel, the package data
+    ``loadgen/builtin_scenarios`` (pyproject.toml maps it onto ``scenarios/``, so the top-level
+    folder stays the one copy); in a source checkout (editable install, PYTHONPATH, the
+    Docker image's /app) the checkout's ``scenarios/`` itself, which users read and edit."""
+    installed = Path(str(resources.files("loadgen") / "builtin_scenarios"))
+    return installed if installed.is_dir() else Path(__file__).resolve().parents[2] / "scenarios"
+
+
+SCENARIO_DIR = _builtin_dir()
 MAX_WORKERS = 1024  # --workers: more is a typo that would start a process storm
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# --- load shapes -----------------------------------------------------------------------
-# Open model (arrival rate): poisson, gamma, constant, burst, ramp, trace.
-# Closed model (fixed number in flight): concurrency.
-
-
-class _OpenLoad(_Strict):
-    max_concurrency: int | None = Field(None, gt=0, description="cap on requests in flight")
-
-
-class PoissonLoad(_OpenLoad):
-    shape: Literal["poisson"] = "poisson"
-    rate: float = Field(gt=0, description="mean requests per second")
-
-
-class GammaLoad(_OpenLoad):
-    """Gamma inter-arrivals: burstiness 1.0 is Poisson, below 1 burstier, above 1 smoother."""
-
-    shape: Literal["gamma"] = "gamma"
-    rate: float = Field(gt=0)
-    burstiness: float = Field(gt=0)
-
-
-class ConstantLoad(_OpenLoad):
-    shape: Literal["constant"] = "constant"
-    rate: float = Field(gt=0)
-
-
-class BurstLoad(_OpenLoad):
-    """Waves of ``size`` requests sent at once, one wave every ``interval_s``."""
-
-    shape: Literal["burst"] = "burst"
-    size: int = Field(gt=0)
-    interval_s: float = Field(ge=0)
-
-
-class RampLoad(_OpenLoad):
-    """Rate rising linearly from ``start_rate`` to ``end_rate`` over ``ramp_s`` seconds."""
-
-    shape: Literal["ramp"] = "ramp"
-    start_rate: float = Field(gt=0)
-    end_rate: float = Field(gt=0)
-    ramp_s: float = Field(gt=0)
-
-
-class TraceLoad(_OpenLoad):
-    """Replay send offsets (seconds) from a file: one number per line, or JSONL {"t": ...}."""
-
-    shape: Literal["trace"] = "trace"
-    path: str
-    speedup: float = Field(1.0, gt=0)
-
-
-class ConcurrencyLoad(_Strict):
-    shape: Literal["concurrency"] = "concurrency"
-    concurrency: int = Field(gt=0, description="requests kept in flight")
-
-
-LoadSpec = Annotated[
-    PoissonLoad | GammaLoad | ConstantLoad | BurstLoad | RampLoad | TraceLoad | ConcurrencyLoad,
-    Field(discriminator="shape"),
-]
-OPEN_SHAPES = ("poisson", "gamma", "constant", "burst", "ramp", "trace")
+    # No inf or nan anywhere: no field means "unbounded" by an infinite value.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --- prompts, SLOs -------------------------------------------------------------------
 
 
 class PromptSpec(_Strict):
-    """Where prompts come from.
+    """Where prompts come from: ``source`` names a registered source (one module each in
+    :mod:`loadgen.config.prompts`, whose docstrings say what each does and which of the
+    fields below it reads). The default, ``random``, is random token ids exactly
+    ``input_tokens`` long in the served tokenizer."""
 
-    - ``random``: random token ids, exactly ``input_tokens`` long in the served tokenizer.
-    - ``base_prompt``: the original experiment's single prompt, repeated.
-    - ``jsonl``: one JSON object per line with ``prompt`` (or ``text``) and optional
-      ``output_tokens``.
-    - ``sharegpt``: a ShareGPT JSON file; first human turn is the prompt.
-    - ``builtin``: prompts this project ships; ``set: copy-heavy`` are code edits and
-      quoting summaries on which ngram speculation can find matches.
-    """
-
-    source: Literal["random", "base_prompt", "jsonl", "sharegpt", "builtin"] = "random"
+    source: Literal[SOURCE_NAMES] = "random"  # type: ignore[valid-type]
     input_tokens: int = Field(256, gt=0)
     base_prompt: str = "The future of AI is"
     path: str | None = None
-    set: Literal["general", "copy-heavy"] = "general"
+    set: Literal[BUILTIN_SETS] = "general"  # type: ignore[valid-type]
     skip_bad_lines: bool = False
     tokenizer: str | None = Field(
         None, description="tokenizer directory; default: the server's /tokenize endpoint"
@@ -121,7 +70,7 @@ class PromptSpec(_Strict):
 
     @model_validator(mode="after")
     def _needs_path(self) -> PromptSpec:
-        if self.source in ("jsonl", "sharegpt") and not self.path:
+        if SOURCES[self.source].needs_path and not self.path:
             raise ValueError(f"prompts.path is required for source '{self.source}'")
         return self
 
@@ -169,7 +118,7 @@ class Scenario(_Strict):
     ignore_eos: bool = True
     temperature: float = Field(0.0, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     slo: SLO = SLO()
     request_timeout_s: float = Field(600.0, gt=0)
     max_error_rate: float | None = Field(None, ge=0, le=1)
@@ -221,7 +170,7 @@ class Scenario(_Strict):
             ]
         out = []
         for combo in combos:
-            label = ",".join(f"{k}={v}" for k, v in combo.items()) or _label(self.load)
+            label = ",".join(f"{k}={v}" for k, v in combo.items()) or self.load.level_label()
             for r in range(1, self.repeats + 1):
                 out.append(
                     Phase(
@@ -234,15 +183,6 @@ class Scenario(_Strict):
                     )
                 )
         return out
-
-
-def _label(load: BaseModel) -> str:
-    d = load.model_dump(exclude_none=True)
-    shape = d.pop("shape")
-    main = {"concurrency": "concurrency", "burst": "size"}.get(shape, "rate")
-    if main in d:
-        return f"{main}={d[main]}"
-    return shape
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -275,8 +215,19 @@ def list_scenarios() -> list[str]:
     return out
 
 
-def parse_scenario(doc: Any, source: str, overrides: dict[str, Any] | None = None) -> Scenario:
-    """Validate a YAML document (plus dotted-key overrides) into a Scenario."""
+def parse_scenario(
+    doc: Any,
+    source: str,
+    overrides: dict[str, Any] | None = None,
+    *,
+    flags: Mapping[str, str] | None = None,
+) -> Scenario:
+    """Validate a YAML document (plus dotted-key overrides) into a Scenario.
+
+    An invalid value is reported in one line naming ``source`` and the field, or, when the
+    value came from an override that ``flags`` names (key -> command-line flag), naming the
+    flag as the user typed it.
+    """
     if not isinstance(doc, dict):
         raise SpecloadError(f"{source}: expected a mapping at top level, got {type(doc).__name__}")
     doc = dict(doc)
@@ -286,7 +237,23 @@ def parse_scenario(doc: Any, source: str, overrides: dict[str, Any] | None = Non
     try:
         return Scenario.model_validate(doc)
     except ValidationError as e:
-        raise SpecloadError(describe_validation_error(source, e)) from None
+        first = e.errors()[0]
+        flag = (flags or {}).get(field_key(first["loc"]))
+        if flag is None:
+            raise SpecloadError(describe_validation_error(source, e)) from None
+        msg = first["msg"].replace("Input should be", "must be", 1)
+        value = first.get("input")
+        shown = f"{value:g}" if isinstance(value, float) else repr(value)
+        raise SpecloadError(f"{flag}: {msg}, got {shown}") from None
+
+
+def field_key(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as an override key: ``load.rate``, not pydantic's
+    ``load.poisson.rate`` (a load error's location carries the shape, the union's tag)."""
+    parts = [str(p) for p in loc]
+    if len(parts) > 2 and parts[0] == "load" and parts[1] in SHAPES:
+        del parts[1]
+    return ".".join(parts)
 
 
 def read_yaml(path: Path) -> Any:

@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from loadgen.config.arrivals import Schedule
-from loadgen.config.prompts import Prompt
+from loadgen.config.prompts.base import Prompt
+from loadgen.config.shapes.base import Schedule
 from loadgen.http.base import make_transport
 from loadgen.http.client import RequestSettings
 from loadgen.results.files import RecordWriter

@@ -22,9 +22,10 @@ from typing import Any
 
 import httpx
 
-from loadgen.config.arrivals import Schedule, build_schedule
-from loadgen.config.prompts import LocalTokenizer, ServerTokenizer, Tokenizer, load_prompts
+from loadgen.config.prompts.base import load_prompts
+from loadgen.config.prompts.tokenizers import LocalTokenizer, ServerTokenizer, Tokenizer
 from loadgen.config.scenario import MAX_WORKERS, Phase, Scenario
+from loadgen.config.shapes.base import Schedule, build_schedule
 from loadgen.engine.phase import PhaseRunner, StopSignal
 from loadgen.engine.progress import LiveProgress
 from loadgen.engine.workers.pool import WORKER_LOST, WorkerInit, WorkerPool

@@ -40,6 +40,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from loadgen.config.scenario import SLO
+from loadgen.config.shapes.base import traffic_fields
 from loadgen.results.records import RequestRecord
 from loadgen.results.server_metrics import GAUGE_SUMMARY_KEYS, SPEC_BENCH_KEYS, SpecDecodeStats
 from loadgen.results.stats import (
@@ -67,46 +68,11 @@ from loadgen.results.stats import (
 
 def load_fields(load: BaseModel | Mapping[str, Any] | None) -> dict[str, Any]:
     """vllm's traffic keys (request_rate, burstiness, max_concurrency, ramp_up_*) and ours
-    (load_shape, load_level) from a scenario load spec.
-
-    request_rate is "inf" when nothing paces arrivals (closed loop, as vllm with
-    --max-concurrency and the default rate), None for a trace. burstiness is 1.0 for
-    Poisson, the gamma shape's value, else None. load_level is the concurrency for a
-    closed loop, the wave size for burst, the end rate for ramp, the speedup for a
-    trace and the rate otherwise.
-    """
-    d: dict[str, Any]
+    (load_shape, load_level) from a scenario load spec; each shape defines its own
+    (``loadgen.config.shapes``: ``traffic_fields`` and the shape's ``traffic``)."""
     if load is None:
-        d = {}
-    elif isinstance(load, BaseModel):
-        d = load.model_dump()
-    else:
-        d = dict(load)
-    shape = d.get("shape")
-    rate: Any = d.get("rate")
-    level: Any = d.get("rate")
-    if shape == "concurrency":
-        rate, level = "inf", d.get("concurrency")
-    elif shape == "burst":
-        size, interval = d.get("size"), d.get("interval_s")
-        rate = size / interval if size and interval else "inf"
-        level = size
-    elif shape == "ramp":
-        rate, level = "inf", d.get("end_rate")
-    elif shape == "trace":
-        rate, level = None, d.get("speedup")
-    burstiness = {"poisson": 1.0, "gamma": d.get("burstiness")}.get(shape or "")
-    max_conc = d.get("concurrency") if shape == "concurrency" else d.get("max_concurrency")
-    return {
-        "request_rate": rate,
-        "burstiness": burstiness,
-        "max_concurrency": max_conc,
-        "ramp_up_strategy": "linear" if shape == "ramp" else None,
-        "ramp_up_start_rps": d.get("start_rate") if shape == "ramp" else None,
-        "ramp_up_end_rps": d.get("end_rate") if shape == "ramp" else None,
-        "load_shape": shape,
-        "load_level": level,
-    }
+        return traffic_fields({})
+    return traffic_fields(load.model_dump() if isinstance(load, BaseModel) else dict(load))
 
 
 # --- accumulation ---------------------------------------------------------------------------

@@ -47,8 +47,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
-from loadgen.config.arrivals import Schedule
-from loadgen.config.prompts import Prompt
+from loadgen.config.prompts.base import Prompt
+from loadgen.config.shapes.base import Schedule
 from loadgen.engine.phase import ERROR_BUDGET_MIN_REQUESTS, PhaseRunner, StopSignal
 from loadgen.engine.workers.split import split_phase
 from loadgen.errors import one_line

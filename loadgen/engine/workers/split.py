@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from loadgen.config.arrivals import Schedule
+from loadgen.config.shapes.base import Schedule
 
 
 @dataclass(frozen=True)
