@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loadgen.config.shapes.base import level_axis_name
+
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
@@ -73,11 +75,7 @@ def _isnan(v: Any) -> bool:
 def _load_name(df: pd.DataFrame) -> str:
     shapes = [s for s in dict.fromkeys(df["load_shape"]) if isinstance(s, str)]
     if len(shapes) == 1:
-        return {
-            "concurrency": "concurrency (requests in flight)",
-            "burst": "burst size",
-            "ramp": "end rate (req/s)",
-        }.get(shapes[0], "request rate (req/s)")
+        return level_axis_name(shapes[0])
     return "load level"
 
 

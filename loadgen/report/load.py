@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from loadgen.config.scenario import Phase, Scenario
+from loadgen.config.shapes.base import level_from_label
 from loadgen.errors import SpecloadError
 from loadgen.report.console import as_float
 from loadgen.results.files import phase_record_files, phase_records
@@ -279,7 +280,7 @@ def _levels_and_shapes(
     for name, s in phases.items():
         lvl = as_float(s.get("load_level"))
         if lvl is not None or levels.get(name) is None:
-            levels[name] = lvl if lvl is not None else _level_from_name(name)
+            levels[name] = lvl if lvl is not None else level_from_label(name)
         if s.get("load_shape") or name not in shapes:
             shapes[name] = s.get("load_shape") or shapes.get(name)
         if s.get("complete") is False:
@@ -325,8 +326,3 @@ def _recompute(
         extra={"complete": False, "recomputed": True},
         detailed=False,
     )
-
-
-def _level_from_name(name: str) -> float | None:
-    m = re.search(r"=\s*([-+0-9.eE]+)", name) or re.search(r"([0-9]+(?:\.[0-9]+)?)", name)
-    return as_float(m.group(1)) if m else None
