@@ -31,10 +31,12 @@ from loadgen.config.scenario import parse_scenario
 from loadgen.engine import run as api
 from loadgen.engine.phase import CONNECT_FAILURES_TO_STOP
 from loadgen.engine.run import EXIT_ERROR_BUDGET, EXIT_INTERRUPTED, EXIT_SERVER_LOST, run_scenario
-from loadgen.http.client import RequestSettings, _parse_stream, make_http_client, send_request
+from loadgen.http.base import RequestSettings
+from loadgen.http.httpx_transport import make_http_client, send_request
+from loadgen.http.sse import _parse_stream
 from loadgen.mock.server import MockConfig, MockServer
 from loadgen.results.files import RecordWriter, atomic_write_json, read_records
-from loadgen.results.records import ERROR_KINDS, RequestRecord
+from loadgen.results.records import ErrorKind, RequestRecord
 from tests.conftest import free_port, start_loadgen
 
 PROMPTS = {"source": "base_prompt", "base_prompt": "w1 w2 w3"}
@@ -76,7 +78,7 @@ def assert_none_lost(out: Path, sent: int | None = None) -> list[RequestRecord]:
         assert len(recs) == sent
     for r in recs:
         assert (r.error is None) == (r.error_kind is None), r
-        assert r.error_kind is None or r.error_kind in ERROR_KINDS, r.error_kind
+        assert r.error_kind is None or r.error_kind in list(ErrorKind), r.error_kind
     failed = Counter(r.error_kind for r in recs if r.error_kind)
     assert s["failed_by_kind"] == dict(failed)
     print(f"\n[faults] {out.parent.name}: {len(recs)} requests on disk, failed {dict(failed)}")

@@ -16,7 +16,7 @@ import pytest
 
 import loadgen.results.summary as metrics_mod
 from loadgen.engine.phase import PhaseRunner, StopSignal
-from loadgen.http.client import RequestSettings, now_clock
+from loadgen.http.base import RequestSettings, now_clock
 from loadgen.mock.server import MockConfig, MockServer
 from loadgen.results.files import RecordWriter, read_records
 from loadgen.results.records import RequestRecord

@@ -17,10 +17,9 @@ from typing import Protocol
 
 from loadgen.config.arrivals import Schedule
 from loadgen.config.prompts import Prompt
-from loadgen.http.base import make_transport
-from loadgen.http.client import RequestSettings
+from loadgen.http.base import RequestSettings, make_transport
 from loadgen.results.files import RecordWriter
-from loadgen.results.records import RequestRecord
+from loadgen.results.records import ErrorKind, RequestRecord
 
 # Below this many finished requests the error rate is too noisy to stop a run on.
 ERROR_BUDGET_MIN_REQUESTS = 10
@@ -255,7 +254,8 @@ class PhaseRunner:
         self.writer.write(rec)
         for s in self.sinks:
             s.add(rec)
-        self._connect_streak = self._connect_streak + 1 if rec.error_kind == "connect" else 0
+        refused = rec.error_kind == ErrorKind.CONNECT
+        self._connect_streak = self._connect_streak + 1 if refused else 0
         if self._connect_streak >= CONNECT_FAILURES_TO_STOP:
             self.stop.set(
                 f"server lost: {self._connect_streak} connections refused in a row ({rec.error})"
@@ -266,7 +266,7 @@ class PhaseRunner:
         self._failed += rec.error is not None
         if (
             self.max_error_rate is not None
-            and rec.error_kind != "cancelled"
+            and rec.error_kind != ErrorKind.CANCELLED
             and self._measured >= ERROR_BUDGET_MIN_REQUESTS
             and self._failed / self._measured > self.max_error_rate
         ):

@@ -29,7 +29,7 @@ from loadgen.engine.phase import PhaseRunner, StopSignal
 from loadgen.engine.progress import LiveProgress
 from loadgen.engine.workers.pool import WORKER_LOST, WorkerInit, WorkerPool
 from loadgen.errors import SpecloadError
-from loadgen.http.client import RequestSettings, now_clock
+from loadgen.http.base import RequestSettings, auth_headers, now_clock
 from loadgen.results import server_metrics
 from loadgen.results.files import (
     REQUESTS_FILE,
@@ -71,7 +71,7 @@ class ServerInfo:
 
 async def probe_server(base_url: str, api_key: str | None = None) -> ServerInfo:
     """Ask the server what it serves; a clear one-line error if it can't be reached."""
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = auth_headers(api_key)
     url = base_url.rstrip("/")
     async with httpx.AsyncClient(timeout=10.0, trust_env=False, headers=headers) as c:
         try:
@@ -122,7 +122,7 @@ def make_tokenizer(
         tdir = model  # vLLM names a model served from a directory by its path
     if tdir is not None:
         return LocalTokenizer(tdir)
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = auth_headers(api_key)
     client = httpx.Client(timeout=30.0, trust_env=False, headers=headers)
     return ServerTokenizer(base_url, model, client)
 
@@ -393,7 +393,7 @@ async def _run_phase(
     pool: WorkerPool | None = None,
 ) -> dict[str, Any]:
     pdir = results.phase_dir(slug)
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = auth_headers(api_key)
     async with httpx.AsyncClient(timeout=10.0, trust_env=False, headers=headers) as ctl:
         scraped: dict[str, str | None] = {}
 

@@ -52,7 +52,7 @@ from loadgen.config.prompts import Prompt
 from loadgen.engine.phase import ERROR_BUDGET_MIN_REQUESTS, PhaseRunner, StopSignal
 from loadgen.engine.workers.split import split_phase
 from loadgen.errors import one_line
-from loadgen.http.client import RequestSettings
+from loadgen.http.base import RequestSettings
 from loadgen.results.files import RecordWriter, worker_record_files, worker_records_path
 from loadgen.results.records import RequestRecord
 
