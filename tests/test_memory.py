@@ -15,7 +15,8 @@ from unittest import mock
 import pytest
 
 import loadgen.results.summary as metrics_mod
-from loadgen.engine.phase import PhaseRunner, StopSignal
+from loadgen.engine.phase import PhaseRunner
+from loadgen.engine.stop import StopSignal
 from loadgen.http.base import RequestSettings, now_clock
 from loadgen.mock.server import MockConfig, MockServer
 from loadgen.results.files import RecordWriter, read_records

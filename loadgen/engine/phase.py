@@ -12,17 +12,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from loadgen.config.arrivals import Schedule
 from loadgen.config.prompts import Prompt
+from loadgen.engine.stop import ErrorBudget, StopReason, StopSignal
 from loadgen.http.base import RequestSettings, make_transport
 from loadgen.results.files import RecordWriter
 from loadgen.results.records import ErrorKind, RequestRecord
 
-# Below this many finished requests the error rate is too noisy to stop a run on.
-ERROR_BUDGET_MIN_REQUESTS = 10
 # This many refused connections in a row mean the server is gone: a closed loop would
 # otherwise record thousands of instant failures a second until the run ends.
 CONNECT_FAILURES_TO_STOP = 25
@@ -32,22 +31,6 @@ MAX_PREFILLED_CLIENTS = 1024
 
 class RecordSink(Protocol):
     def add(self, record: RequestRecord) -> None: ...
-
-
-@dataclass
-class StopSignal:
-    """Why and whether the run must stop; shared by the phase, signal handlers and probes."""
-
-    event: asyncio.Event = field(default_factory=asyncio.Event)
-    reason: str | None = None
-
-    def set(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
-        self.event.set()
-
-    def is_set(self) -> bool:
-        return self.event.is_set()
 
 
 @dataclass
@@ -104,13 +87,11 @@ class PhaseRunner:
         self.sinks = sinks
         self.stop = stop
         self.id_prefix = id_prefix
-        self.max_error_rate = max_error_rate
         self.worker = worker
         self.spin_s = spin_s
         self._ids = itertools.count(first_request_id)
         self._transport = make_transport(transport, settings, clock)
-        self._measured = 0
-        self._failed = 0
+        self._budget = ErrorBudget(max_error_rate, stop)
         self._connect_streak = 0
         self._sent = 0
 
@@ -152,7 +133,8 @@ class PhaseRunner:
             end = self.clock()
         finally:
             await self._transport.aclose()
-        return PhaseOutcome(start, end, self._sent, self._measured, self._failed)
+        budget = self._budget
+        return PhaseOutcome(start, end, self._sent, budget.measured, budget.failed)
 
     # --- load shapes ------------------------------------------------------------------
 
@@ -258,19 +240,8 @@ class PhaseRunner:
         self._connect_streak = self._connect_streak + 1 if refused else 0
         if self._connect_streak >= CONNECT_FAILURES_TO_STOP:
             self.stop.set(
-                f"server lost: {self._connect_streak} connections refused in a row ({rec.error})"
+                StopReason.SERVER_LOST,
+                f"server lost: {self._connect_streak} connections refused in a row ({rec.error})",
             )
-        if rec.warmup:
-            return
-        self._measured += 1
-        self._failed += rec.error is not None
-        if (
-            self.max_error_rate is not None
-            and rec.error_kind != ErrorKind.CANCELLED
-            and self._measured >= ERROR_BUDGET_MIN_REQUESTS
-            and self._failed / self._measured > self.max_error_rate
-        ):
-            self.stop.set(
-                f"error budget exceeded: {self._failed}/{self._measured} failed "
-                f"(> {self.max_error_rate:.0%})"
-            )
+        if not rec.warmup:
+            self._budget.count(rec.error is not None, rec.error_kind == ErrorKind.CANCELLED)

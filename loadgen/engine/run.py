@@ -25,10 +25,11 @@ import httpx
 from loadgen.config.arrivals import Schedule, build_schedule
 from loadgen.config.prompts import LocalTokenizer, ServerTokenizer, Tokenizer, load_prompts
 from loadgen.config.scenario import MAX_WORKERS, Phase, Scenario
-from loadgen.engine.phase import PhaseRunner, StopSignal
+from loadgen.engine.phase import PhaseRunner
 from loadgen.engine.progress import LiveProgress
-from loadgen.engine.workers.pool import WORKER_LOST, WorkerInit, WorkerPool
-from loadgen.errors import SpecloadError
+from loadgen.engine.stop import StopReason, StopSignal, exit_code
+from loadgen.engine.workers.pool import WorkerInit, WorkerPool
+from loadgen.errors import ExitCode, SpecloadError
 from loadgen.http.base import RequestSettings, auth_headers, now_clock
 from loadgen.results import server_metrics
 from loadgen.results.files import (
@@ -39,13 +40,6 @@ from loadgen.results.files import (
 )
 from loadgen.results.records import RequestRecord
 from loadgen.results.summary import StreamingSummary
-
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
-EXIT_ERROR_BUDGET = 3
-EXIT_SERVER_LOST = 4
-EXIT_WORKER_LOST = 5
-EXIT_INTERRUPTED = 130
 
 HEALTH_INTERVAL_S = 5.0
 DETAILED_MAX_REQUESTS = 20_000
@@ -58,8 +52,8 @@ class RunResult:
     output_dir: Path
     complete: bool
     phases: dict[str, dict[str, Any]]
-    exit_code: int
-    stop_reason: str | None = None
+    exit_code: ExitCode
+    stop_reason: str | None = None  # the line for people, as summary.json has it
 
 
 @dataclass(frozen=True)
@@ -341,7 +335,7 @@ async def _run_phases(
                 scenario=scenario.name,
                 label=label,
                 phases=summaries,
-                stop_reason=stop.reason,
+                stop_reason=stop.message,
             )
     finally:
         live.stop()
@@ -355,10 +349,10 @@ async def _run_phases(
         scenario=scenario.name,
         label=label,
         phases=summaries,
-        stop_reason=stop.reason,
+        stop_reason=stop.message,
     )
     return RunResult(
-        output_dir, complete, summaries, _exit_code(complete, stop.reason), stop.reason
+        output_dir, complete, summaries, exit_code(complete, stop.reason), stop.message
     )
 
 
@@ -462,8 +456,8 @@ async def _run_phase(
     extra.update(workers_extra)
     extra["repeat"] = phase.repeat
     extra["complete"] = not stop.is_set()
-    if stop.reason:
-        extra["stop_reason"] = stop.reason
+    if stop.message:
+        extra["stop_reason"] = stop.message
     spec = None
     if before is not None and after is not None:
         spec = server_metrics.spec_decode_delta(
@@ -501,7 +495,7 @@ async def _watch_health(check: Callable[[], bool], stop: StopSignal) -> None:
         await asyncio.sleep(HEALTH_INTERVAL_S)
         ok = await asyncio.to_thread(check)
         if not ok:
-            stop.set("server lost: health check failed during the run")
+            stop.set(StopReason.SERVER_LOST, "server lost: health check failed during the run")
             return
 
 
@@ -509,7 +503,8 @@ def _install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: StopSignal) 
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, stop.set, f"interrupted by {signal.Signals(sig).name}")
+            why = f"interrupted by {signal.Signals(sig).name}"
+            loop.add_signal_handler(sig, stop.set, StopReason.INTERRUPTED, why)
             installed.append(sig)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread: the caller handles signals
@@ -519,18 +514,6 @@ def _install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: StopSignal) 
 def _loop_name() -> str:
     """The running event loop's module: uvloop when installed (the ``fast`` extra)."""
     return type(asyncio.get_running_loop()).__module__.split(".")[0]
-
-
-def _exit_code(complete: bool, reason: str | None) -> int:
-    if complete:
-        return EXIT_OK
-    if reason and reason.startswith("error budget"):
-        return EXIT_ERROR_BUDGET
-    if reason and reason.startswith("server lost"):
-        return EXIT_SERVER_LOST
-    if reason and reason.startswith(WORKER_LOST):
-        return EXIT_WORKER_LOST
-    return EXIT_INTERRUPTED
 
 
 def run_scenario(scenario: Scenario, **kwargs: Any) -> RunResult:

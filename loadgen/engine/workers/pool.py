@@ -49,18 +49,18 @@ from typing import Any, Protocol
 
 from loadgen.config.arrivals import Schedule
 from loadgen.config.prompts import Prompt
-from loadgen.engine.phase import ERROR_BUDGET_MIN_REQUESTS, PhaseRunner, StopSignal
+from loadgen.engine.phase import PhaseRunner
+from loadgen.engine.stop import ErrorBudget, StopReason, StopSignal
 from loadgen.engine.workers.split import split_phase
 from loadgen.errors import one_line
 from loadgen.http.base import RequestSettings
 from loadgen.results.files import RecordWriter, worker_record_files, worker_records_path
-from loadgen.results.records import RequestRecord
+from loadgen.results.records import ErrorKind, RequestRecord
 
 GO_MARGIN_S = 0.1  # local workers: the start is this far ahead of the go message
 RAY_GO_MARGIN_S = 0.5
 STOP_GRACE_S = 15.0  # after a stop, a worker that has not finished by then is killed
 PUMP_INTERVAL_S = 0.25
-WORKER_LOST = "worker lost"
 
 
 class WorkerLost(Exception):
@@ -140,6 +140,21 @@ class LineBuffer:
         return out
 
 
+@dataclass(frozen=True)
+class WorkerResult:
+    """What a worker reports when its part of a phase is over."""
+
+    worker: int
+    start: float
+    end: float
+    sent: int
+    finished: int
+    failed: int
+    late_s: float  # how late the worker started after the shared start
+    stop_reason: StopReason | None  # the worker stopped (itself, or told to)
+    stop_message: str | None
+
+
 class WorkerCore:
     """Runs phases in a worker (process or actor): a PhaseRunner on the shared clock."""
 
@@ -150,7 +165,7 @@ class WorkerCore:
 
     async def run_phase(
         self, job: PhaseJob, writer: Any, rendezvous: Rendezvous, stop: StopSignal
-    ) -> dict[str, Any]:
+    ) -> WorkerResult:
         late = [0.0]
 
         async def measure_start() -> float:
@@ -183,16 +198,17 @@ class WorkerCore:
             measure_start,
             itertools.count(job.id_start, job.id_step),
         )
-        return {
-            "worker": self.index,
-            "start": outcome.start_s,
-            "end": outcome.end_s,
-            "sent": outcome.sent,
-            "finished": outcome.finished,
-            "failed": outcome.failed,
-            "late_s": late[0],
-            "stop_reason": stop.reason,
-        }
+        return WorkerResult(
+            worker=self.index,
+            start=outcome.start_s,
+            end=outcome.end_s,
+            sent=outcome.sent,
+            finished=outcome.finished,
+            failed=outcome.failed,
+            late_s=late[0],
+            stop_reason=stop.reason,
+            stop_message=stop.message,
+        )
 
 
 async def wait_go_or_stop(
@@ -285,10 +301,10 @@ async def _serve(index: int, conn: Connection) -> None:
                 go.set_result((msg[1], msg[2]))
         elif kind == "stop":
             if stop is not None:
-                stop.set(msg[1])
+                stop.set(msg[1], msg[2])
         elif kind in ("exit", "eof"):
             if stop is not None:
-                stop.set("parent gone" if kind == "eof" else "exit")
+                stop.set(StopReason.INTERRUPTED, "parent gone" if kind == "eof" else "exit")
             if task is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(task, STOP_GRACE_S)
@@ -307,8 +323,8 @@ class WorkerHandle(Protocol):
     async def begin(self, job: PhaseJob, records_path: Path) -> None: ...
     async def ready(self) -> None: ...
     async def go(self, wall: float, at: float) -> None: ...
-    def stop(self, reason: str) -> None: ...
-    async def done(self) -> dict[str, Any]: ...
+    def stop(self, reason: StopReason, message: str) -> None: ...
+    async def done(self) -> WorkerResult: ...
     async def new_lines(self) -> list[bytes]: ...
     def kill(self) -> None: ...
     async def close(self) -> None: ...
@@ -422,11 +438,11 @@ class LocalWorker:
     async def go(self, wall: float, at: float) -> None:
         self._send("go", wall, at)
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: StopReason, message: str) -> None:
         with contextlib.suppress(WorkerLost):
-            self._send("stop", reason)
+            self._send("stop", reason, message)
 
-    async def done(self) -> dict[str, Any]:
+    async def done(self) -> WorkerResult:
         return (await self._expect("done"))[1]
 
     async def new_lines(self) -> list[bytes]:
@@ -453,19 +469,17 @@ class LocalWorker:
         self.conn.close()
 
 
+_CANCELLED = f'"error_kind":"{ErrorKind.CANCELLED}"'.encode()
+
+
 class RecordTally:
     """Counts the records as they come in (live progress, the error budget over all
     workers). Failure and warmup are read off the line without a JSON parse, so the
     parent keeps up with many workers; with a live display, lines are parsed for it."""
 
-    def __init__(
-        self, stop: StopSignal, max_error_rate: float | None, live: Any | None = None
-    ) -> None:
-        self.stop = stop
-        self.max_error_rate = max_error_rate
+    def __init__(self, budget: ErrorBudget, live: Any | None = None) -> None:
+        self.budget = budget
         self.live = live if live is not None and getattr(live, "enabled", False) else None
-        self.measured = 0
-        self.failed = 0
         self.warmup = 0
 
     def feed(self, lines: list[bytes]) -> None:
@@ -475,23 +489,11 @@ class RecordTally:
             if b'"warmup":true' in line:
                 self.warmup += 1
                 continue
-            self.measured += 1
             bad = b'"error":null' not in line
-            self.failed += bad
             if self.live is not None:
                 with contextlib.suppress(ValueError, TypeError):
                     self.live.add(RequestRecord.from_dict(json.loads(line)))
-            if (
-                bad
-                and self.max_error_rate is not None
-                and b'"error_kind":"cancelled"' not in line
-                and self.measured >= ERROR_BUDGET_MIN_REQUESTS
-                and self.failed / self.measured > self.max_error_rate
-            ):
-                self.stop.set(
-                    f"error budget exceeded: {self.failed}/{self.measured} failed "
-                    f"(> {self.max_error_rate:.0%})"
-                )
+            self.budget.count(bad, bad and _CANCELLED in line)
 
 
 @dataclass
@@ -500,7 +502,7 @@ class WorkersOutcome:
     end_s: float
     active: int
     late_s: float  # the latest worker's start after the shared one
-    outcomes: list[dict[str, Any]]
+    outcomes: list[WorkerResult]
 
     @property
     def duration_s(self) -> float:
@@ -557,7 +559,7 @@ class WorkerPool:
         live: Any | None = None,
     ) -> WorkersOutcome:
         if self.lost is not None:
-            stop.set(f"{WORKER_LOST}: {self.lost}")
+            stop.set(StopReason.WORKER_LOST, f"worker lost: {self.lost}")
         shares = split_phase(schedule, warmup_requests, self.size)
         # A killed earlier run into the same directory may have left per-worker files: they
         # would be merged into this phase's records. Set them aside, never delete data.
@@ -565,7 +567,7 @@ class WorkerPool:
             stale.rename(stale.with_name(f"{stale.name}.stale-{int(time.time())}"))
         measured_base = first_id + warmup_requests
         active: list[Any] = []  # the workers that got their share
-        tally = RecordTally(stop, max_error_rate, live)
+        tally = RecordTally(ErrorBudget(max_error_rate, stop), live)
         for h, s in zip(self.handles, shares, strict=False):
             path = worker_records_path(phase_dir, s.worker)
             job = PhaseJob(
@@ -588,7 +590,7 @@ class WorkerPool:
 
         def on_stop() -> None:
             for h in active:
-                h.stop(stop.reason or "stopped")
+                h.stop(stop.reason or StopReason.INTERRUPTED, stop.message or "stopped")
 
         pumping = asyncio.Event()
         pumping.set()
@@ -603,7 +605,7 @@ class WorkerPool:
         stop_task = asyncio.create_task(stop.event.wait())
         stop_task.add_done_callback(lambda t: None if t.cancelled() else on_stop())
         pump_task = asyncio.create_task(pump())
-        outcomes: list[dict[str, Any]] = []
+        outcomes: list[WorkerResult] = []
         start = clock()
         try:
             if not stop.is_set():
@@ -626,13 +628,13 @@ class WorkerPool:
             with contextlib.suppress(Exception):
                 await pump_task
             await self._collect(active, tally)
-        end = max([o["end"] for o in outcomes if o.get("end") is not None] or [clock()])
-        late = max([o.get("late_s") or 0.0 for o in outcomes] or [0.0])
+        end = max([o.end for o in outcomes] or [clock()])
+        late = max([o.late_s for o in outcomes] or [0.0])
         return WorkersOutcome(start, max(end, start), len(shares), late, outcomes)
 
     def _lose(self, stop: StopSignal, why: str) -> None:
         self.lost = self.lost or why
-        stop.set(f"{WORKER_LOST}: {why}")
+        stop.set(StopReason.WORKER_LOST, f"worker lost: {why}")
 
     async def _collect(self, handles: list[Any], tally: RecordTally) -> None:
         for h in handles:
@@ -644,11 +646,11 @@ class WorkerPool:
 
     async def _wait_all(
         self, tasks: dict[asyncio.Task[Any], Any], stop: StopSignal, grace_s: float | None
-    ) -> list[dict[str, Any]]:
+    ) -> list[WorkerResult]:
         """Results of ``tasks`` (one per worker). A lost worker stops the phase; after a
         stop, ``grace_s`` None returns at once (the tasks are dropped), else a worker still
         running after ``grace_s`` is killed."""
-        results: list[dict[str, Any]] = []
+        results: list[WorkerResult] = []
         pending = set(tasks)
         stop_wait = asyncio.create_task(stop.event.wait())
         stopped_at: float | None = None
@@ -679,10 +681,10 @@ class WorkerPool:
                     except WorkerLost as e:
                         self._lose(stop, str(e))
                         continue
-                    if isinstance(res, dict):
+                    if isinstance(res, WorkerResult):
                         results.append(res)
-                        if res.get("stop_reason") and not stop.is_set():
-                            stop.set(res["stop_reason"])
+                        if res.stop_reason is not None and not stop.is_set():
+                            stop.set(res.stop_reason, res.stop_message or res.stop_reason.value)
         finally:
             stop_wait.cancel()
             for t in pending:

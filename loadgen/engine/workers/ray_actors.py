@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from loadgen.engine.phase import StopSignal
+from loadgen.engine.stop import StopReason, StopSignal
 from loadgen.engine.workers.pool import (
     RAY_GO_MARGIN_S,
     LineBuffer,
@@ -27,6 +27,7 @@ from loadgen.engine.workers.pool import (
     WorkerInit,
     WorkerLost,
     WorkerPool,
+    WorkerResult,
     wait_go_or_stop,
 )
 from loadgen.errors import SpecloadError, one_line
@@ -64,7 +65,7 @@ class RayActorBody:
         self.go_future = asyncio.get_running_loop().create_future()
         self.ready_event = asyncio.Event()
 
-    async def run(self) -> dict[str, Any]:
+    async def run(self) -> WorkerResult:
         assert self.core and self.job and self.stop_signal and self.go_future and self.ready_event
         core, stop, go, ready = self.core, self.stop_signal, self.go_future, self.ready_event
 
@@ -82,9 +83,9 @@ class RayActorBody:
         if self.go_future is not None and not self.go_future.done():
             self.go_future.set_result((wall, at))
 
-    async def stop(self, reason: str) -> None:
+    async def stop(self, reason: StopReason, message: str) -> None:
         if self.stop_signal is not None:
-            self.stop_signal.set(reason)
+            self.stop_signal.set(reason, message)
 
     async def drain(self) -> list[str]:
         return self.buffer.drain()
@@ -138,11 +139,11 @@ class RayWorker:
     async def go(self, wall: float, at: float) -> None:
         await self._call(self.actor.go.remote(wall, at))
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: StopReason, message: str) -> None:
         with contextlib.suppress(Exception):
-            self.actor.stop.remote(reason)
+            self.actor.stop.remote(reason, message)
 
-    async def done(self) -> dict[str, Any]:
+    async def done(self) -> WorkerResult:
         assert self._run_task is not None
         return await asyncio.shield(self._run_task)
 
