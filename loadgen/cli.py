@@ -180,6 +180,8 @@ def scenario_overrides(doc: dict[str, Any], args: argparse.Namespace) -> dict[st
         out["spin_ms"] = args.spin_ms
     if args.skip_bad_lines:
         out["prompts.skip_bad_lines"] = True
+    if args.workers is not None:
+        out["workers"] = args.workers
     return out
 
 
@@ -230,7 +232,6 @@ def run_main(argv: list[str]) -> int:
         api_key=api_key,
         progress=not args.no_progress and sys.stderr.isatty(),
         cli=["python", "-m", "loadgen", *argv],
-        workers=args.workers,
         ray_address=args.ray_address,
     )
     try:

@@ -18,7 +18,7 @@ from typing import Protocol
 from loadgen.config.arrivals import Schedule
 from loadgen.config.prompts import Prompt
 from loadgen.engine.stop import ErrorBudget, StopReason, StopSignal
-from loadgen.http.base import RequestSettings, make_transport
+from loadgen.http.base import Clock, RequestSettings, make_transport
 from loadgen.results.files import RecordWriter
 from loadgen.results.records import ErrorKind, RequestRecord
 
@@ -31,6 +31,18 @@ MAX_PREFILLED_CLIENTS = 1024
 
 class RecordSink(Protocol):
     def add(self, record: RequestRecord) -> None: ...
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """How a run's requests are made: the same in every phase, sent once to each worker."""
+
+    settings: RequestSettings
+    prompts: list[Prompt]  # request i gets prompts[i % len(prompts)]
+    output_tokens: int  # max_tokens where the prompt does not say
+    id_prefix: str  # a request's x-request-id is f"{id_prefix}-{request id}"
+    transport: str = "raw"  # a loadgen.http.base registry name, as the scenario says
+    spin_s: float = 0.0  # the scenario's spin_ms, in seconds
 
 
 @dataclass
@@ -47,8 +59,9 @@ class PhaseOutcome:
 
 
 def prefill_size(schedule: Schedule) -> int:
-    """How many clients to create up front: the slots of a closed loop, else a guess that
-    the pool grows past on demand (a client costs ~4 ms of CPU)."""
+    """How many clients to create up front, before the clock starts (creating one costs
+    enough CPU to delay the sends around it): the slots of a closed loop, else a guess
+    that the pool grows past on demand."""
     if schedule.concurrency is not None:
         return min(schedule.concurrency, MAX_PREFILLED_CLIENTS)
     n = 0 if schedule.offsets is None else len(schedule.offsets)
@@ -60,37 +73,31 @@ class PhaseRunner:
 
     def __init__(
         self,
+        plan: RequestPlan,
         *,
-        settings: RequestSettings,
         phase_name: str,
-        prompts: list[Prompt],
-        output_tokens: int,
-        clock: Callable[[], float],
+        clock: Clock,
         writer: RecordWriter,
         sinks: list[RecordSink],
         stop: StopSignal,
-        id_prefix: str,
         first_request_id: int = 0,
         max_error_rate: float | None = None,
         worker: int = 0,
-        transport: str = "raw",
-        spin_s: float = 0.0,
     ) -> None:
-        if not prompts:
+        if not plan.prompts:
             raise ValueError("no prompts")
-        self.settings = settings
         self.phase_name = phase_name
-        self.prompts = prompts
-        self.output_tokens = output_tokens
+        self.prompts = plan.prompts
+        self.output_tokens = plan.output_tokens
+        self.id_prefix = plan.id_prefix
+        self.spin_s = plan.spin_s
         self.clock = clock
         self.writer = writer
         self.sinks = sinks
         self.stop = stop
-        self.id_prefix = id_prefix
         self.worker = worker
-        self.spin_s = spin_s
         self._ids = itertools.count(first_request_id)
-        self._transport = make_transport(transport, settings, clock)
+        self._transport = make_transport(plan.transport, plan.settings, clock)
         self._budget = ErrorBudget(max_error_rate, stop)
         self._connect_streak = 0
         self._sent = 0
@@ -193,8 +200,8 @@ class PhaseRunner:
 
     async def _sleep_until(self, t: float) -> None:
         """Until ``t`` on the loop's timer; the last ``spin_s`` by yielding to the loop
-        (ready I/O still runs on each pass), since the timers wake up to ~1 ms late (uvloop's
-        are in whole milliseconds, asyncio's epoll timeout too)."""
+        (ready I/O still runs on each pass), since the timers wake up to a millisecond late
+        (uvloop's are in whole milliseconds, asyncio's epoll timeout too)."""
         while not self.stop.is_set():
             delay = t - self.clock()
             if delay <= 0:

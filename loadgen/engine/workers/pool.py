@@ -48,14 +48,22 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from loadgen.config.arrivals import Schedule
-from loadgen.config.prompts import Prompt
-from loadgen.engine.phase import PhaseRunner
+from loadgen.engine.context import PhasePlan, RunContext
+from loadgen.engine.driver import MeasureStart, PhaseRun
+from loadgen.engine.phase import PhaseRunner, RequestPlan
 from loadgen.engine.stop import ErrorBudget, StopReason, StopSignal
-from loadgen.engine.workers.split import split_phase
+from loadgen.engine.workers.split import WorkerShare, split_phase
 from loadgen.errors import one_line
-from loadgen.http.base import RequestSettings
-from loadgen.results.files import RecordWriter, worker_record_files, worker_records_path
+from loadgen.http.base import Clock
+from loadgen.results.files import (
+    REQUESTS_FILE,
+    RecordWriter,
+    merge_worker_records,
+    worker_record_files,
+    worker_records_path,
+)
 from loadgen.results.records import ErrorKind, RequestRecord
+from loadgen.results.summary import StreamingSummary
 
 GO_MARGIN_S = 0.1  # local workers: the start is this far ahead of the go message
 RAY_GO_MARGIN_S = 0.5
@@ -74,13 +82,8 @@ class WorkerLost(Exception):
 class WorkerInit:
     """What every phase of a run shares (sent once per worker)."""
 
-    settings: RequestSettings
-    prompts: list[Prompt]
-    output_tokens: int
-    id_prefix: str
+    requests: RequestPlan
     origin_wall: float  # run.json's epoch_origin: clock value 0 in wall time
-    transport: str = "raw"  # loadgen.http.base name, as the scenario says
-    spin_s: float = 0.0  # the scenario's spin_ms, in seconds
 
 
 @dataclass(frozen=True)
@@ -177,20 +180,15 @@ class WorkerCore:
             return at
 
         runner = PhaseRunner(
-            settings=self.init.settings,
+            self.init.requests,
             phase_name=job.phase_name,
-            prompts=self.init.prompts,
-            output_tokens=self.init.output_tokens,
             clock=self.clock,
             writer=writer,
             sinks=[],
             stop=stop,
-            id_prefix=self.init.id_prefix,
             first_request_id=job.warmup_first_id,
             max_error_rate=None,  # the parent keeps the budget over all workers' records
             worker=self.index,
-            transport=self.init.transport,
-            spin_s=self.init.spin_s,
         )
         outcome = await runner.run(
             job.schedule,
@@ -496,21 +494,9 @@ class RecordTally:
             self.budget.count(bad, bad and _CANCELLED in line)
 
 
-@dataclass
-class WorkersOutcome:
-    start_s: float
-    end_s: float
-    active: int
-    late_s: float  # the latest worker's start after the shared one
-    outcomes: list[WorkerResult]
-
-    @property
-    def duration_s(self) -> float:
-        return max(self.end_s - self.start_s, 1e-9)
-
-
 class WorkerPool:
-    """N workers for a run; :meth:`run_phase` drives one phase over them."""
+    """N workers for a run, driving each phase over them (a
+    :class:`~loadgen.engine.driver.PhaseDriver`)."""
 
     def __init__(
         self,
@@ -544,37 +530,54 @@ class WorkerPool:
     def describe(self) -> dict[str, Any]:
         return {"count": self.size, "backend": self.backend, **self.info}
 
-    async def run_phase(
-        self,
-        *,
-        phase_name: str,
-        schedule: Schedule,
-        warmup_requests: int,
-        first_id: int,
-        phase_dir: Path,
-        clock: Callable[[], float],
-        stop: StopSignal,
-        on_measure_start: Callable[[], Awaitable[None]],
-        max_error_rate: float | None,
-        live: Any | None = None,
-    ) -> WorkersOutcome:
+    async def prepare(self, ctx: RunContext) -> None:
+        await self.init(WorkerInit(ctx.requests, ctx.origin_wall))
+
+    async def run(self, ctx: RunContext, plan: PhasePlan, measure_start: MeasureStart) -> PhaseRun:
+        """Steps 1-4 of the module docstring; the records stay in the workers' files
+        until :meth:`collect`."""
+        stop = ctx.stop
         if self.lost is not None:
             stop.set(StopReason.WORKER_LOST, f"worker lost: {self.lost}")
-        shares = split_phase(schedule, warmup_requests, self.size)
+        phase_dir = ctx.results.phase_dir(plan.slug)
+        shares = split_phase(plan.schedule, plan.phase.warmup_requests, self.size)
         # A killed earlier run into the same directory may have left per-worker files: they
         # would be merged into this phase's records. Set them aside, never delete data.
         for stale in worker_record_files(phase_dir):
             stale.rename(stale.with_name(f"{stale.name}.stale-{int(time.time())}"))
-        measured_base = first_id + warmup_requests
-        active: list[Any] = []  # the workers that got their share
-        tally = RecordTally(ErrorBudget(max_error_rate, stop), live)
+        active = await self._begin(plan, shares, phase_dir, stop)
+        tally = RecordTally(ErrorBudget(ctx.scenario.max_error_rate, stop), ctx.live)
+        start, outcomes = await self._drive(active, tally, ctx.clock, stop, measure_start)
+        end = max(max([o.end for o in outcomes] or [ctx.clock()]), start)
+        late = max([o.late_s for o in outcomes] or [0.0])
+        # Fed by collect(), from the merged file in its order (its offset is 0).
+        summary = StreamingSummary(phase_dir / REQUESTS_FILE, 0)
+        extra = {"workers": len(shares), "workers_start_late_ms": late * 1e3}
+        return PhaseRun(summary, max(end - start, 1e-9), extra)
+
+    async def collect(self, ctx: RunContext, plan: PhasePlan, ran: PhaseRun) -> None:
+        """Merge the workers' files into one requests.jsonl sorted by send time, feeding
+        the summary in that order."""
+
+        def feed(line: bytes) -> None:
+            with contextlib.suppress(ValueError, TypeError):
+                ran.summary.add(RequestRecord.from_dict(json.loads(line)))
+
+        await asyncio.to_thread(merge_worker_records, ctx.results.phase_dir(plan.slug), feed)
+
+    async def _begin(
+        self, plan: PhasePlan, shares: list[WorkerShare], phase_dir: Path, stop: StopSignal
+    ) -> list[Any]:
+        """Hand each worker its share; the workers that got one."""
+        measured_base = plan.first_id + plan.phase.warmup_requests
+        active: list[Any] = []
         for h, s in zip(self.handles, shares, strict=False):
             path = worker_records_path(phase_dir, s.worker)
             job = PhaseJob(
-                phase_name=phase_name,
+                phase_name=plan.phase.name,
                 schedule=s.schedule,
                 warmup_requests=s.warmup_requests,
-                warmup_first_id=first_id + s.warmup_first_id,
+                warmup_first_id=plan.first_id + s.warmup_first_id,
                 id_start=measured_base + s.id_start,
                 id_step=s.id_step,
                 records_path=str(path),
@@ -587,6 +590,18 @@ class WorkerPool:
                 self._lose(stop, str(e))
                 break
             active.append(h)
+        return active
+
+    async def _drive(
+        self,
+        active: list[Any],
+        tally: RecordTally,
+        clock: Clock,
+        stop: StopSignal,
+        measure_start: MeasureStart,
+    ) -> tuple[float, list[WorkerResult]]:
+        """Ready, measure_start, go, done, with the workers' records pumped into ``tally``
+        meanwhile and a stop relayed to them; the shared start and the workers' results."""
 
         def on_stop() -> None:
             for h in active:
@@ -613,7 +628,7 @@ class WorkerPool:
                     {asyncio.create_task(h.ready()): h for h in active}, stop, None
                 )
             if not stop.is_set():
-                await on_measure_start()
+                await measure_start()
                 wall = time.time() + self.go_margin_s
                 start = clock() + (wall - time.time())
                 await asyncio.gather(*(h.go(wall, start) for h in active), return_exceptions=True)
@@ -628,9 +643,7 @@ class WorkerPool:
             with contextlib.suppress(Exception):
                 await pump_task
             await self._collect(active, tally)
-        end = max([o.end for o in outcomes] or [clock()])
-        late = max([o.late_s for o in outcomes] or [0.0])
-        return WorkersOutcome(start, max(end, start), len(shares), late, outcomes)
+        return start, outcomes
 
     def _lose(self, stop: StopSignal, why: str) -> None:
         self.lost = self.lost or why
