@@ -19,7 +19,6 @@ from loadgen.config.arrivals import Schedule
 from loadgen.config.prompts import Prompt
 from loadgen.engine.stop import ErrorBudget, StopReason, StopSignal
 from loadgen.http.base import Clock, RequestSettings, make_transport
-from loadgen.results.files import RecordWriter
 from loadgen.results.records import ErrorKind, RequestRecord
 
 # This many refused connections in a row mean the server is gone: a closed loop would
@@ -31,6 +30,12 @@ MAX_PREFILLED_CLIENTS = 1024
 
 class RecordSink(Protocol):
     def add(self, record: RequestRecord) -> None: ...
+
+
+class RecordOutput(Protocol):
+    """Where finished records go first: a RecordWriter (a file), or a worker's buffer."""
+
+    def write(self, record: RequestRecord) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,7 @@ class PhaseRunner:
         *,
         phase_name: str,
         clock: Clock,
-        writer: RecordWriter,
+        writer: RecordOutput,
         sinks: list[RecordSink],
         stop: StopSignal,
         first_request_id: int = 0,

@@ -1,6 +1,6 @@
 """``--ray-address``: the workers of :mod:`loadgen.engine.workers.pool` as Ray actors.
 
-Each actor runs the same :class:`~loadgen.engine.workers.pool.WorkerCore` on the same shared clock
+Each actor runs the same :class:`~loadgen.engine.workers.core.WorkerCore` on the same shared clock
 (wall-clock start ``T`` from the driver, mapped onto the actor's ``perf_counter``), so on
 other hosts the records line up to within the hosts' NTP offset. Actors keep their records
 in memory and the driver pulls them every quarter second into ``requests.w<K>.jsonl``,
@@ -19,20 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from loadgen.engine.stop import StopReason, StopSignal
-from loadgen.engine.workers.pool import (
-    RAY_GO_MARGIN_S,
+from loadgen.engine.workers.core import (
     LineBuffer,
     PhaseJob,
     WorkerCore,
     WorkerInit,
     WorkerLost,
-    WorkerPool,
     WorkerResult,
     wait_go_or_stop,
 )
+from loadgen.engine.workers.pool import WorkerPool
 from loadgen.errors import SpecloadError, one_line
 
 ACTOR_START_TIMEOUT_S = 120.0
+RAY_GO_MARGIN_S = 0.5  # the shared start is this far ahead of the go calls
 MISSING_RAY = (
     "--ray-address: ray is not installed; install the 'ray' extra "
     "(pip install 'specload[ray]') or drop --ray-address"
