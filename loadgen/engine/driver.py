@@ -1,6 +1,6 @@
 """How a phase's requests are sent: from this process, or from a pool of workers.
 
-:func:`loadgen.engine.run` does what every phase needs around its requests (progress,
+:mod:`loadgen.engine.run` does what every phase needs around its requests (progress,
 ``/metrics`` before and after, the gauge sampler, the summary); a :class:`PhaseDriver`
 sends them. :class:`InProcess` runs one :class:`~loadgen.engine.phase.PhaseRunner` here;
 :class:`~loadgen.engine.workers.pool.WorkerPool` shares the schedule among worker processes
