@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from loadgen.engine.run import cpu_model
+from loadgen.engine.host import cpu_model
 
 
 def machine() -> dict[str, Any]:

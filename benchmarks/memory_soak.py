@@ -36,7 +36,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from loadgen.engine.run import cpu_model  # noqa: E402
+from loadgen.engine.host import cpu_model  # noqa: E402
 from loadgen.mock.server import start_mock_process, stop_mock_process  # noqa: E402
 
 MB = 1024 * 1024

@@ -25,9 +25,9 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, Required, TypedDict, Unpack
 
-from loadgen.errors import SpecloadError
+from loadgen.errors import ExitCode, SpecloadError, describe_exception
 from loadgen.results.files import ResultsDir, atomic_write_json, slugify
 from server_launch.backends.base import (
     ServerBackend,
@@ -40,20 +40,39 @@ from server_launch.backends.base import (
 
 if TYPE_CHECKING:
     from loadgen.config.scenario import Scenario
+    from loadgen.engine.run import RunResult
     from server_launch.matrix import Matrix, ServerRun
 
 STATE_VERSION = 1
-EXIT_INTERRUPTED = 130  # as loadgen.engine.run
-EXIT_SERVER_LOST = 4
 DONE, FAILED, PENDING = "done", "failed", "pending"
-Runner = Callable[..., Any]
+
+
+class RunKwargs(TypedDict, total=False):
+    """What the sweep passes to loadgen's ``run_scenario`` for one scenario on one server
+    (``only_phases`` and ``tokenizer`` only where they apply)."""
+
+    base_url: Required[str]
+    output_dir: Required[Path]
+    model: str | None
+    label: str
+    spec: dict[str, Any] | None
+    progress: bool
+    health_check: Callable[[], bool]
+    only_phases: list[str]
+    tokenizer: str
+
+
+class Runner(Protocol):
+    """Runs one scenario against a running server: loadgen's ``run_scenario``, or a fake."""
+
+    def __call__(self, scenario: Scenario, /, **kwargs: Unpack[RunKwargs]) -> RunResult: ...
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _default_runner(scenario: Scenario, **kwargs: Any) -> Any:
+def _default_runner(scenario: Scenario, /, **kwargs: Unpack[RunKwargs]) -> RunResult:
     from loadgen.engine.run import run_scenario
 
     return run_scenario(scenario, **kwargs)
@@ -170,10 +189,20 @@ class SweepResult:
     report: Path | None = None
 
     @property
-    def exit_code(self) -> int:
+    def exit_code(self) -> ExitCode:
         if self.interrupted:
-            return EXIT_INTERRUPTED
-        return 0 if self.complete else 1
+            return ExitCode.INTERRUPTED
+        return ExitCode.OK if self.complete else ExitCode.INCOMPLETE
+
+
+@dataclasses.dataclass(frozen=True)
+class ScenarioOutcome:
+    """How one scenario's run on one server went, for the server's loop."""
+
+    interrupted: bool = False  # Ctrl-C / SIGTERM: the sweep stops
+    server_lost: bool = False  # the server died or stopped answering: its run fails
+    reason: str | None = None  # loadgen's stop reason, or the error that ended the run
+    done_summaries: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 # --- the sweep ----------------------------------------------------------------------------
@@ -281,7 +310,7 @@ def _write_report(sweep_dir: Path, say: Callable[[str], None]) -> Path | None:
     try:
         return write_report([sweep_dir])
     except Exception as e:  # the data is safe on disk; a report can be made later
-        say(f"report: not written: {' '.join(str(e).split()) or type(e).__name__}")
+        say(f"report: not written: {describe_exception(e)}")
         return None
 
 
@@ -334,11 +363,11 @@ def _run_server(
                 run, sc, todo, h, health_check, state, run_dir / sc.name, runner, progress, say
             )
             if csv_path is not None:
-                _append_csv(csv_path, run, sc, outcome.get("done_summaries", {}))
-            if outcome["interrupted"]:
+                _append_csv(csv_path, run, sc, outcome.done_summaries)
+            if outcome.interrupted:
                 raise KeyboardInterrupt("interrupted during a run")
-            if outcome["server_lost"] or not h.is_alive():
-                msg = outcome.get("reason") or "server stopped during the run"
+            if outcome.server_lost or not h.is_alive():
+                msg = outcome.reason or "server stopped during the run"
                 _record_failure(run_dir, label, "run", msg, h.log_tail(), command)
                 state.set_run(label, FAILED, error=msg)
                 # loadgen's reason already reads "server lost: ..."; don't say it twice
@@ -368,14 +397,13 @@ def _run_scenario_cells(
     runner: Runner,
     progress: bool,
     say: Callable[[str], None],
-) -> dict[str, Any]:
+) -> ScenarioOutcome:
     """Run the missing phases of one scenario and record each cell's outcome."""
     label = run.label
-    all_slugs = phase_slugs(scenario)
-    subset = len(todo) < len(all_slugs)
+    subset = len(todo) < len(phase_slugs(scenario))
     previous = _previous_phases(out) if subset else {}
     _supersede(out, todo)
-    kwargs: dict[str, Any] = {
+    kwargs: RunKwargs = {
         "base_url": handle.base_url,
         "output_dir": out,
         "model": getattr(run.server, "served_model_name", None) or None,
@@ -396,18 +424,31 @@ def _run_scenario_cells(
         state.mark(label, scenario.name, todo, PENDING, note="interrupted")
         raise
     except Exception as e:  # one bad scenario must not end the sweep
-        msg = " ".join(str(e).split()) or type(e).__name__
+        msg = describe_exception(e)
         state.mark(label, scenario.name, todo, FAILED, error=msg)
         say(f"[{label}] scenario {scenario.name} failed: {msg}")
-        return {"interrupted": False, "server_lost": not handle.is_alive(), "reason": msg}
+        return ScenarioOutcome(server_lost=not handle.is_alive(), reason=msg)
     finally:
         # asyncio's remove_signal_handler (loadgen's run) resets SIGTERM to SIG_DFL, which
         # would let a `kill` between scenarios leave the server (own session) running.
         install_signal_handlers()
+    return _record_result(run, scenario, todo, result, state, out, previous)
 
-    code = getattr(result, "exit_code", 0)
-    reason = getattr(result, "stop_reason", None)
-    interrupted = code == EXIT_INTERRUPTED
+
+def _record_result(
+    run: ServerRun,
+    scenario: Scenario,
+    todo: list[str],
+    result: RunResult,
+    state: SweepState,
+    out: Path,
+    previous: dict[str, dict[str, Any]],
+) -> ScenarioOutcome:
+    """Mark each cell of ``todo`` by loadgen's result; with ``previous`` (a resumed
+    scenario), summary.json gets the phases of both runs."""
+    label = run.label
+    reason = result.stop_reason
+    interrupted = result.exit_code == ExitCode.INTERRUPTED
     phases: dict[str, dict[str, Any]] = dict(result.phases or {})
     done_summaries = {}
     for slug in todo:
@@ -420,7 +461,7 @@ def _run_scenario_cells(
         else:  # never started, or cut by Ctrl-C: run it next time
             state.mark(label, scenario.name, [slug], PENDING, note=reason)
     if previous:
-        merged = {s: (phases.get(s) or previous.get(s)) for s in all_slugs}
+        merged = {s: (phases.get(s) or previous.get(s)) for s in phase_slugs(scenario)}
         merged = {s: v for s, v in merged.items() if v is not None}
         ResultsDir(out).write_summary(
             complete=not state.todo(label, scenario.name),
@@ -429,12 +470,12 @@ def _run_scenario_cells(
             phases=merged,
             stop_reason=reason,
         )
-    return {
-        "interrupted": interrupted,
-        "server_lost": code == EXIT_SERVER_LOST,
-        "reason": reason,
-        "done_summaries": done_summaries,
-    }
+    return ScenarioOutcome(
+        interrupted=interrupted,
+        server_lost=result.exit_code == ExitCode.SERVER_LOST,
+        reason=reason,
+        done_summaries=done_summaries,
+    )
 
 
 def _previous_phases(run_dir: Path) -> dict[str, dict[str, Any]]:

@@ -151,7 +151,7 @@ def test_clients_option() -> None:
     ],
 )
 def test_byte_scan_agrees_with_json(payload: bytes) -> None:
-    from loadgen.http.client import _scan_chunk
+    from loadgen.http.sse import _scan_chunk
 
     obj = json.loads(payload)
     got = _scan_chunk(payload)
@@ -179,6 +179,6 @@ def test_byte_scan_agrees_with_json(payload: bytes) -> None:
     ],
 )
 def test_byte_scan_leaves_odd_payloads_to_json(payload: bytes) -> None:
-    from loadgen.http.client import _scan_chunk
+    from loadgen.http.sse import _scan_chunk
 
     assert _scan_chunk(payload) is None

@@ -30,11 +30,14 @@ from loadgen.cli import main as loadgen_main
 from loadgen.config.scenario import parse_scenario
 from loadgen.engine import run as api
 from loadgen.engine.phase import CONNECT_FAILURES_TO_STOP
-from loadgen.engine.run import EXIT_ERROR_BUDGET, EXIT_INTERRUPTED, EXIT_SERVER_LOST, run_scenario
-from loadgen.http.client import RequestSettings, _parse_stream, make_http_client, send_request
+from loadgen.engine.run import run_scenario
+from loadgen.errors import ExitCode
+from loadgen.http.base import RequestSettings
+from loadgen.http.httpx_transport import make_http_client, send_request
+from loadgen.http.sse import _parse_stream
 from loadgen.mock.server import MockConfig, MockServer
 from loadgen.results.files import RecordWriter, atomic_write_json, read_records
-from loadgen.results.records import ERROR_KINDS, RequestRecord
+from loadgen.results.records import ErrorKind, RequestRecord
 from tests.conftest import free_port, start_loadgen
 
 PROMPTS = {"source": "base_prompt", "base_prompt": "w1 w2 w3"}
@@ -76,7 +79,7 @@ def assert_none_lost(out: Path, sent: int | None = None) -> list[RequestRecord]:
         assert len(recs) == sent
     for r in recs:
         assert (r.error is None) == (r.error_kind is None), r
-        assert r.error_kind is None or r.error_kind in ERROR_KINDS, r.error_kind
+        assert r.error_kind is None or r.error_kind in list(ErrorKind), r.error_kind
     failed = Counter(r.error_kind for r in recs if r.error_kind)
     assert s["failed_by_kind"] == dict(failed)
     print(f"\n[faults] {out.parent.name}: {len(recs)} requests on disk, failed {dict(failed)}")
@@ -292,7 +295,7 @@ def test_error_budget_stops_the_run_exit_3(tmp_path: Path, mock: Any) -> None:
         output_dir=tmp_path / "r",
         progress=False,
     )
-    assert res.exit_code == EXIT_ERROR_BUDGET and not res.complete
+    assert res.exit_code == ExitCode.ERROR_BUDGET and not res.complete
     assert res.stop_reason and res.stop_reason.startswith("error budget exceeded")
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["complete"] is False and summary["stop_reason"] == res.stop_reason
@@ -354,7 +357,7 @@ def test_server_killed_mid_run(tmp_path: Path, mock: Any) -> None:
         output_dir=tmp_path / "r",
         progress=False,
     )
-    assert res.exit_code == EXIT_SERVER_LOST and not res.complete
+    assert res.exit_code == ExitCode.SERVER_LOST and not res.complete
     assert res.stop_reason and "connections refused in a row" in res.stop_reason
     recs = assert_none_lost(tmp_path / "r")
     kinds = Counter(r.error_kind for r in recs)
@@ -377,7 +380,7 @@ def test_server_killed_with_health_check_exit_4(
         progress=False,
         health_check=lambda: proc.poll() is None,
     )
-    assert res.exit_code == EXIT_SERVER_LOST and not res.complete
+    assert res.exit_code == ExitCode.SERVER_LOST and not res.complete
     assert res.stop_reason and res.stop_reason.startswith("server lost")
     recs = assert_none_lost(tmp_path / "r")
     assert any(r.ok for r in recs) and any(r.error_kind == "stream_cut" for r in recs)
@@ -458,7 +461,7 @@ def test_signal_cancels_in_flight_and_flushes(tmp_path: Path, mock: Any, sig: in
     _, err = p.communicate(timeout=30)
     assert time.monotonic() - t0 < 5.0  # did not wait for the 5 s streams
     name = signal.Signals(sig).name
-    assert p.returncode == EXIT_INTERRUPTED, err
+    assert p.returncode == ExitCode.INTERRUPTED, err
     assert f"INCOMPLETE (interrupted by {name})" in err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] is False and summary["stop_reason"] == f"interrupted by {name}"

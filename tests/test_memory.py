@@ -15,8 +15,9 @@ from unittest import mock
 import pytest
 
 import loadgen.results.summary as metrics_mod
-from loadgen.engine.phase import PhaseRunner, StopSignal
-from loadgen.http.client import RequestSettings, now_clock
+from loadgen.engine.phase import PhaseRunner, RequestPlan
+from loadgen.engine.stop import StopSignal
+from loadgen.http.base import RequestSettings, now_clock
 from loadgen.mock.server import MockConfig, MockServer
 from loadgen.results.files import RecordWriter, read_records
 from loadgen.results.records import RequestRecord
@@ -207,15 +208,12 @@ def test_runner_retains_no_records_over_2000_requests(tmp_path):
             with RecordWriter(path) as writer:
                 sink = StreamingSummary(path, writer.start_offset)
                 runner = PhaseRunner(
-                    settings=settings,
+                    RequestPlan(settings, [_prompt()], output_tokens=16, id_prefix="mem"),
                     phase_name="mem",
-                    prompts=[_prompt()],
-                    output_tokens=16,
                     clock=clock,
                     writer=writer,
                     sinks=[sink, probe],
                     stop=StopSignal(),
-                    id_prefix="mem",
                 )
                 from loadgen.config.shapes.base import Schedule
 

@@ -8,13 +8,13 @@ import signal
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
 
-from loadgen.errors import SpecloadError
+from loadgen.engine.run import RunResult
+from loadgen.errors import ExitCode, SpecloadError
 from loadgen.results.files import ResultsDir
 from server_launch import cli
 from server_launch.backends.base import ServerStartError
@@ -125,7 +125,7 @@ class FakeRunner:
         self.calls: list[dict[str, Any]] = []
         self.script = script or {}
 
-    def __call__(self, scenario: Any, **kw: Any) -> SimpleNamespace:
+    def __call__(self, scenario: Any, **kw: Any) -> RunResult:
         self.calls.append({"scenario": scenario.name, **kw})
         self.backend.events.append(f"run {kw['label']} {scenario.name}")
         assert kw["health_check"]() is True
@@ -154,7 +154,7 @@ class FakeRunner:
             phases=phases,
             stop_reason=reason,
         )
-        return SimpleNamespace(complete=complete, phases=phases, exit_code=code, stop_reason=reason)
+        return RunResult(kw["output_dir"], complete, phases, ExitCode(code), reason)
 
 
 def free_port() -> int:
@@ -380,9 +380,9 @@ def test_original_format_appends_csv_rows(tmp_path: Path) -> None:
     )
     backend = FakeBackend()
 
-    def runner(scenario: Any, **kw: Any) -> Any:
+    def runner(scenario: Any, **kw: Any) -> RunResult:
         phases = {"concurrency=1": {"complete": True, "completed": 4, "median_tpot_ms": 5.5}}
-        return SimpleNamespace(complete=True, phases=phases, exit_code=0, stop_reason=None)
+        return RunResult(kw["output_dir"], True, phases, ExitCode.OK)
 
     run_sweep(
         load_matrix(m), backend=backend, output_dir=tmp_path / "sw", runner=runner,
@@ -514,11 +514,11 @@ def test_cli_sweep_with_real_local_processes(tmp_path: Path, matrix_file, monkey
     monkeypatch.setenv("FAKE_MODE", "ok")
     pids: list[int] = []
 
-    def runner(scenario: Any, **kw: Any) -> Any:
+    def runner(scenario: Any, **kw: Any) -> RunResult:
         assert kw["health_check"]() is True  # a live process answering /health
         pids.append(json.loads(info.read_text())["pid"])
         phases = {s: {"complete": True} for s in SLUGS[scenario.name]}
-        return SimpleNamespace(complete=True, phases=phases, exit_code=0, stop_reason=None)
+        return RunResult(kw["output_dir"], True, phases, ExitCode.OK)
 
     monkeypatch.setattr(sweep_mod, "_default_runner", runner)
     out = tmp_path / "sw"

@@ -20,10 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loadgen.cli import main as loadgen_main
-from loadgen.http import client
+from loadgen.http import httpx_transport
 from loadgen.http import raw as transport_raw
-from loadgen.http.base import TRANSPORTS, Transport, make_transport
-from loadgen.http.client import RequestSettings
+from loadgen.http.base import TRANSPORTS, RequestSettings, Transport, make_transport
 from loadgen.http.raw import _Conn, parse_head
 from loadgen.mock.server import MockConfig, MockServer, mock_process
 from loadgen.results.files import read_records
@@ -291,8 +290,8 @@ def _server_tls() -> ssl.SSLContext:
 @BOTH
 def test_https(transport: str, monkeypatch: Any) -> None:
     trusted = ssl.create_default_context(cafile=str(DATA / "tls-test-only.crt"))
-    monkeypatch.setattr(client, "_ssl_context", lambda: trusted)
-    monkeypatch.setattr(transport_raw, "_ssl_context", lambda: trusted)
+    monkeypatch.setattr(httpx_transport, "tls_context", lambda: trusted)
+    monkeypatch.setattr(transport_raw, "tls_context", lambda: trusted)
     srv = _Server(RESPONSES["chunked"])
     recs = run_server(srv, transport=transport, tls=_server_tls())
     assert all(r.ok and r.chunk_tokens == [1, 2] for r in recs), recs[0].error
@@ -431,7 +430,7 @@ def _mock_reads(n: int) -> list[tuple[float, bytes]]:
 
 
 def test_sliced_parse_matches_and_yields() -> None:
-    from loadgen.http.client import _parse_steps, _parse_stream, parse_stream
+    from loadgen.http.sse import _parse_steps, _parse_stream, parse_stream
 
     reads = _mock_reads(300)
     want = _rec()
@@ -469,7 +468,7 @@ def test_byte_scan_agrees_with_json_on_generated_chunks(
 ) -> None:
     """_scan_chunk (its vLLM-order fast match and its general scan) reads what json does,
     or defers to json (None)."""
-    from loadgen.http.client import _scan_chunk
+    from loadgen.http.sse import _scan_chunk
 
     usage = dict(zip(order, numbers, strict=True))
     ch = [{"index": 0, "text": text, "finish_reason": finish}] if choices else []
@@ -486,7 +485,7 @@ def test_byte_scan_agrees_with_json_on_generated_chunks(
 def test_parse_lock_serialises_parses_and_survives_cancel() -> None:
     """With a lock, two finished streams are parsed one after the other (the loop polls
     I/O between single slices), and a cancel while waiting still leaves a whole record."""
-    from loadgen.http.client import _parse_stream, parse_stream
+    from loadgen.http.sse import _parse_stream, parse_stream
 
     reads = _mock_reads(200)
     want = _rec()

@@ -20,12 +20,7 @@ import yaml
 
 from loadgen.config.scenario import parse_scenario
 from loadgen.config.shapes.base import build_schedule
-from loadgen.engine.run import (
-    EXIT_ERROR_BUDGET,
-    EXIT_INTERRUPTED,
-    EXIT_SERVER_LOST,
-    EXIT_WORKER_LOST,
-)
+from loadgen.errors import ExitCode
 from loadgen.mock.server import stop_mock_process
 from loadgen.report.load import load_run
 from loadgen.results.files import (
@@ -253,7 +248,7 @@ def test_sigint_stops_all_workers_and_leaves_readable_results(tmp_path: Path, mo
     p.send_signal(signal.SIGINT)  # the parent only: it must stop its workers itself
     _, err = p.communicate(timeout=60)
     assert time.monotonic() - t0 < 10.0
-    assert p.returncode == EXIT_INTERRUPTED, err
+    assert p.returncode == ExitCode.INTERRUPTED, err
     assert "INCOMPLETE (interrupted by SIGINT)" in err
     assert _gone(kids)
     summary = json.loads((out / "summary.json").read_text())
@@ -290,7 +285,7 @@ def test_killed_worker_marks_the_phase_incomplete(tmp_path: Path, mock: Any) -> 
         time.sleep(0.05)
     os.kill(kids[1], signal.SIGKILL)
     _, err = p.communicate(timeout=60)  # no hang
-    assert p.returncode == EXIT_WORKER_LOST, err
+    assert p.returncode == ExitCode.WORKER_LOST, err
     assert "was killed by SIGKILL" in err and "worker lost" in err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] is False and summary["stop_reason"].startswith("worker lost: ")
@@ -357,7 +352,7 @@ def test_server_lost_with_workers(tmp_path: Path, mock: Any) -> None:
     _wait_lines([worker_records_path(out / "concurrency=4", k) for k in (0, 1)], 10)
     stop_mock_process(proc)
     _, err = p.communicate(timeout=60)
-    assert p.returncode == EXIT_SERVER_LOST, err
+    assert p.returncode == ExitCode.SERVER_LOST, err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stop_reason"].startswith("server lost")
 
@@ -368,7 +363,7 @@ def test_error_budget_counts_all_workers(tmp_path: Path, mock: Any) -> None:
     out = tmp_path / "out"
     p = run_loadgen("--scenario", str(scen), "--base-url", url, "--output-dir", str(out),
                     "--no-progress", "--workers", "2")  # fmt: skip
-    assert p.returncode == EXIT_ERROR_BUDGET, p.stderr
+    assert p.returncode == ExitCode.ERROR_BUDGET, p.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stop_reason"].startswith("error budget exceeded")
     recs = [r for r in phase_records(out / "concurrency=4") if not r.warmup]

@@ -12,18 +12,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from loadgen.config.prompts.base import Prompt
 from loadgen.config.shapes.base import Schedule
-from loadgen.http.base import make_transport
-from loadgen.http.client import RequestSettings
-from loadgen.results.files import RecordWriter
-from loadgen.results.records import RequestRecord
+from loadgen.engine.stop import ErrorBudget, StopReason, StopSignal
+from loadgen.http.base import Clock, RequestSettings, make_transport
+from loadgen.results.records import ErrorKind, RequestRecord
 
-# Below this many finished requests the error rate is too noisy to stop a run on.
-ERROR_BUDGET_MIN_REQUESTS = 10
 # This many refused connections in a row mean the server is gone: a closed loop would
 # otherwise record thousands of instant failures a second until the run ends.
 CONNECT_FAILURES_TO_STOP = 25
@@ -35,20 +32,22 @@ class RecordSink(Protocol):
     def add(self, record: RequestRecord) -> None: ...
 
 
-@dataclass
-class StopSignal:
-    """Why and whether the run must stop; shared by the phase, signal handlers and probes."""
+class RecordOutput(Protocol):
+    """Where finished records go first: a RecordWriter (a file), or a worker's buffer."""
 
-    event: asyncio.Event = field(default_factory=asyncio.Event)
-    reason: str | None = None
+    def write(self, record: RequestRecord) -> None: ...
 
-    def set(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
-        self.event.set()
 
-    def is_set(self) -> bool:
-        return self.event.is_set()
+@dataclass(frozen=True)
+class RequestPlan:
+    """How a run's requests are made: the same in every phase, sent once to each worker."""
+
+    settings: RequestSettings
+    prompts: list[Prompt]  # request i gets prompts[i % len(prompts)]
+    output_tokens: int  # max_tokens where the prompt does not say
+    id_prefix: str  # a request's x-request-id is f"{id_prefix}-{request id}"
+    transport: str = "raw"  # a loadgen.http.base registry name, as the scenario says
+    spin_s: float = 0.0  # the scenario's spin_ms, in seconds
 
 
 @dataclass
@@ -65,8 +64,9 @@ class PhaseOutcome:
 
 
 def prefill_size(schedule: Schedule) -> int:
-    """How many clients to create up front: the slots of a closed loop, else a guess that
-    the pool grows past on demand (a client costs ~4 ms of CPU)."""
+    """How many clients to create up front, before the clock starts (creating one costs
+    enough CPU to delay the sends around it): the slots of a closed loop, else a guess
+    that the pool grows past on demand."""
     if schedule.concurrency is not None:
         return min(schedule.concurrency, MAX_PREFILLED_CLIENTS)
     n = 0 if schedule.offsets is None else len(schedule.offsets)
@@ -78,40 +78,32 @@ class PhaseRunner:
 
     def __init__(
         self,
+        plan: RequestPlan,
         *,
-        settings: RequestSettings,
         phase_name: str,
-        prompts: list[Prompt],
-        output_tokens: int,
-        clock: Callable[[], float],
-        writer: RecordWriter,
+        clock: Clock,
+        writer: RecordOutput,
         sinks: list[RecordSink],
         stop: StopSignal,
-        id_prefix: str,
         first_request_id: int = 0,
         max_error_rate: float | None = None,
         worker: int = 0,
-        transport: str = "raw",
-        spin_s: float = 0.0,
     ) -> None:
-        if not prompts:
+        if not plan.prompts:
             raise ValueError("no prompts")
-        self.settings = settings
         self.phase_name = phase_name
-        self.prompts = prompts
-        self.output_tokens = output_tokens
+        self.prompts = plan.prompts
+        self.output_tokens = plan.output_tokens
+        self.id_prefix = plan.id_prefix
+        self.spin_s = plan.spin_s
         self.clock = clock
         self.writer = writer
         self.sinks = sinks
         self.stop = stop
-        self.id_prefix = id_prefix
-        self.max_error_rate = max_error_rate
         self.worker = worker
-        self.spin_s = spin_s
         self._ids = itertools.count(first_request_id)
-        self._transport = make_transport(transport, settings, clock)
-        self._measured = 0
-        self._failed = 0
+        self._transport = make_transport(plan.transport, plan.settings, clock)
+        self._budget = ErrorBudget(max_error_rate, stop)
         self._connect_streak = 0
         self._sent = 0
 
@@ -153,7 +145,8 @@ class PhaseRunner:
             end = self.clock()
         finally:
             await self._transport.aclose()
-        return PhaseOutcome(start, end, self._sent, self._measured, self._failed)
+        budget = self._budget
+        return PhaseOutcome(start, end, self._sent, budget.measured, budget.failed)
 
     # --- load shapes ------------------------------------------------------------------
 
@@ -212,8 +205,8 @@ class PhaseRunner:
 
     async def _sleep_until(self, t: float) -> None:
         """Until ``t`` on the loop's timer; the last ``spin_s`` by yielding to the loop
-        (ready I/O still runs on each pass), since the timers wake up to ~1 ms late (uvloop's
-        are in whole milliseconds, asyncio's epoll timeout too)."""
+        (ready I/O still runs on each pass), since the timers wake up to a millisecond late
+        (uvloop's are in whole milliseconds, asyncio's epoll timeout too)."""
         while not self.stop.is_set():
             delay = t - self.clock()
             if delay <= 0:
@@ -255,22 +248,12 @@ class PhaseRunner:
         self.writer.write(rec)
         for s in self.sinks:
             s.add(rec)
-        self._connect_streak = self._connect_streak + 1 if rec.error_kind == "connect" else 0
+        refused = rec.error_kind == ErrorKind.CONNECT
+        self._connect_streak = self._connect_streak + 1 if refused else 0
         if self._connect_streak >= CONNECT_FAILURES_TO_STOP:
             self.stop.set(
-                f"server lost: {self._connect_streak} connections refused in a row ({rec.error})"
+                StopReason.SERVER_LOST,
+                f"server lost: {self._connect_streak} connections refused in a row ({rec.error})",
             )
-        if rec.warmup:
-            return
-        self._measured += 1
-        self._failed += rec.error is not None
-        if (
-            self.max_error_rate is not None
-            and rec.error_kind != "cancelled"
-            and self._measured >= ERROR_BUDGET_MIN_REQUESTS
-            and self._failed / self._measured > self.max_error_rate
-        ):
-            self.stop.set(
-                f"error budget exceeded: {self._failed}/{self._measured} failed "
-                f"(> {self.max_error_rate:.0%})"
-            )
+        if not rec.warmup:
+            self._budget.count(rec.error is not None, rec.error_kind == ErrorKind.CANCELLED)

@@ -1,18 +1,20 @@
 """Run a scenario against a server: the one entry point the CLI and server_launch share.
 
 scenario -> arrival schedule -> client -> records -> metrics -> results directory.
+
+:func:`run_scenario_async` asks the server what it serves, plans the phases, loads the
+prompts and starts the run's clock (a :class:`~loadgen.engine.context.RunContext`); each
+phase then runs through a :class:`~loadgen.engine.driver.PhaseDriver` (this process, or a
+pool of workers), with what every phase needs around it here: live progress, ``/metrics``
+before and after, the gauge sampler, and the phase's summary.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as _dt
-import json
 import os
-import platform
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -22,34 +24,25 @@ from typing import Any
 
 import httpx
 
-from loadgen.config.prompts.base import load_prompts
-from loadgen.config.prompts.tokenizers import LocalTokenizer, ServerTokenizer, Tokenizer
-from loadgen.config.scenario import MAX_WORKERS, Phase, Scenario
-from loadgen.config.shapes.base import Schedule, build_schedule
-from loadgen.engine.phase import PhaseRunner, StopSignal
+from loadgen.config.prompts.base import PromptSet, load_prompts
+from loadgen.config.scenario import Scenario
+from loadgen.config.shapes.base import build_schedule
+from loadgen.engine.context import PhasePlan, RunContext
+from loadgen.engine.driver import InProcess, PhaseDriver, PhaseRun
+from loadgen.engine.host import event_loop_name, host_info
+from loadgen.engine.phase import RequestPlan
 from loadgen.engine.progress import LiveProgress
-from loadgen.engine.workers.pool import WORKER_LOST, WorkerInit, WorkerPool
-from loadgen.errors import SpecloadError
-from loadgen.http.client import RequestSettings, now_clock
+from loadgen.engine.server import make_tokenizer, probe_server, resolve_model
+from loadgen.engine.stop import StopReason, StopSignal, exit_code
+from loadgen.engine.workers.pool import WorkerPool
+from loadgen.errors import ExitCode
+from loadgen.http.base import RequestSettings, auth_headers, now_clock
 from loadgen.results import server_metrics
-from loadgen.results.files import (
-    REQUESTS_FILE,
-    ResultsDir,
-    merge_worker_records,
-    slugify,
-)
-from loadgen.results.records import RequestRecord
-from loadgen.results.summary import StreamingSummary
-
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
-EXIT_ERROR_BUDGET = 3
-EXIT_SERVER_LOST = 4
-EXIT_WORKER_LOST = 5
-EXIT_INTERRUPTED = 130
+from loadgen.results.files import ResultsDir, slugify
 
 HEALTH_INTERVAL_S = 5.0
 DETAILED_MAX_REQUESTS = 20_000
+PHASE_ID_STRIDE = 1_000_000  # phase k's request ids start at k * this
 _PROMPT_POOL_MAX = 10_000
 _PROMPT_POOL_UNCOUNTED = 1_000  # timed phases: prompts cycle after this many
 
@@ -58,95 +51,9 @@ _PROMPT_POOL_UNCOUNTED = 1_000  # timed phases: prompts cycle after this many
 class RunResult:
     output_dir: Path
     complete: bool
-    phases: dict[str, dict[str, Any]]
-    exit_code: int
-    stop_reason: str | None = None
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    models: list[str]
-    version: str | None
-    max_model_len: int | None
-
-
-async def probe_server(base_url: str, api_key: str | None = None) -> ServerInfo:
-    """Ask the server what it serves; a clear one-line error if it can't be reached."""
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-    url = base_url.rstrip("/")
-    async with httpx.AsyncClient(timeout=10.0, trust_env=False, headers=headers) as c:
-        try:
-            r = await c.get(url + "/v1/models")
-        except httpx.HTTPError as e:
-            reason = " ".join(str(e).split()) or type(e).__name__
-            raise SpecloadError(f"--base-url: cannot reach {url}: {reason}") from None
-        if r.status_code != 200:
-            raise SpecloadError(
-                f"--base-url: {url}/v1/models answered HTTP {r.status_code}: {r.text[:200]}"
-            )
-        try:
-            data = r.json()["data"]
-            models = [m["id"] for m in data]
-            mml = next((m.get("max_model_len") for m in data if m.get("max_model_len")), None)
-        except (ValueError, KeyError, TypeError):
-            raise SpecloadError(
-                f"--base-url: {url}/v1/models is not an OpenAI model list"
-            ) from None
-        version = None
-        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-            v = await c.get(url + "/version")
-            if v.status_code == 200:
-                version = v.json().get("version")
-    return ServerInfo(models=models, version=version, max_model_len=mml)
-
-
-def resolve_model(requested: str | None, served: list[str], base_url: str) -> str:
-    if requested:
-        if requested not in served:
-            raise SpecloadError(
-                f"--model: '{requested}' is not served by {base_url} (served: {', '.join(served)})"
-            )
-        return requested
-    if len(served) == 1:
-        return served[0]
-    if not served:
-        raise SpecloadError(f"--model: {base_url} serves no model")
-    raise SpecloadError(f"--model: {base_url} serves several models, pick one: {', '.join(served)}")
-
-
-def make_tokenizer(
-    scenario: Scenario, base_url: str, model: str, api_key: str | None, tdir: str | None = None
-) -> Tokenizer:
-    """The prompts' tokenizer: a local directory when we have one, else the server's."""
-    tdir = scenario.prompts.tokenizer or tdir
-    if tdir is None and Path(model, "tokenizer.json").is_file():
-        tdir = model  # vLLM names a model served from a directory by its path
-    if tdir is not None:
-        return LocalTokenizer(tdir)
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-    client = httpx.Client(timeout=30.0, trust_env=False, headers=headers)
-    return ServerTokenizer(base_url, model, client)
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), for saying which machine a run used."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def host_info() -> dict[str, Any]:
-    return {
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu_model(),
-    }
+    phases: dict[str, dict[str, Any]]  # slug -> the phase's flat summary
+    exit_code: ExitCode
+    stop_reason: str | None = None  # the line for people, as summary.json has it
 
 
 async def run_scenario_async(
@@ -163,118 +70,100 @@ async def run_scenario_async(
     cli: list[str] | None = None,
     only_phases: list[str] | None = None,
     tokenizer: str | None = None,
-    workers: int | None = None,
     ray_address: str | None = None,
 ) -> RunResult:
-    """Run every phase of ``scenario``; ``workers`` (default: the scenario's) processes
-    share each phase's schedule, as Ray actors when ``ray_address`` is given."""
-    n_workers = scenario.workers if workers is None else workers
-    if isinstance(n_workers, bool) or not isinstance(n_workers, int):
-        raise SpecloadError(f"--workers: must be an integer, got {n_workers!r}")
-    if not 1 <= n_workers <= MAX_WORKERS:
-        raise SpecloadError(f"--workers: must be from 1 to {MAX_WORKERS}, got {n_workers}")
+    """Run every phase of ``scenario`` (those whose slug is in ``only_phases``, when
+    given); ``scenario.workers`` processes share each phase's schedule, as Ray actors on
+    the cluster at ``ray_address`` when given."""
     if ray_address:
         from loadgen.engine.workers.ray_actors import require_ray
 
         require_ray()
     info = await probe_server(base_url, api_key)
     model = resolve_model(model or scenario.model, info.models, base_url)
+    plans = plan_phases(scenario, only_phases)
+    driver = await _start_driver(scenario.workers, ray_address)
+    try:
+        prompt_set = await asyncio.to_thread(
+            load_prompts,
+            scenario.prompts,
+            prompts_needed_for(plans),
+            seed=scenario.seed,
+            tokenizer=make_tokenizer(scenario, base_url, model, api_key, tokenizer),
+        )
+        origin_perf = time.perf_counter()
+        origin_wall = time.time()
+        settings = _request_settings(scenario, base_url, model, api_key)
+        ctx = RunContext(
+            scenario=scenario,
+            requests=RequestPlan(
+                settings,
+                prompt_set.prompts,
+                output_tokens=scenario.output_tokens,
+                id_prefix=f"specload-{os.getpid()}-{int(origin_wall)}",
+                transport=scenario.transport,
+                spin_s=scenario.spin_ms / 1e3,
+            ),
+            results=ResultsDir(output_dir),
+            clock=now_clock(origin_perf),
+            origin_wall=origin_wall,
+            stop=StopSignal(),
+            live=LiveProgress(progress),
+            server=info,
+            model=model,
+            label=label,
+            tokenizer_id=scenario.prompts.tokenizer or tokenizer or model,
+        )
+        ctx.results.write_run(_run_json(ctx, spec, cli, prompt_set, driver.describe()))
+        return await _run_phases(ctx, plans, driver, health_check)
+    finally:
+        await driver.close()
+
+
+def plan_phases(scenario: Scenario, only_phases: list[str] | None = None) -> list[PhasePlan]:
+    """The phases to run, each with its schedule and its block of request ids."""
     phases = scenario.phases()
     if only_phases is not None:
         phases = [p for p in phases if slugify(p.name) in only_phases]
-    schedules = [
-        build_schedule(
-            p.load, num_requests=p.num_requests, duration_s=p.duration_s, seed=scenario.seed
+    return [
+        PhasePlan(
+            phase=p,
+            slug=slugify(p.name),
+            schedule=build_schedule(
+                p.load, num_requests=p.num_requests, duration_s=p.duration_s, seed=scenario.seed
+            ),
+            first_id=k * PHASE_ID_STRIDE,
         )
-        for p in phases
+        for k, p in enumerate(phases)
     ]
-    pool = await _start_pool(n_workers, ray_address)
-    try:
-        return await _run_phases(
-            scenario,
-            phases=phases,
-            schedules=schedules,
-            pool=pool,
-            info=info,
-            model=model,
-            base_url=base_url,
-            output_dir=output_dir,
-            label=label,
-            spec=spec,
-            api_key=api_key,
-            progress=progress,
-            health_check=health_check,
-            cli=cli,
-            tokenizer=tokenizer,
+
+
+def prompts_needed_for(plans: list[PhasePlan]) -> int:
+    """Prompts to load: the most any phase sends (a timed phase cycles through a pool)."""
+    need = 0
+    for plan in plans:
+        sched = plan.schedule
+        n = (
+            sched.num_requests
+            if sched.closed
+            else (0 if sched.offsets is None else len(sched.offsets))
         )
-    finally:
-        if pool is not None:
-            await pool.close()
+        need = max(need, (n or _PROMPT_POOL_UNCOUNTED) + plan.phase.warmup_requests)
+    return min(max(need, 1), _PROMPT_POOL_MAX)
 
 
-async def _start_pool(n: int, ray_address: str | None) -> WorkerPool | None:
+async def _start_driver(workers: int, ray_address: str | None) -> PhaseDriver:
     if ray_address:
         from loadgen.engine.workers.ray_actors import start_ray_pool
 
-        return await start_ray_pool(n, ray_address)
-    return WorkerPool.start_local(n) if n > 1 else None
+        return await start_ray_pool(workers, ray_address)
+    return WorkerPool.start_local(workers) if workers > 1 else InProcess()
 
 
-async def _run_phases(
-    scenario: Scenario,
-    *,
-    phases: list[Phase],
-    schedules: list[Schedule],
-    pool: WorkerPool | None,
-    info: ServerInfo,
-    model: str,
-    base_url: str,
-    output_dir: Path,
-    label: str | None,
-    spec: dict[str, Any] | None,
-    api_key: str | None,
-    progress: bool,
-    health_check: Callable[[], bool] | None,
-    cli: list[str] | None,
-    tokenizer: str | None,
-) -> RunResult:
-    tok = make_tokenizer(scenario, base_url, model, api_key, tokenizer)
-    prompt_set = await asyncio.to_thread(
-        load_prompts,
-        scenario.prompts,
-        prompts_needed_for(phases, schedules),
-        seed=scenario.seed,
-        tokenizer=tok,
-    )
-    prompts = prompt_set.prompts
-
-    origin_perf = time.perf_counter()
-    origin_wall = time.time()
-    clock = now_clock(origin_perf)
-    results = ResultsDir(output_dir)
-    results.write_run(
-        {
-            "scenario": scenario.model_dump(mode="json"),
-            "label": label,
-            "spec": spec,
-            "base_url": base_url,
-            "model": model,
-            "cli": cli or [],
-            "server": {"version": info.version, "max_model_len": info.max_model_len},
-            "host": host_info(),
-            "loadgen": {
-                "python": sys.version.split()[0],
-                "httpx": httpx.__version__,
-                "transport": scenario.transport,
-                "event_loop": _loop_name(),
-            },
-            "started_at": _dt.datetime.fromtimestamp(origin_wall, _dt.UTC).isoformat(),
-            "epoch_origin": origin_wall,
-            "prompts": {"count": len(prompts), "skipped_bad_lines": prompt_set.skipped},
-            "workers": pool.describe() if pool is not None else {"count": 1, "backend": None},
-        }
-    )
-    settings = RequestSettings(
+def _request_settings(
+    scenario: Scenario, base_url: str, model: str, api_key: str | None
+) -> RequestSettings:
+    return RequestSettings(
         base_url=base_url,
         model=model,
         endpoint=scenario.endpoint,
@@ -285,205 +174,149 @@ async def _run_phases(
         api_key=api_key,
         extra_body=scenario.extra_body,
     )
-    stop = StopSignal()
+
+
+def _run_json(
+    ctx: RunContext,
+    spec: dict[str, Any] | None,
+    cli: list[str] | None,
+    prompt_set: PromptSet,
+    workers: dict[str, Any],
+) -> dict[str, Any]:
+    """run.json: how the results were made (never the API key)."""
+    return {
+        "scenario": ctx.scenario.model_dump(mode="json"),
+        "label": ctx.label,
+        "spec": spec,
+        "base_url": ctx.requests.settings.base_url,
+        "model": ctx.model,
+        "cli": cli or [],
+        "server": {"version": ctx.server.version, "max_model_len": ctx.server.max_model_len},
+        "host": host_info(),
+        "loadgen": {
+            "python": sys.version.split()[0],
+            "httpx": httpx.__version__,
+            "transport": ctx.scenario.transport,
+            "event_loop": event_loop_name(),
+        },
+        "started_at": _dt.datetime.fromtimestamp(ctx.origin_wall, _dt.UTC).isoformat(),
+        "epoch_origin": ctx.origin_wall,
+        "prompts": {"count": len(prompt_set.prompts), "skipped_bad_lines": prompt_set.skipped},
+        "workers": workers,
+    }
+
+
+async def _run_phases(
+    ctx: RunContext,
+    plans: list[PhasePlan],
+    driver: PhaseDriver,
+    health_check: Callable[[], bool] | None,
+) -> RunResult:
+    """The phases one after the other until done or stopped; summary.json after each."""
     loop = asyncio.get_running_loop()
-    installed = _install_signal_handlers(loop, stop)
-    live = LiveProgress(progress)
+    installed = _install_signal_handlers(loop, ctx.stop)
     summaries: dict[str, dict[str, Any]] = {}
-    id_prefix = f"specload-{os.getpid()}-{int(origin_wall)}"
-    if pool is not None:
-        await pool.init(
-            WorkerInit(
-                settings=settings,
-                prompts=prompts,
-                output_tokens=scenario.output_tokens,
-                id_prefix=id_prefix,
-                origin_wall=origin_wall,
-                transport=scenario.transport,
-                spin_s=scenario.spin_ms / 1e3,
-            )
-        )
-    next_id = 0
-    health_task = asyncio.create_task(_watch_health(health_check, stop)) if health_check else None
+    health_task = None
     try:
-        for phase, schedule in zip(phases, schedules, strict=True):
-            if stop.is_set():
+        await driver.prepare(ctx)
+        if health_check:
+            health_task = asyncio.create_task(_watch_health(health_check, ctx.stop))
+        for plan in plans:
+            if ctx.stop.is_set():
                 break
-            slug = slugify(phase.name)
-            summary = await _run_phase(
-                phase=phase,
-                slug=slug,
-                schedule=schedule,
-                scenario=scenario,
-                settings=settings,
-                prompts=prompts,
-                results=results,
-                clock=clock,
-                stop=stop,
-                live=live,
-                id_prefix=id_prefix,
-                first_id=next_id,
-                extra={
-                    "date": _dt.datetime.now().strftime("%Y%m%d-%H%M%S"),
-                    "backend": "openai-chat" if scenario.endpoint == "chat" else "openai",
-                    "label": label,
-                    "model_id": model,
-                    "tokenizer_id": scenario.prompts.tokenizer or tokenizer or model,
-                    "scenario": scenario.name,
-                    "server_version": info.version,
-                },
-                api_key=api_key,
-                pool=pool,
-            )
-            next_id += 1_000_000
-            summaries[slug] = summary
-            results.write_summary(
-                complete=False,
-                scenario=scenario.name,
-                label=label,
-                phases=summaries,
-                stop_reason=stop.reason,
-            )
+            summaries[plan.slug] = await _run_phase(ctx, plan, driver)
+            _write_summary(ctx, summaries, complete=False)
     finally:
-        live.stop()
+        ctx.live.stop()
         if health_task:
             health_task.cancel()
         for sig in installed:
             loop.remove_signal_handler(sig)
-    complete = not stop.is_set() and len(summaries) == len(phases)
-    results.write_summary(
-        complete=complete,
-        scenario=scenario.name,
-        label=label,
-        phases=summaries,
-        stop_reason=stop.reason,
-    )
+    complete = not ctx.stop.is_set() and len(summaries) == len(plans)
+    _write_summary(ctx, summaries, complete=complete)
     return RunResult(
-        output_dir, complete, summaries, _exit_code(complete, stop.reason), stop.reason
+        ctx.results.root,
+        complete,
+        summaries,
+        exit_code(complete, ctx.stop.reason),
+        ctx.stop.message,
     )
 
 
-def prompts_needed_for(phases: list[Phase], schedules: list[Schedule]) -> int:
-    need = 0
-    for phase, sched in zip(phases, schedules, strict=True):
-        n = (
-            sched.num_requests
-            if sched.closed
-            else (0 if sched.offsets is None else len(sched.offsets))
-        )
-        need = max(need, (n or _PROMPT_POOL_UNCOUNTED) + phase.warmup_requests)
-    return min(max(need, 1), _PROMPT_POOL_MAX)
+def _write_summary(ctx: RunContext, phases: dict[str, dict[str, Any]], complete: bool) -> None:
+    ctx.results.write_summary(
+        complete=complete,
+        scenario=ctx.scenario.name,
+        label=ctx.label,
+        phases=phases,
+        stop_reason=ctx.stop.message,
+    )
 
 
-async def _run_phase(
-    *,
-    phase: Phase,
-    slug: str,
-    schedule: Schedule,
-    scenario: Scenario,
-    settings: RequestSettings,
-    prompts: list[Any],
-    results: ResultsDir,
-    clock: Callable[[], float],
-    stop: StopSignal,
-    live: LiveProgress,
-    id_prefix: str,
-    first_id: int,
-    extra: dict[str, Any],
-    api_key: str | None,
-    pool: WorkerPool | None = None,
-) -> dict[str, Any]:
-    pdir = results.phase_dir(slug)
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+async def _run_phase(ctx: RunContext, plan: PhasePlan, driver: PhaseDriver) -> dict[str, Any]:
+    """One phase through ``driver``, between two /metrics scrapes; its summary."""
+    extra = _phase_extra(ctx)  # "date": when the phase started
+    pdir = ctx.results.phase_dir(plan.slug)
+    base_url = ctx.requests.settings.base_url
+    headers = auth_headers(ctx.requests.settings.api_key)
     async with httpx.AsyncClient(timeout=10.0, trust_env=False, headers=headers) as ctl:
         scraped: dict[str, str | None] = {}
 
         async def measure_start() -> None:
             # After warmup: the counters' deltas then cover measured requests only.
-            scraped["before"] = await _scrape(ctl, settings.base_url, pdir / "metrics_before.prom")
+            scraped["before"] = await _scrape(ctl, base_url, pdir / "metrics_before.prom")
 
-        total = schedule.num_requests if schedule.offsets is None else len(schedule.offsets)
-        live.start_phase(phase.name, total)
+        ctx.live.start_phase(plan.phase.name, plan.total)
         sampler = server_metrics.GaugeSampler(
-            ctl, settings.base_url, pdir / "server_samples.jsonl", clock=clock, keep_rows=False
+            ctl, base_url, pdir / "server_samples.jsonl", clock=ctx.clock, keep_rows=False
         )
-        workers_extra: dict[str, Any] = {}
-        if pool is None:
-            with results.records(slug) as writer:
-                # Per-request columns only: the summary reads chunk times back from the
-                # records file, so memory does not grow with every token of a long run.
-                acc = StreamingSummary(writer.path, writer.start_offset)
-                runner = PhaseRunner(
-                    settings=settings,
-                    phase_name=phase.name,
-                    prompts=prompts,
-                    output_tokens=scenario.output_tokens,
-                    clock=clock,
-                    writer=writer,
-                    sinks=[acc, live],
-                    stop=stop,
-                    id_prefix=id_prefix,
-                    first_request_id=first_id,
-                    max_error_rate=scenario.max_error_rate,
-                    transport=scenario.transport,
-                    spin_s=scenario.spin_ms / 1e3,
-                )
-                async with sampler:
-                    outcome = await runner.run(schedule, phase.warmup_requests, measure_start)
-            duration_s = outcome.duration_s
-        else:
-            # Fed from the merge below, in the merged file's order (its offset is 0).
-            acc = StreamingSummary(pdir / REQUESTS_FILE, 0)
-            async with sampler:
-                wout = await pool.run_phase(
-                    phase_name=phase.name,
-                    schedule=schedule,
-                    warmup_requests=phase.warmup_requests,
-                    first_id=first_id,
-                    phase_dir=pdir,
-                    clock=clock,
-                    stop=stop,
-                    on_measure_start=measure_start,
-                    max_error_rate=scenario.max_error_rate,
-                    live=live,
-                )
-            duration_s = wout.duration_s
-            workers_extra = {"workers": wout.active, "workers_start_late_ms": wout.late_s * 1e3}
-        live.stop()
-        after = await _scrape(ctl, settings.base_url, pdir / "metrics_after.prom")
-        before = scraped.get("before")
-    if pool is not None:
-        # One requests.jsonl sorted by send time, fed to the summary in that order.
-        def feed(line: bytes) -> None:
-            with contextlib.suppress(ValueError, TypeError):
-                acc.add(RequestRecord.from_dict(json.loads(line)))
-
-        await asyncio.to_thread(merge_worker_records, pdir, feed)
-    extra = dict(extra)
-    extra.update(workers_extra)
-    extra["repeat"] = phase.repeat
-    extra["complete"] = not stop.is_set()
-    if stop.reason:
-        extra["stop_reason"] = stop.reason
+        async with sampler:
+            ran = await driver.run(ctx, plan, measure_start)
+        ctx.live.stop()
+        after = await _scrape(ctl, base_url, pdir / "metrics_after.prom")
+    await driver.collect(ctx, plan, ran)
     spec = None
+    before = scraped.get("before")
     if before is not None and after is not None:
         spec = server_metrics.spec_decode_delta(
             server_metrics.parse_prometheus(before), server_metrics.parse_prometheus(after)
         )
-    summary = acc.summary(
-        duration_s=duration_s,
-        slo=scenario.slo,
-        phase=phase.name,
-        load=phase.load,
-        extra=extra,
+    summary = ran.summary.summary(
+        duration_s=ran.duration_s,
+        slo=ctx.scenario.slo,
+        phase=plan.phase.name,
+        load=plan.phase.load,
+        extra=_summary_extra(ctx, plan, ran, extra),
         spec_decode=spec,
         server_gauges=sampler.stats.summary(),
         # Per-request lists (ttfts, itls, ...) as vllm saves them, up to a size where
         # summary.json stays readable; requests.jsonl has them all anyway.
-        detailed=len(acc) <= DETAILED_MAX_REQUESTS,
+        detailed=len(ran.summary) <= DETAILED_MAX_REQUESTS,
     )
-    results.write_phase_summary(slug, summary)
+    ctx.results.write_phase_summary(plan.slug, summary)
     return summary
+
+
+def _phase_extra(ctx: RunContext) -> dict[str, Any]:
+    """The keys every phase's summary carries about the run (as vllm bench serve's)."""
+    return {
+        "date": _dt.datetime.now().strftime("%Y%m%d-%H%M%S"),
+        "backend": "openai-chat" if ctx.scenario.endpoint == "chat" else "openai",
+        "label": ctx.label,
+        "model_id": ctx.model,
+        "tokenizer_id": ctx.tokenizer_id,
+        "scenario": ctx.scenario.name,
+        "server_version": ctx.server.version,
+    }
+
+
+def _summary_extra(
+    ctx: RunContext, plan: PhasePlan, ran: PhaseRun, extra: dict[str, Any]
+) -> dict[str, Any]:
+    out = {**extra, **ran.extra, "repeat": plan.phase.repeat, "complete": not ctx.stop.is_set()}
+    if ctx.stop.message:
+        out["stop_reason"] = ctx.stop.message
+    return out
 
 
 async def _scrape(client: httpx.AsyncClient, base_url: str, save_to: Path) -> str | None:
@@ -502,7 +335,7 @@ async def _watch_health(check: Callable[[], bool], stop: StopSignal) -> None:
         await asyncio.sleep(HEALTH_INTERVAL_S)
         ok = await asyncio.to_thread(check)
         if not ok:
-            stop.set("server lost: health check failed during the run")
+            stop.set(StopReason.SERVER_LOST, "server lost: health check failed during the run")
             return
 
 
@@ -510,32 +343,17 @@ def _install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: StopSignal) 
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, stop.set, f"interrupted by {signal.Signals(sig).name}")
+            why = f"interrupted by {signal.Signals(sig).name}"
+            loop.add_signal_handler(sig, stop.set, StopReason.INTERRUPTED, why)
             installed.append(sig)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread: the caller handles signals
     return installed
 
 
-def _loop_name() -> str:
-    """The running event loop's module: uvloop when installed (the ``fast`` extra)."""
-    return type(asyncio.get_running_loop()).__module__.split(".")[0]
-
-
-def _exit_code(complete: bool, reason: str | None) -> int:
-    if complete:
-        return EXIT_OK
-    if reason and reason.startswith("error budget"):
-        return EXIT_ERROR_BUDGET
-    if reason and reason.startswith("server lost"):
-        return EXIT_SERVER_LOST
-    if reason and reason.startswith(WORKER_LOST):
-        return EXIT_WORKER_LOST
-    return EXIT_INTERRUPTED
-
-
 def run_scenario(scenario: Scenario, **kwargs: Any) -> RunResult:
-    """Synchronous wrapper (server_launch calls this between server starts)."""
+    """:func:`run_scenario_async` on uvloop when installed (server_launch calls this
+    between server starts)."""
     try:
         import uvloop  # type: ignore[import-not-found]
 

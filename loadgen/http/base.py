@@ -1,28 +1,105 @@
-"""How requests reach the server: the interface the runner uses, and its two implementations.
+"""What every transport shares: the request settings, the ``Transport`` interface and its
+registry, the auth header, the TLS context, and the one ladder that turns a failure into
+the record's ``(ErrorKind, message)``.
 
-``raw`` (the default, ``loadgen.http.raw``, a minimal asyncio HTTP/1.1 client) and
-``httpx`` (``loadgen.http.client``). benchmarks/client_overhead.py compares them: raw spends about
-a third of httpx's CPU per chunk and keeps up with vLLM's own benchmark client where httpx
-did not. Both keep one connection per in-flight request, fill the same
-``RequestRecord`` through the same after-the-fact SSE parsing, and fail with the same
-``error_kind`` values; they differ in CPU per chunk and in the exact moment ``sent_s`` is
-taken (see ``transport_raw``).
+Two transports implement the interface: ``raw`` (the default, :mod:`loadgen.http.raw`, a
+minimal asyncio HTTP/1.1 client) and ``httpx`` (:mod:`loadgen.http.httpx_transport`).
+``benchmarks/client_overhead.py`` compares them (figures in
+``benchmarks/results/client_overhead.md``): raw spends less CPU per chunk, which is what
+lets one process keep up with more streams. Both keep one connection per in-flight request,
+fill the same ``RequestRecord`` through the same after-the-fact SSE parsing
+(:mod:`loadgen.http.sse`), and fail with the same ``ErrorKind`` values and messages; they
+differ in CPU per chunk and in the exact moment ``sent_s`` is taken (see ``raw``).
+
+A new transport is one module with a class taking ``(settings, clock)`` plus one line in
+``_REGISTRY``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
+import importlib
+import ssl
+import time
 from collections.abc import Callable
-from typing import Literal, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, cast
 
-import httpx
+from loadgen.errors import describe_exception, one_line
+from loadgen.results.records import ErrorKind, RequestRecord
 
-from loadgen.http.client import RequestSettings, make_http_client, send_request
-from loadgen.results.records import RequestRecord
-
+Endpoint = Literal["completions", "chat"]
 TransportName = Literal["httpx", "raw"]
-TRANSPORTS: tuple[TransportName, ...] = ("httpx", "raw")
+Clock = Callable[[], float]
+MAX_ERROR_CHARS = 300  # a record's error message is one line of at most this many
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The header that carries the API key (never recorded anywhere), or none."""
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+@dataclass(frozen=True)
+class RequestSettings:
+    """What every request of a run shares."""
+
+    base_url: str
+    model: str
+    endpoint: Endpoint = "completions"
+    temperature: float = 0.0
+    top_p: float | None = None
+    ignore_eos: bool = True
+    timeout_s: float = 600.0
+    api_key: str | None = None  # sent as a header, never recorded
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        path = "/v1/chat/completions" if self.endpoint == "chat" else "/v1/completions"
+        return self.base_url.rstrip("/") + path
+
+    def headers(self, request_id: str) -> dict[str, str]:
+        return {
+            "content-type": "application/json",
+            "x-request-id": request_id,
+            **auth_headers(self.api_key),
+        }
+
+    def body(self, prompt: str, max_tokens: int) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": max_tokens,
+            "temperature": self.temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        }
+        if self.ignore_eos:
+            body["ignore_eos"] = True
+        if self.top_p is not None:
+            body["top_p"] = self.top_p
+        if self.endpoint == "chat":
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            body["prompt"] = prompt
+        body.update(self.extra_body)
+        return body
+
+
+def now_clock(origin: float) -> Clock:
+    """Seconds since ``origin`` on the monotonic high-resolution clock."""
+    pc = time.perf_counter
+    return lambda: pc() - origin
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One TLS context for every connection of both transports: building one loads the
+    whole trust store, far too much CPU to spend per client."""
+    return ssl.create_default_context()
+
+
+# --- the transports ----------------------------------------------------------------------
 
 
 class Transport(Protocol):
@@ -45,79 +122,66 @@ class Transport(Protocol):
         """Close every connection."""
 
 
-def make_transport(name: str, settings: RequestSettings, clock: Callable[[], float]) -> Transport:
-    if name == "raw":
-        from loadgen.http.raw import RawTransport
-
-        return RawTransport(settings, clock)
-    if name == "httpx":
-        return HttpxTransport(settings, clock)
-    raise ValueError(f"unknown transport {name!r} (known: {', '.join(TRANSPORTS)})")
+# name -> (module, class); imported on first use, so a run loads only the one it uses.
+_REGISTRY: dict[TransportName, tuple[str, str]] = {
+    "httpx": ("loadgen.http.httpx_transport", "HttpxTransport"),
+    "raw": ("loadgen.http.raw", "RawTransport"),
+}
+TRANSPORTS: tuple[TransportName, ...] = tuple(_REGISTRY)
 
 
-class HttpxTransport:
-    """httpx clients handed out one per in-flight request (LIFO, so connections stay warm)."""
+def make_transport(name: str, settings: RequestSettings, clock: Clock) -> Transport:
+    """The transport registered as ``name`` (the scenario's ``transport`` field)."""
+    where = _REGISTRY.get(cast(TransportName, name))
+    if where is None:
+        raise ValueError(f"unknown transport {name!r} (known: {', '.join(TRANSPORTS)})")
+    cls = getattr(importlib.import_module(where[0]), where[1])
+    return cast(Transport, cls(settings, clock))
 
-    name = "httpx"
 
-    def __init__(self, settings: RequestSettings, clock: Callable[[], float]) -> None:
-        self._settings = settings
-        self._clock = clock
-        self._free: list[httpx.AsyncClient] = []
-        self._all: list[httpx.AsyncClient] = []
-        self._parse_lock = asyncio.Lock()
+# --- failures ------------------------------------------------------------------------------
 
-    def prefill(self, n: int) -> None:
-        """Create clients before the clock starts (a client costs ~4 ms of CPU)."""
-        while len(self._all) < n:
-            c = make_http_client(self._settings)
-            self._all.append(c)
-            self._free.append(c)
 
-    async def connect(self) -> None:
-        """GET /health on each pre-created client, so the first measured requests don't pay
-        the TCP handshake. Servers without /health just answer 404."""
-        url = self._settings.base_url.rstrip("/") + "/health"
+class RequestFailed(Exception):
+    """A request's failure named by its cause, not by the library that saw it: a transport
+    raises these (or maps its library's errors to them), and :func:`describe_failure`
+    reads them like any other exception."""
 
-        async def one(c: httpx.AsyncClient) -> None:
-            with contextlib.suppress(httpx.HTTPError):
-                await c.get(url, timeout=5.0)
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
-        await asyncio.gather(*(one(c) for c in self._free))
+    @classmethod
+    def connect(cls, base_url: str, cause: BaseException) -> RequestFailed:
+        """Nothing was sent: refused, DNS, TLS."""
+        detail = describe_exception(cause, MAX_ERROR_CHARS)
+        return cls(ErrorKind.CONNECT, f"cannot connect to {base_url}: {detail}")
 
-    async def send_request(
-        self, record: RequestRecord, prompt: str, max_tokens: int, request_id: str
-    ) -> RequestRecord:
-        client = self._take()
-        try:
-            return await send_request(
-                client,
-                self._settings,
-                record,
-                prompt,
-                max_tokens,
-                self._clock,
-                request_id,
-                self._parse_lock,
-            )
-        finally:
-            self._give_back(client, healthy=record.error is None)
+    @classmethod
+    def stalled(cls, what: str, seconds: float) -> RequestFailed:
+        """Connecting, writing or reading made no progress for ``seconds``."""
+        return cls(ErrorKind.TIMEOUT, f"{what}: stalled for {seconds:g} s")
 
-    def _take(self) -> httpx.AsyncClient:
-        if self._free:
-            return self._free.pop()
-        c = make_http_client(self._settings)
-        self._all.append(c)
-        return c
+    @classmethod
+    def stream_cut(cls, detail: str) -> RequestFailed:
+        """The server hung up mid-response, or broke HTTP framing."""
+        return cls(ErrorKind.STREAM_CUT, f"stream cut: {detail}")
 
-    def _give_back(self, client: httpx.AsyncClient, healthy: bool) -> None:
-        if healthy:
-            self._free.append(client)
-        else:
-            self._all.remove(client)
-            asyncio.get_running_loop().create_task(client.aclose())
+    @classmethod
+    def http_status(cls, status: int, body: str) -> RequestFailed:
+        """The server answered ``status`` >= 400; its body's message is kept, on one line."""
+        return cls(ErrorKind.HTTP, f"HTTP {status}: {one_line(body, MAX_ERROR_CHARS)}")
 
-    async def aclose(self) -> None:
-        await asyncio.gather(*(c.aclose() for c in self._all), return_exceptions=True)
-        self._all.clear()
-        self._free.clear()
+
+def describe_failure(exc: BaseException, settings: RequestSettings) -> tuple[ErrorKind, str]:
+    """The one ladder both transports use: what a request's exception means for its record.
+    A cancel is the run stopping; ``TimeoutError`` is the request's own deadline (both
+    transports wrap a request in ``asyncio.timeout(timeout_s)``); anything unforeseen
+    costs one record (``other``), never the run."""
+    if isinstance(exc, RequestFailed):
+        return exc.kind, str(exc)
+    if isinstance(exc, asyncio.CancelledError):
+        return ErrorKind.CANCELLED, "cancelled before the stream finished"
+    if isinstance(exc, TimeoutError):
+        return ErrorKind.TIMEOUT, f"no complete response within {settings.timeout_s:g} s"
+    return ErrorKind.OTHER, f"{type(exc).__name__}: {one_line(exc, MAX_ERROR_CHARS)}"

@@ -1,12 +1,13 @@
 """The ``raw`` transport: a minimal HTTP/1.1 streaming client on ``asyncio.Protocol``.
 
 Why it exists: with httpx, each socket read of a stream passes through httpx, httpcore and
-h11 and wakes the request's task, ~36% of loadgen's CPU at high chunk rates; vLLM's own
-benchmark client (aiohttp) kept up with more streams on the same box. Here a read costs one
-``data_received`` call: one ``clock()`` stamp, enough framing (chunked or content-length) to
-know where the response ends, and an append. The request's task sleeps until the response
-is complete (or fails), then the same after-the-fact SSE parsing as the httpx path
-(``client.parse_stream``) fills the record, so records are identical in shape.
+h11 and wakes the request's task, a large share of loadgen's CPU at high chunk rates, and
+vLLM's own benchmark client (aiohttp) kept up with more streams on the same box
+(``benchmarks/results/client_overhead.md``). Here a read costs one ``data_received`` call:
+one ``clock()`` stamp, enough framing (chunked or content-length) to know where the
+response ends, and an append. The request's task sleeps until the response is complete (or
+fails), then the same after-the-fact SSE parsing as the httpx path
+(:func:`loadgen.http.sse.parse_stream`) fills the record, so records are identical in shape.
 
 What it speaks: HTTP/1.1 POST with a JSON body over plain TCP or TLS (``https://``, the
 default trust store), responses framed by ``transfer-encoding: chunked``, ``content-length``
@@ -17,14 +18,15 @@ none of these for inference requests either).
 Timestamps differ from the httpx path in one place: ``sent_s`` is taken just before the
 request's bytes are handed to the transport (``transport.write``), after they are built;
 httpx's trace hook fires at ``send_request_headers.started``, before h11 serialises the
-head, so its ``sent_s`` is earlier by that serialisation (tens of microseconds). Each
+head, so its ``sent_s`` is earlier by that serialisation. Each
 ``data_received`` call gets one ``clock()`` stamp, as each httpx raw read does; ``end_s``
 is the stamp of the read that completed the response rather than when the task resumed.
 
-Errors use the httpx path's kinds: ``connect`` (refused, DNS, TLS), ``http`` (status >= 400,
-with an excerpt of the body), ``timeout`` (connect, read idle or the request deadline),
-``stream_cut`` (the server hung up mid-response or broke HTTP framing), the SSE kinds from
-parsing, and ``cancelled``.
+Errors use the httpx path's kinds and messages (:class:`~loadgen.http.base.RequestFailed`,
+:func:`~loadgen.http.base.describe_failure`): ``connect`` (refused, DNS, TLS), ``http``
+(status >= 400, with an excerpt of the body), ``timeout`` (connect, read idle or the
+request deadline), ``stream_cut`` (the server hung up mid-response or broke HTTP framing),
+the SSE kinds from parsing, and ``cancelled``.
 """
 
 from __future__ import annotations
@@ -32,19 +34,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
 from typing import cast
 from urllib.parse import urlsplit
 
-from loadgen.errors import SpecloadError
-from loadgen.http.client import (
+from loadgen.errors import SpecloadError, one_line
+from loadgen.http.base import (
+    Clock,
+    RequestFailed,
     RequestSettings,
-    _fail,
-    _one_line,
-    _parse_partial,
-    _ssl_context,
-    parse_stream,
+    auth_headers,
+    describe_failure,
+    tls_context,
 )
+from loadgen.http.sse import fail, parse_partial, parse_stream
 from loadgen.results.records import RequestRecord
 
 CONNECT_TIMEOUT_MAX_S = 30.0  # as the httpx path: min(this, request_timeout_s)
@@ -55,19 +57,11 @@ _MAX_LINE = 4096  # a chunk-size or trailer line
 _IDLE, _HEAD, _CHUNKED, _LENGTH, _UNTIL_CLOSE = range(5)
 
 
-class _ConnectFailed(Exception):
-    pass
-
-
-class _ConnectTimeout(Exception):
-    pass
-
-
 class _Conn(asyncio.Protocol):
     """One connection, one response at a time. ``data_received`` runs once per socket read:
     it stamps the read and frames the body; nothing else happens until the response ends."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.transport: asyncio.Transport | None = None
         self.reusable = False  # until connected; False once the stream state is unknown
@@ -154,8 +148,7 @@ class _Conn(asyncio.Protocol):
         """The per-response state, fresh: at construction and before each request."""
         self.reads: list[tuple[float, bytes]] = []  # (arrival, body bytes) per read
         self.status = 0
-        self.error: str | None = None
-        self.error_kind = "stream_cut"
+        self.error: RequestFailed | None = None
         self.written_t: float | None = None
         self._state = state
         self._buf = b""
@@ -186,10 +179,10 @@ class _Conn(asyncio.Protocol):
         if self.done is not None and not self.done.done():
             self.done.set_result(None)
 
-    def _fail(self, why: str, kind: str = "stream_cut") -> None:
+    def _fail(self, why: str | RequestFailed) -> None:
+        """End the exchange failed: ``why`` is a cut stream's detail, or the failure."""
         if self.error is None:
-            self.error = why
-            self.error_kind = kind
+            self.error = RequestFailed.stream_cut(why) if isinstance(why, str) else why
         self.close()
         self._finish(self.clock())
 
@@ -199,7 +192,7 @@ class _Conn(asyncio.Protocol):
             return
         quiet = self.clock() - self.last_t
         if quiet >= self._idle_s * 0.999:
-            self._fail(f"ReadTimeout: stalled for {self._idle_s:g} s", "timeout")
+            self._fail(RequestFailed.stalled("ReadTimeout", self._idle_s))
         else:
             loop = asyncio.get_running_loop()
             self._idle = loop.call_later(self._idle_s - quiet, self._check_idle)
@@ -340,7 +333,7 @@ class _Conn(asyncio.Protocol):
                 except ValueError:
                     size = -1
             if size < 0:
-                self._fail(f"bad chunk-size line {_one_line(repr(line[:40]))}")
+                self._fail(f"bad chunk-size line {one_line(repr(line[:40]))}")
                 return
             if size == 0:
                 self._trailers = True
@@ -356,12 +349,12 @@ def parse_head(head: bytes) -> tuple[str, int, dict[str, str]]:
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise ValueError(f"bad status line {_one_line(lines[0][:80])!r}")
+        raise ValueError(f"bad status line {one_line(lines[0][:80])!r}")
     headers: dict[str, str] = {}
     for line in lines[1:]:
         k, sep, v = line.partition(":")
         if not sep:
-            raise ValueError(f"bad header line {_one_line(line[:80])!r}")
+            raise ValueError(f"bad header line {one_line(line[:80])!r}")
         k = k.strip().lower()
         v = v.strip()
         headers[k] = f"{headers[k]}, {v}" if k in headers else v
@@ -373,7 +366,7 @@ class RawTransport:
 
     name = "raw"
 
-    def __init__(self, settings: RequestSettings, clock: Callable[[], float]) -> None:
+    def __init__(self, settings: RequestSettings, clock: Clock) -> None:
         self._settings = settings
         self._clock = clock
         u = urlsplit(settings.url)
@@ -384,7 +377,7 @@ class RawTransport:
             )
         self._host = u.hostname
         self._port = u.port or (443 if u.scheme == "https" else 80)
-        self._ssl = _ssl_context() if u.scheme == "https" else None
+        self._ssl = tls_context() if u.scheme == "https" else None
         host = f"[{u.hostname}]" if ":" in u.hostname else u.hostname
         if u.port is not None:
             host += f":{u.port}"
@@ -393,8 +386,8 @@ class RawTransport:
             f"POST {target} HTTP/1.1\r\nhost: {host}\r\naccept: */*\r\n"
             "content-type: application/json\r\nuser-agent: specload-raw\r\n"
         )
-        if settings.api_key:
-            head += f"authorization: Bearer {settings.api_key}\r\n"  # never recorded
+        for name, value in auth_headers(settings.api_key).items():  # never recorded
+            head += f"{name}: {value}\r\n"
         self._head = head.encode("latin-1")
         self._connect_timeout_s = min(CONNECT_TIMEOUT_MAX_S, settings.timeout_s)
         self._want = 0
@@ -407,7 +400,7 @@ class RawTransport:
 
     async def connect(self) -> None:
         async def one() -> None:
-            with contextlib.suppress(_ConnectFailed, _ConnectTimeout):  # requests record it
+            with contextlib.suppress(RequestFailed):  # the requests record it
                 self._free.append(await self._open())
 
         await asyncio.gather(*(one() for _ in range(self._want - len(self._free))))
@@ -449,50 +442,40 @@ class RawTransport:
             if conn.error is not None:
                 record.end_s = conn.end_t
                 if conn.status < 400:
-                    _parse_partial(record, conn.reads)
-                _fail(record, conn.error_kind, f"{_stream_cut(conn.error_kind)}{conn.error}")
+                    parse_partial(record, conn.reads)
+                fail(record, conn.error.kind, str(conn.error))
             elif conn.status >= 400:
                 record.end_s = conn.end_t
                 text = b"".join(b for _, b in conn.reads).decode("utf-8", "replace")
-                _fail(record, "http", f"HTTP {conn.status}: {_one_line(text)}")
+                failed = RequestFailed.http_status(conn.status, text)
+                fail(record, failed.kind, str(failed))
             else:
                 record.end_s = conn.end_t
                 parsed = True
                 await parse_stream(record, conn.reads, lock=self._parse_lock)
-        except asyncio.CancelledError:
-            if parsed:  # the response was whole and its parse finished: the record stands
+        # Everything, a bug included: it must cost one record, not the run.
+        except (asyncio.CancelledError, Exception) as e:
+            cancelled = isinstance(e, asyncio.CancelledError)
+            if cancelled and parsed:  # the response was whole and its parse finished
                 raise
             record.end_s = clock()
             self._partial(record, conn)
-            _fail(record, "cancelled", "cancelled before the stream finished")
-            raise
-        except TimeoutError:
-            record.end_s = clock()
-            self._partial(record, conn)
-            _fail(record, "timeout", f"no complete response within {s.timeout_s:g} s")
-        except _ConnectTimeout:
-            record.end_s = clock()
-            _fail(record, "timeout", f"ConnectTimeout: stalled for {self._connect_timeout_s:g} s")
-        except _ConnectFailed as e:
-            record.end_s = clock()
-            _fail(record, "connect", f"cannot connect to {s.base_url}: {e}")
-        except Exception as e:  # a bug here must cost one record, not the run
-            record.end_s = clock()
-            self._partial(record, conn)
-            _fail(record, "other", f"{type(e).__name__}: {_one_line(str(e))}")
+            fail(record, *describe_failure(e, s))
+            if cancelled:
+                raise
         finally:
             if conn is not None:
                 self._give_back(conn)
         return record
 
     def _partial(self, record: RequestRecord, conn: _Conn | None) -> None:
-        """Keep what arrived before a cancel or the deadline; the connection is dropped."""
+        """Keep what arrived before a failure; the connection is dropped."""
         if conn is None:
             return
         conn.abort()
         record.status_code = conn.status or None
         if conn.status < 400:
-            _parse_partial(record, conn.reads)
+            parse_partial(record, conn.reads)
 
     async def _take(self) -> _Conn:
         while self._free:
@@ -525,9 +508,9 @@ class RawTransport:
                     server_hostname=self._host if self._ssl is not None else None,
                 )
         except TimeoutError:
-            raise _ConnectTimeout from None
+            raise RequestFailed.stalled("ConnectTimeout", self._connect_timeout_s) from None
         except OSError as e:
-            raise _ConnectFailed(_one_line(str(e)) or type(e).__name__) from None
+            raise RequestFailed.connect(self._settings.base_url, e) from None
         self._all.add(conn)
         return conn
 
@@ -537,8 +520,3 @@ class RawTransport:
         self._all.clear()
         self._free.clear()
         await asyncio.sleep(0)  # let the transports' close callbacks run
-
-
-def _stream_cut(kind: str) -> str:
-    """The httpx path's message prefix for a cut stream."""
-    return "stream cut: " if kind == "stream_cut" else ""

@@ -10,21 +10,26 @@ from __future__ import annotations
 import json
 import operator
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from typing import Any
 
-# Error kinds, the ``error_kind`` of a failed record. One word each so summaries can
-# count failures by cause.
-ERROR_KINDS = (
-    "connect",  # connection refused / DNS / TLS: nothing was sent
-    "http",  # non-2xx status; ``status_code`` says which
-    "timeout",  # per-request timeout or run deadline hit mid-request
-    "stream_cut",  # the stream ended before ``data: [DONE]``
-    "bad_sse",  # a malformed SSE line or invalid JSON in a chunk
-    "server_error",  # an error object inside the stream
-    "cancelled",  # Ctrl-C / SIGTERM / error budget stopped the run mid-request
-    "empty",  # 200 and [DONE] but no token was ever produced
-    "other",
-)
+
+class ErrorKind(StrEnum):
+    """Why a request failed: a record's ``error_kind``, one word each so summaries can count
+    failures by cause. Written to JSON as the plain string."""
+
+    CONNECT = "connect"  # connection refused / DNS / TLS: nothing was sent
+    HTTP = "http"  # non-2xx status; ``status_code`` says which
+    TIMEOUT = "timeout"  # per-request timeout or run deadline hit mid-request
+    STREAM_CUT = "stream_cut"  # the stream ended before ``data: [DONE]``
+    BAD_SSE = "bad_sse"  # a malformed SSE line or invalid JSON in a chunk
+    SERVER_ERROR = "server_error"  # an error object inside the stream
+    CANCELLED = "cancelled"  # Ctrl-C / SIGTERM / error budget stopped the run mid-request
+    EMPTY = "empty"  # 200 and [DONE] but no token was ever produced
+    OTHER = "other"
+
+
+_KINDS = {k.value: k for k in ErrorKind}
 
 
 @dataclass(slots=True)
@@ -53,7 +58,7 @@ class RequestRecord:
     finish_reason: str | None = None
     status_code: int | None = None
     error: str | None = None  # one line, never a secret
-    error_kind: str | None = None  # one of ERROR_KINDS
+    error_kind: ErrorKind | None = None
     warmup: bool = False
     worker: int = 0
 
@@ -86,14 +91,17 @@ class RequestRecord:
 
     def to_json(self) -> str:
         """One compact JSON object, fields in declaration order (what ``asdict`` gave, byte
-        for byte). Built by hand: ``asdict`` deep-copies every chunk time (slow for a long
-        record, and this runs on the event loop), and ``json.dumps`` with options builds a
-        new encoder per call."""
+        for byte). Built by hand: ``asdict`` deep-copies every chunk time (milliseconds for
+        a long stream, on the event loop), and ``json.dumps`` with options builds a new
+        encoder per call."""
         return _ENCODE(dict(zip(_FIELD_NAMES, _FIELD_VALUES(self), strict=True)))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RequestRecord:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        kind = known.get("error_kind")
+        if isinstance(kind, str):  # a kind this version does not know stays a plain string
+            known["error_kind"] = _KINDS.get(kind, kind)
         return cls(**known)
 
 

@@ -1,11 +1,12 @@
 """Several worker processes (or Ray actors) driving one phase on one shared clock.
 
-Why: one Python process tops out at a few thousand chunks/s; past that its own lag shows
-up as server latency. N workers each run a :class:`~loadgen.engine.phase.PhaseRunner` over
-their share of the schedule (:mod:`loadgen.engine.workers.split`), and the parent merges their
-records into the one results directory a 1-worker run writes.
+Why: one Python process can only stamp and parse so many chunks a second; past that its
+own lag shows up as server latency (``benchmarks/results/workers_scaling.md``). N workers
+each run a :class:`~loadgen.engine.phase.PhaseRunner` over their share of the schedule
+(:mod:`loadgen.engine.workers.split`), and the parent merges their records into the one
+results directory a 1-worker run writes.
 
-A phase, seen from the parent (:meth:`WorkerPool.run_phase`):
+A phase, seen from the parent (:meth:`WorkerPool.run`):
 
 1. each active worker gets its share, connects its clients, runs its part of the warmup
    and says *ready*;
@@ -23,279 +24,42 @@ A stop (Ctrl-C, error budget, health check) is sent to every worker, which cance
 is in flight as a 1-worker run does. A worker that dies or fails stops the phase with
 ``worker lost: ...`` (never a hang): the phase is marked incomplete.
 
-Local workers are fresh ``python`` subprocesses (no fork of a process with a running
-event loop, no re-import of the caller's ``__main__``) on a socketpair; they ignore SIGINT,
-so a terminal's Ctrl-C reaches them through the parent's orderly stop, and they exit when
-the parent's end of the socket closes (the parent died).
+The worker's side is :mod:`loadgen.engine.workers.core`; local processes are
+:mod:`loadgen.engine.workers.local`, Ray actors :mod:`loadgen.engine.workers.ray_actors`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
-from loadgen.config.prompts.base import Prompt
-from loadgen.config.shapes.base import Schedule
-from loadgen.engine.phase import ERROR_BUDGET_MIN_REQUESTS, PhaseRunner, StopSignal
-from loadgen.engine.workers.split import split_phase
-from loadgen.errors import one_line
-from loadgen.http.client import RequestSettings
-from loadgen.results.files import RecordWriter, worker_record_files, worker_records_path
-from loadgen.results.records import RequestRecord
-
-GO_MARGIN_S = 0.1  # local workers: the start is this far ahead of the go message
-RAY_GO_MARGIN_S = 0.5
-STOP_GRACE_S = 15.0  # after a stop, a worker that has not finished by then is killed
-PUMP_INTERVAL_S = 0.25
-WORKER_LOST = "worker lost"
-
-
-class WorkerLost(Exception):
-    """A worker died, failed, or stopped answering."""
-
-
-# --- what a worker is given ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WorkerInit:
-    """What every phase of a run shares (sent once per worker)."""
-
-    settings: RequestSettings
-    prompts: list[Prompt]
-    output_tokens: int
-    id_prefix: str
-    origin_wall: float  # run.json's epoch_origin: clock value 0 in wall time
-    transport: str = "raw"  # loadgen.http.base name, as the scenario says
-    spin_s: float = 0.0  # the scenario's spin_ms, in seconds
-
-
-@dataclass(frozen=True)
-class PhaseJob:
-    """One worker's part of one phase."""
-
-    phase_name: str
-    schedule: Schedule
-    warmup_requests: int
-    warmup_first_id: int  # absolute request ids
-    id_start: int
-    id_step: int
-    records_path: str | None  # local workers write here; Ray actors buffer
-
-
-# --- worker side --------------------------------------------------------------------
-
-
-class ClockMap:
-    """The run's clock in a worker: ``perf_counter() + offset``, the offset chosen so that
-    the wall-clock start the parent picked reads the parent's clock value for it."""
-
-    def __init__(self, origin_wall: float) -> None:
-        self.offset = (time.time() - origin_wall) - time.perf_counter()
-
-    def __call__(self) -> float:
-        return time.perf_counter() + self.offset
-
-    def sync(self, wall: float, at: float) -> None:
-        p0 = time.perf_counter()
-        t = time.time()
-        p1 = time.perf_counter()
-        perf_at_wall = (p0 + p1) / 2 + (wall - t)
-        self.offset = at - perf_at_wall
-
-
-Rendezvous = Callable[[], Awaitable[tuple[float, float]]]
-
-
-class RecordSinkWriter(Protocol):
-    def write(self, record: RequestRecord) -> None: ...
-
-
-class LineBuffer:
-    """A record writer that keeps JSON lines until :meth:`drain` (Ray actors)."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.count = 0
-
-    def write(self, record: RequestRecord) -> None:
-        self.lines.append(record.to_json())
-        self.count += 1
-
-    def drain(self) -> list[str]:
-        out, self.lines = self.lines, []
-        return out
-
-
-class WorkerCore:
-    """Runs phases in a worker (process or actor): a PhaseRunner on the shared clock."""
-
-    def __init__(self, index: int, init: WorkerInit) -> None:
-        self.index = index
-        self.init = init
-        self.clock = ClockMap(init.origin_wall)
-
-    async def run_phase(
-        self, job: PhaseJob, writer: Any, rendezvous: Rendezvous, stop: StopSignal
-    ) -> dict[str, Any]:
-        late = [0.0]
-
-        async def measure_start() -> float:
-            wall, at = await rendezvous()
-            self.clock.sync(wall, at)
-            while not stop.is_set() and (delay := at - self.clock()) > 0:
-                await asyncio.sleep(min(delay, 0.25))
-            late[0] = max(self.clock() - at, 0.0)
-            return at
-
-        runner = PhaseRunner(
-            settings=self.init.settings,
-            phase_name=job.phase_name,
-            prompts=self.init.prompts,
-            output_tokens=self.init.output_tokens,
-            clock=self.clock,
-            writer=writer,
-            sinks=[],
-            stop=stop,
-            id_prefix=self.init.id_prefix,
-            first_request_id=job.warmup_first_id,
-            max_error_rate=None,  # the parent keeps the budget over all workers' records
-            worker=self.index,
-            transport=self.init.transport,
-            spin_s=self.init.spin_s,
-        )
-        outcome = await runner.run(
-            job.schedule,
-            job.warmup_requests,
-            measure_start,
-            itertools.count(job.id_start, job.id_step),
-        )
-        return {
-            "worker": self.index,
-            "start": outcome.start_s,
-            "end": outcome.end_s,
-            "sent": outcome.sent,
-            "finished": outcome.finished,
-            "failed": outcome.failed,
-            "late_s": late[0],
-            "stop_reason": stop.reason,
-        }
-
-
-async def wait_go_or_stop(
-    go: asyncio.Future[tuple[float, float]], stop: StopSignal, clock: Callable[[], float]
-) -> tuple[float, float]:
-    """The parent's go, or (stopped before it) "now", so the runner ends at once."""
-    waiter = asyncio.ensure_future(stop.event.wait())
-    try:
-        await asyncio.wait({go, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-    if go.done() and not go.cancelled():
-        return go.result()
-    return time.time(), clock()
-
-
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
-_ENTRY = (
-    "import sys; from loadgen.engine.workers.pool import worker_entry; worker_entry(sys.argv[1:])"
+from loadgen.engine.context import PhasePlan, RunContext
+from loadgen.engine.driver import MeasureStart, PhaseRun
+from loadgen.engine.stop import ErrorBudget, StopReason, StopSignal
+from loadgen.engine.workers.core import (
+    STOP_GRACE_S,
+    PhaseJob,
+    WorkerInit,
+    WorkerLost,
+    WorkerResult,
 )
+from loadgen.engine.workers.local import GO_MARGIN_S, LocalWorker
+from loadgen.engine.workers.split import WorkerShare, split_phase
+from loadgen.http.base import Clock
+from loadgen.results.files import (
+    REQUESTS_FILE,
+    merge_worker_records,
+    worker_record_files,
+    worker_records_path,
+)
+from loadgen.results.records import ErrorKind, RequestRecord
+from loadgen.results.summary import StreamingSummary
 
-
-def worker_entry(argv: list[str]) -> None:
-    """``python -c _ENTRY INDEX FD``: a local worker on the socket FD."""
-    worker_main(int(argv[0]), Connection(int(argv[1])))
-
-
-def worker_main(index: int, conn: Connection) -> None:
-    """A local worker: serve the parent's messages until it says exit or goes away."""
-    # The parent stops us in order (in-flight requests written as cancelled); a signal
-    # sent to the whole process group (timeout, systemd, Ctrl-C) must not cut that short.
-    # A parent that dies closes our socket, and we exit then.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        import uvloop  # type: ignore[import-not-found]
-
-        uvloop.run(_serve(index, conn))
-    except ImportError:
-        asyncio.run(_serve(index, conn))
-
-
-async def _serve(index: int, conn: Connection) -> None:
-    loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-
-    def readable() -> None:
-        try:
-            while conn.poll():
-                inbox.put_nowait(conn.recv())
-        except (EOFError, OSError):
-            loop.remove_reader(conn.fileno())
-            inbox.put_nowait(("eof",))
-
-    def send(*msg: Any) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            conn.send(msg)
-
-    loop.add_reader(conn.fileno(), readable)
-    core: WorkerCore | None = None
-    stop: StopSignal | None = None
-    go: asyncio.Future[tuple[float, float]] | None = None
-    task: asyncio.Task[None] | None = None
-
-    async def run_one(job: PhaseJob, stop: StopSignal, go: asyncio.Future[Any]) -> None:
-        assert core is not None
-        try:
-            assert job.records_path is not None
-            with RecordWriter(Path(job.records_path)) as writer:
-
-                async def rendezvous() -> tuple[float, float]:
-                    send("ready")
-                    return await wait_go_or_stop(go, stop, core.clock)
-
-                outcome = await core.run_phase(job, writer, rendezvous, stop)
-            send("done", outcome)
-        except Exception as e:
-            send("error", one_line(f"{type(e).__name__}: {e}"))
-
-    while True:
-        msg = await inbox.get()
-        kind = msg[0]
-        if kind == "init":
-            core = WorkerCore(index, msg[1])
-        elif kind == "phase":
-            stop, go = StopSignal(), loop.create_future()
-            task = asyncio.create_task(run_one(msg[1], stop, go))
-        elif kind == "go":
-            if go is not None and not go.done():
-                go.set_result((msg[1], msg[2]))
-        elif kind == "stop":
-            if stop is not None:
-                stop.set(msg[1])
-        elif kind in ("exit", "eof"):
-            if stop is not None:
-                stop.set("parent gone" if kind == "eof" else "exit")
-            if task is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(task, STOP_GRACE_S)
-            return
-
-
-# --- parent side --------------------------------------------------------------------
+PUMP_INTERVAL_S = 0.25  # how often the parent reads the workers' new records
 
 
 class WorkerHandle(Protocol):
@@ -307,150 +71,14 @@ class WorkerHandle(Protocol):
     async def begin(self, job: PhaseJob, records_path: Path) -> None: ...
     async def ready(self) -> None: ...
     async def go(self, wall: float, at: float) -> None: ...
-    def stop(self, reason: str) -> None: ...
-    async def done(self) -> dict[str, Any]: ...
+    def stop(self, reason: StopReason, message: str) -> None: ...
+    async def done(self) -> WorkerResult: ...
     async def new_lines(self) -> list[bytes]: ...
     def kill(self) -> None: ...
     async def close(self) -> None: ...
 
 
-class FileTail:
-    """New complete lines of a file that another process appends to."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._pos = 0
-
-    def read(self) -> list[bytes]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._pos)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            return []
-        self._pos += cut + 1
-        return data[: cut + 1].splitlines()
-
-
-def _exit_text(code: int | None) -> str:
-    if code is None:
-        return "stopped answering"
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"was killed by {signal.Signals(-code).name}"
-    return f"exited with code {code}"
-
-
-class LocalWorker:
-    """A worker process on this host: ``python -c`` running :func:`worker_entry`, talked to
-    over a socketpair. A plain subprocess, not ``multiprocessing``: that would re-import
-    the caller's ``__main__`` in every worker (a script without a main guard would crash)."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        mine, theirs = socket.socketpair()
-        child_fd = theirs.detach()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", _ENTRY, str(index), str(child_fd)],
-                pass_fds=(child_fd,),
-                stdin=subprocess.DEVNULL,
-                env=env,
-            )
-        finally:
-            os.close(child_fd)
-        self.conn = Connection(mine.detach())
-        self._msgs: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-        self._lost: str | None = None
-        self._closing = False
-        self._tail: FileTail | None = None
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self.conn.fileno(), self._readable)
-
-    def _readable(self) -> None:
-        try:
-            while self.conn.poll():
-                self._msgs.put_nowait(self.conn.recv())
-        except (EOFError, OSError):
-            self._gone()  # the process ended (its end of the socket closed)
-
-    def _gone(self) -> None:
-        with contextlib.suppress(Exception):
-            self._loop.remove_reader(self.conn.fileno())
-        if self._lost is None and not self._closing:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(2.0)
-            self._lost = f"worker {self.index} {_exit_text(self.proc.poll())}"
-            self._msgs.put_nowait(("lost", self._lost))
-
-    def _send(self, *msg: Any) -> None:
-        if self._lost is not None:
-            raise WorkerLost(self._lost)
-        try:
-            self.conn.send(msg)
-        except (OSError, ValueError) as e:
-            raise WorkerLost(f"worker {self.index}: pipe closed ({e})") from None
-
-    async def _expect(self, kind: str) -> tuple[Any, ...]:
-        while True:
-            msg = await self._msgs.get()
-            if msg[0] == kind:
-                return msg
-            if msg[0] == "lost":
-                self._msgs.put_nowait(msg)  # every later wait fails too
-                raise WorkerLost(msg[1])
-            if msg[0] == "error":
-                self._lost = f"worker {self.index} failed: {msg[1]}"
-                self._msgs.put_nowait(("lost", self._lost))
-                raise WorkerLost(self._lost)
-
-    async def init(self, init: WorkerInit) -> None:
-        self._send("init", init)
-
-    async def begin(self, job: PhaseJob, records_path: Path) -> None:
-        self._tail = FileTail(records_path)
-        self._send("phase", job)
-
-    async def ready(self) -> None:
-        await self._expect("ready")
-
-    async def go(self, wall: float, at: float) -> None:
-        self._send("go", wall, at)
-
-    def stop(self, reason: str) -> None:
-        with contextlib.suppress(WorkerLost):
-            self._send("stop", reason)
-
-    async def done(self) -> dict[str, Any]:
-        return (await self._expect("done"))[1]
-
-    async def new_lines(self) -> list[bytes]:
-        return self._tail.read() if self._tail is not None else []
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-
-    async def close(self) -> None:
-        with contextlib.suppress(WorkerLost):
-            self._send("exit")
-        self._closing = True
-        deadline = time.monotonic() + STOP_GRACE_S
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        for end in (self.proc.terminate, self.proc.kill):
-            if self.proc.poll() is None:
-                end()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    await asyncio.to_thread(self.proc.wait, 3.0)
-        with contextlib.suppress(Exception):
-            self._loop.remove_reader(self.conn.fileno())
-        self.conn.close()
+_CANCELLED = f'"error_kind":"{ErrorKind.CANCELLED}"'.encode()
 
 
 class RecordTally:
@@ -458,14 +86,9 @@ class RecordTally:
     workers). Failure and warmup are read off the line without a JSON parse, so the
     parent keeps up with many workers; with a live display, lines are parsed for it."""
 
-    def __init__(
-        self, stop: StopSignal, max_error_rate: float | None, live: Any | None = None
-    ) -> None:
-        self.stop = stop
-        self.max_error_rate = max_error_rate
+    def __init__(self, budget: ErrorBudget, live: Any | None = None) -> None:
+        self.budget = budget
         self.live = live if live is not None and getattr(live, "enabled", False) else None
-        self.measured = 0
-        self.failed = 0
         self.warmup = 0
 
     def feed(self, lines: list[bytes]) -> None:
@@ -475,40 +98,16 @@ class RecordTally:
             if b'"warmup":true' in line:
                 self.warmup += 1
                 continue
-            self.measured += 1
             bad = b'"error":null' not in line
-            self.failed += bad
             if self.live is not None:
                 with contextlib.suppress(ValueError, TypeError):
                     self.live.add(RequestRecord.from_dict(json.loads(line)))
-            if (
-                bad
-                and self.max_error_rate is not None
-                and b'"error_kind":"cancelled"' not in line
-                and self.measured >= ERROR_BUDGET_MIN_REQUESTS
-                and self.failed / self.measured > self.max_error_rate
-            ):
-                self.stop.set(
-                    f"error budget exceeded: {self.failed}/{self.measured} failed "
-                    f"(> {self.max_error_rate:.0%})"
-                )
-
-
-@dataclass
-class WorkersOutcome:
-    start_s: float
-    end_s: float
-    active: int
-    late_s: float  # the latest worker's start after the shared one
-    outcomes: list[dict[str, Any]]
-
-    @property
-    def duration_s(self) -> float:
-        return max(self.end_s - self.start_s, 1e-9)
+            self.budget.count(bad, bad and _CANCELLED in line)
 
 
 class WorkerPool:
-    """N workers for a run; :meth:`run_phase` drives one phase over them."""
+    """N workers for a run, driving each phase over them (a
+    :class:`~loadgen.engine.driver.PhaseDriver`)."""
 
     def __init__(
         self,
@@ -542,37 +141,54 @@ class WorkerPool:
     def describe(self) -> dict[str, Any]:
         return {"count": self.size, "backend": self.backend, **self.info}
 
-    async def run_phase(
-        self,
-        *,
-        phase_name: str,
-        schedule: Schedule,
-        warmup_requests: int,
-        first_id: int,
-        phase_dir: Path,
-        clock: Callable[[], float],
-        stop: StopSignal,
-        on_measure_start: Callable[[], Awaitable[None]],
-        max_error_rate: float | None,
-        live: Any | None = None,
-    ) -> WorkersOutcome:
+    async def prepare(self, ctx: RunContext) -> None:
+        await self.init(WorkerInit(ctx.requests, ctx.origin_wall))
+
+    async def run(self, ctx: RunContext, plan: PhasePlan, measure_start: MeasureStart) -> PhaseRun:
+        """Steps 1-4 of the module docstring; the records stay in the workers' files
+        until :meth:`collect`."""
+        stop = ctx.stop
         if self.lost is not None:
-            stop.set(f"{WORKER_LOST}: {self.lost}")
-        shares = split_phase(schedule, warmup_requests, self.size)
+            stop.set(StopReason.WORKER_LOST, f"worker lost: {self.lost}")
+        phase_dir = ctx.results.phase_dir(plan.slug)
+        shares = split_phase(plan.schedule, plan.phase.warmup_requests, self.size)
         # A killed earlier run into the same directory may have left per-worker files: they
         # would be merged into this phase's records. Set them aside, never delete data.
         for stale in worker_record_files(phase_dir):
             stale.rename(stale.with_name(f"{stale.name}.stale-{int(time.time())}"))
-        measured_base = first_id + warmup_requests
-        active: list[Any] = []  # the workers that got their share
-        tally = RecordTally(stop, max_error_rate, live)
+        active = await self._begin(plan, shares, phase_dir, stop)
+        tally = RecordTally(ErrorBudget(ctx.scenario.max_error_rate, stop), ctx.live)
+        start, outcomes = await self._drive(active, tally, ctx.clock, stop, measure_start)
+        end = max(max([o.end for o in outcomes] or [ctx.clock()]), start)
+        late = max([o.late_s for o in outcomes] or [0.0])
+        # Fed by collect(), from the merged file in its order (its offset is 0).
+        summary = StreamingSummary(phase_dir / REQUESTS_FILE, 0)
+        extra = {"workers": len(shares), "workers_start_late_ms": late * 1e3}
+        return PhaseRun(summary, max(end - start, 1e-9), extra)
+
+    async def collect(self, ctx: RunContext, plan: PhasePlan, ran: PhaseRun) -> None:
+        """Merge the workers' files into one requests.jsonl sorted by send time, feeding
+        the summary in that order."""
+
+        def feed(line: bytes) -> None:
+            with contextlib.suppress(ValueError, TypeError):
+                ran.summary.add(RequestRecord.from_dict(json.loads(line)))
+
+        await asyncio.to_thread(merge_worker_records, ctx.results.phase_dir(plan.slug), feed)
+
+    async def _begin(
+        self, plan: PhasePlan, shares: list[WorkerShare], phase_dir: Path, stop: StopSignal
+    ) -> list[Any]:
+        """Hand each worker its share; the workers that got one."""
+        measured_base = plan.first_id + plan.phase.warmup_requests
+        active: list[Any] = []
         for h, s in zip(self.handles, shares, strict=False):
             path = worker_records_path(phase_dir, s.worker)
             job = PhaseJob(
-                phase_name=phase_name,
+                phase_name=plan.phase.name,
                 schedule=s.schedule,
                 warmup_requests=s.warmup_requests,
-                warmup_first_id=first_id + s.warmup_first_id,
+                warmup_first_id=plan.first_id + s.warmup_first_id,
                 id_start=measured_base + s.id_start,
                 id_step=s.id_step,
                 records_path=str(path),
@@ -585,10 +201,22 @@ class WorkerPool:
                 self._lose(stop, str(e))
                 break
             active.append(h)
+        return active
+
+    async def _drive(
+        self,
+        active: list[Any],
+        tally: RecordTally,
+        clock: Clock,
+        stop: StopSignal,
+        measure_start: MeasureStart,
+    ) -> tuple[float, list[WorkerResult]]:
+        """Ready, measure_start, go, done, with the workers' records pumped into ``tally``
+        meanwhile and a stop relayed to them; the shared start and the workers' results."""
 
         def on_stop() -> None:
             for h in active:
-                h.stop(stop.reason or "stopped")
+                h.stop(stop.reason or StopReason.INTERRUPTED, stop.message or "stopped")
 
         pumping = asyncio.Event()
         pumping.set()
@@ -603,7 +231,7 @@ class WorkerPool:
         stop_task = asyncio.create_task(stop.event.wait())
         stop_task.add_done_callback(lambda t: None if t.cancelled() else on_stop())
         pump_task = asyncio.create_task(pump())
-        outcomes: list[dict[str, Any]] = []
+        outcomes: list[WorkerResult] = []
         start = clock()
         try:
             if not stop.is_set():
@@ -611,7 +239,7 @@ class WorkerPool:
                     {asyncio.create_task(h.ready()): h for h in active}, stop, None
                 )
             if not stop.is_set():
-                await on_measure_start()
+                await measure_start()
                 wall = time.time() + self.go_margin_s
                 start = clock() + (wall - time.time())
                 await asyncio.gather(*(h.go(wall, start) for h in active), return_exceptions=True)
@@ -626,13 +254,11 @@ class WorkerPool:
             with contextlib.suppress(Exception):
                 await pump_task
             await self._collect(active, tally)
-        end = max([o["end"] for o in outcomes if o.get("end") is not None] or [clock()])
-        late = max([o.get("late_s") or 0.0 for o in outcomes] or [0.0])
-        return WorkersOutcome(start, max(end, start), len(shares), late, outcomes)
+        return start, outcomes
 
     def _lose(self, stop: StopSignal, why: str) -> None:
         self.lost = self.lost or why
-        stop.set(f"{WORKER_LOST}: {why}")
+        stop.set(StopReason.WORKER_LOST, f"worker lost: {why}")
 
     async def _collect(self, handles: list[Any], tally: RecordTally) -> None:
         for h in handles:
@@ -644,11 +270,11 @@ class WorkerPool:
 
     async def _wait_all(
         self, tasks: dict[asyncio.Task[Any], Any], stop: StopSignal, grace_s: float | None
-    ) -> list[dict[str, Any]]:
+    ) -> list[WorkerResult]:
         """Results of ``tasks`` (one per worker). A lost worker stops the phase; after a
         stop, ``grace_s`` None returns at once (the tasks are dropped), else a worker still
         running after ``grace_s`` is killed."""
-        results: list[dict[str, Any]] = []
+        results: list[WorkerResult] = []
         pending = set(tasks)
         stop_wait = asyncio.create_task(stop.event.wait())
         stopped_at: float | None = None
@@ -679,10 +305,10 @@ class WorkerPool:
                     except WorkerLost as e:
                         self._lose(stop, str(e))
                         continue
-                    if isinstance(res, dict):
+                    if isinstance(res, WorkerResult):
                         results.append(res)
-                        if res.get("stop_reason") and not stop.is_set():
-                            stop.set(res["stop_reason"])
+                        if res.stop_reason is not None and not stop.is_set():
+                            stop.set(res.stop_reason, res.stop_message or res.stop_reason.value)
         finally:
             stop_wait.cancel()
             for t in pending:

@@ -1,6 +1,6 @@
 """``--ray-address``: the workers of :mod:`loadgen.engine.workers.pool` as Ray actors.
 
-Each actor runs the same :class:`~loadgen.engine.workers.pool.WorkerCore` on the same shared clock
+Each actor runs the same :class:`~loadgen.engine.workers.core.WorkerCore` on the same shared clock
 (wall-clock start ``T`` from the driver, mapped onto the actor's ``perf_counter``), so on
 other hosts the records line up to within the hosts' NTP offset. Actors keep their records
 in memory and the driver pulls them every quarter second into ``requests.w<K>.jsonl``,
@@ -18,20 +18,21 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from loadgen.engine.phase import StopSignal
-from loadgen.engine.workers.pool import (
-    RAY_GO_MARGIN_S,
+from loadgen.engine.stop import StopReason, StopSignal
+from loadgen.engine.workers.core import (
     LineBuffer,
     PhaseJob,
     WorkerCore,
     WorkerInit,
     WorkerLost,
-    WorkerPool,
+    WorkerResult,
     wait_go_or_stop,
 )
+from loadgen.engine.workers.pool import WorkerPool
 from loadgen.errors import SpecloadError, one_line
 
 ACTOR_START_TIMEOUT_S = 120.0
+RAY_GO_MARGIN_S = 0.5  # the shared start is this far ahead of the go calls
 MISSING_RAY = (
     "--ray-address: ray is not installed; install the 'ray' extra "
     "(pip install 'specload[ray]') or drop --ray-address"
@@ -64,7 +65,7 @@ class RayActorBody:
         self.go_future = asyncio.get_running_loop().create_future()
         self.ready_event = asyncio.Event()
 
-    async def run(self) -> dict[str, Any]:
+    async def run(self) -> WorkerResult:
         assert self.core and self.job and self.stop_signal and self.go_future and self.ready_event
         core, stop, go, ready = self.core, self.stop_signal, self.go_future, self.ready_event
 
@@ -82,9 +83,9 @@ class RayActorBody:
         if self.go_future is not None and not self.go_future.done():
             self.go_future.set_result((wall, at))
 
-    async def stop(self, reason: str) -> None:
+    async def stop(self, reason: StopReason, message: str) -> None:
         if self.stop_signal is not None:
-            self.stop_signal.set(reason)
+            self.stop_signal.set(reason, message)
 
     async def drain(self) -> list[str]:
         return self.buffer.drain()
@@ -138,11 +139,11 @@ class RayWorker:
     async def go(self, wall: float, at: float) -> None:
         await self._call(self.actor.go.remote(wall, at))
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: StopReason, message: str) -> None:
         with contextlib.suppress(Exception):
-            self.actor.stop.remote(reason)
+            self.actor.stop.remote(reason, message)
 
-    async def done(self) -> dict[str, Any]:
+    async def done(self) -> WorkerResult:
         assert self._run_task is not None
         return await asyncio.shield(self._run_task)
 
