@@ -22,7 +22,7 @@ from loadgen import cli as loadgen_cli
 from loadgen.config.prompts import read_jsonl
 from loadgen.config.scenario import SLO, PromptSpec, Scenario
 from loadgen.errors import SpecloadError
-from loadgen.mock.server import start_mock_process, stop_mock_process
+from loadgen.mock.process import start_mock_process, stop_mock_process
 from server_launch import cli as launch_cli
 from server_launch.matrix import ServerOptions
 from tests.conftest import free_port

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from loadgen.cli import main
-from loadgen.mock.server import mock_process
+from loadgen.mock.process import mock_process
 
 
 def _scenario(tmp_path: Path) -> Path:

@@ -32,7 +32,8 @@ from loadgen.engine import run as api
 from loadgen.engine.phase import CONNECT_FAILURES_TO_STOP
 from loadgen.engine.run import EXIT_ERROR_BUDGET, EXIT_INTERRUPTED, EXIT_SERVER_LOST, run_scenario
 from loadgen.http.client import RequestSettings, _parse_stream, make_http_client, send_request
-from loadgen.mock.server import MockConfig, MockServer
+from loadgen.mock.config import MockConfig
+from loadgen.mock.server import MockServer
 from loadgen.results.files import RecordWriter, atomic_write_json, read_records
 from loadgen.results.records import ERROR_KINDS, RequestRecord
 from tests.conftest import free_port, start_loadgen

@@ -26,7 +26,7 @@ from loadgen.engine.run import (
     EXIT_SERVER_LOST,
     EXIT_WORKER_LOST,
 )
-from loadgen.mock.server import stop_mock_process
+from loadgen.mock.process import stop_mock_process
 from loadgen.report.report import load_run
 from loadgen.results.files import (
     _json_default,
