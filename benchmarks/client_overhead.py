@@ -57,7 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from loadgen.engine.host import cpu_model  # noqa: E402
-from loadgen.mock.server import start_mock_process, stop_mock_process  # noqa: E402
+from loadgen.mock.process import start_mock_process, stop_mock_process  # noqa: E402
 
 PROMPT = "w5 w6 w7 w8"
 MODEL = "mock-model"

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import machine, write_results  # noqa: E402
-from loadgen.mock.server import start_mock_process, stop_mock_process  # noqa: E402
+from loadgen.mock.process import start_mock_process, stop_mock_process  # noqa: E402
 
 KEYS = ("p50_dispatch_lag_ms", "p99_dispatch_lag_ms", "max_dispatch_lag_ms")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from loadgen.mock.server import start_mock_process, stop_mock_process  # noqa: E402
+from loadgen.mock.process import start_mock_process, stop_mock_process  # noqa: E402
 from loadgen.results.files import read_records  # noqa: E402
 
 FAULTS = [

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import machine, write_results  # noqa: E402
-from loadgen.mock.server import start_mock_process, stop_mock_process  # noqa: E402
+from loadgen.mock.process import start_mock_process, stop_mock_process  # noqa: E402
 
 PROMPT = "w5 w6 w7 w8"
 

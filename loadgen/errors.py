@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 
 class ExitCode(IntEnum):
-    """What a run's exit status means (README: "Exit codes")."""
+    """What a run's exit status means (docs/loadgen.md, "Exit codes")."""
 
     OK = 0
     INCOMPLETE = 1  # a sweep ended with cells failed or pending

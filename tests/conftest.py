@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from loadgen.mock.server import start_mock_process, stop_mock_process
+from loadgen.mock.process import start_mock_process, stop_mock_process
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = Path(os.environ.get("SPECLOAD_MODELS", REPO / "models"))

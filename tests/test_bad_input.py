@@ -22,7 +22,7 @@ from loadgen import cli as loadgen_cli
 from loadgen.config.prompts.jsonl import read_jsonl
 from loadgen.config.scenario import SLO, PromptSpec, Scenario
 from loadgen.errors import SpecloadError
-from loadgen.mock.server import start_mock_process, stop_mock_process
+from loadgen.mock.process import start_mock_process, stop_mock_process
 from server_launch import cli as launch_cli
 from server_launch.matrix import ServerOptions
 from tests.conftest import free_port
@@ -31,7 +31,7 @@ CLOSED_URL = f"http://127.0.0.1:{free_port()}"  # nothing listens: a valid file 
 EXAMPLES = 150
 HYP = settings(
     max_examples=EXAMPLES,
-    derandomize=True,  # the same inputs every run: counts in the README stay true
+    derandomize=True,  # the same inputs every run: counts in docs/reliability.md stay true
     database=None,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

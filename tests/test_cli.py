@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from loadgen.cli import build_parser, load_scenario_from_args, main
-from loadgen.mock.server import mock_process
+from loadgen.mock.process import mock_process
 
 
 def _scenario(tmp_path: Path) -> Path:

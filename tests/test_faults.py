@@ -35,7 +35,8 @@ from loadgen.errors import ExitCode
 from loadgen.http.base import RequestSettings
 from loadgen.http.httpx_transport import make_http_client, send_request
 from loadgen.http.sse import _parse_stream
-from loadgen.mock.server import MockConfig, MockServer
+from loadgen.mock.config import MockConfig
+from loadgen.mock.server import MockServer
 from loadgen.results.files import RecordWriter, atomic_write_json, read_records
 from loadgen.results.records import ErrorKind, RequestRecord
 from tests.conftest import free_port, start_loadgen

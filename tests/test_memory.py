@@ -18,7 +18,8 @@ import loadgen.results.summary as metrics_mod
 from loadgen.engine.phase import PhaseRunner, RequestPlan
 from loadgen.engine.stop import StopSignal
 from loadgen.http.base import RequestSettings, now_clock
-from loadgen.mock.server import MockConfig, MockServer
+from loadgen.mock.config import MockConfig
+from loadgen.mock.server import MockServer
 from loadgen.results.files import RecordWriter, read_records
 from loadgen.results.records import RequestRecord
 from loadgen.results.summary import StreamingSummary, SummaryAccumulator, summarize

@@ -18,18 +18,12 @@ import httpx
 import pytest
 
 from loadgen.errors import SpecloadError
-from loadgen.mock.server import (
-    ChunkPlan,
-    MockConfig,
-    MockServer,
-    detokenize,
-    mock_process,
-    parse_rate,
-    parse_tokens_per_chunk,
-    start_mock_process,
-    stop_mock_process,
-    tokenize,
-)
+from loadgen.mock.chunks import ChunkPlan, parse_tokens_per_chunk
+from loadgen.mock.config import MockConfig
+from loadgen.mock.faults import parse_rate
+from loadgen.mock.process import mock_process, start_mock_process, stop_mock_process
+from loadgen.mock.server import MockServer
+from loadgen.mock.tokens import detokenize, tokenize
 
 STREAM_USAGE = {"include_usage": True, "continuous_usage_stats": True}
 

@@ -25,7 +25,7 @@ import yaml
 
 from loadgen.config.scenario import parse_scenario
 from loadgen.config.shapes.base import build_schedule
-from loadgen.mock.server import mock_process
+from loadgen.mock.process import mock_process
 from loadgen.results.files import read_records, worker_record_files
 from tests.conftest import free_port, run_loadgen
 

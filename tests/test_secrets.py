@@ -18,13 +18,10 @@ import yaml
 
 from loadgen.cli import build_parser
 from loadgen.cli import main as loadgen_main
-from loadgen.mock.server import (
-    MockConfig,
-    MockServer,
-    build_arg_parser,
-    start_mock_process,
-    stop_mock_process,
-)
+from loadgen.mock.cli import build_arg_parser
+from loadgen.mock.config import MockConfig
+from loadgen.mock.process import start_mock_process, stop_mock_process
+from loadgen.mock.server import MockServer
 from server_launch.backends.docker import DockerBackend
 from server_launch.matrix import load_matrix
 

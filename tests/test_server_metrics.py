@@ -478,8 +478,8 @@ async def _test_gauge_sampler_keeps_cadence_and_rejects_bad_interval():
 
 
 def test_reads_the_mock_servers_metrics():
-    """loadgen.mock.server's /metrics (what the integration tests scrape) parses the same."""
-    from loadgen.mock.server import MockMetrics, render_metrics
+    """loadgen.mock's /metrics (what the integration tests scrape) parses the same."""
+    from loadgen.mock.prometheus import MockMetrics, render_metrics
 
     m = MockMetrics(spec_k=3)
     before = parse_prometheus(render_metrics(m, MODEL, running=0, kv_usage=0.0))

@@ -16,7 +16,7 @@ import pytest
 
 from loadgen.config.scenario import parse_scenario
 from loadgen.engine.run import run_scenario
-from loadgen.mock.server import start_mock_process, stop_mock_process
+from loadgen.mock.process import start_mock_process, stop_mock_process
 from loadgen.results.files import read_records
 
 N = 24

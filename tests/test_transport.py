@@ -24,7 +24,9 @@ from loadgen.http import httpx_transport
 from loadgen.http import raw as transport_raw
 from loadgen.http.base import TRANSPORTS, RequestSettings, Transport, make_transport
 from loadgen.http.raw import _Conn, parse_head
-from loadgen.mock.server import MockConfig, MockServer, mock_process
+from loadgen.mock.config import MockConfig
+from loadgen.mock.process import mock_process
+from loadgen.mock.server import MockServer
 from loadgen.results.files import read_records
 from loadgen.results.records import RequestRecord
 from tests.conftest import free_port

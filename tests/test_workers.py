@@ -21,7 +21,7 @@ import yaml
 from loadgen.config.scenario import parse_scenario
 from loadgen.config.shapes.base import build_schedule
 from loadgen.errors import ExitCode
-from loadgen.mock.server import stop_mock_process
+from loadgen.mock.process import stop_mock_process
 from loadgen.report.load import load_run
 from loadgen.results.files import (
     _json_default,

@@ -1,7 +1,7 @@
-"""``python -m loadgen.mock``: the mock OpenAI server (see loadgen.mock.server)."""
+"""``python -m loadgen.mock``: the mock OpenAI server (see loadgen.mock.cli)."""
 
 import sys
 
-from loadgen.mock.server import main
+from loadgen.mock.cli import main
 
 sys.exit(main())
