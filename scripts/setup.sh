@@ -8,7 +8,7 @@ PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import vllm, loadgen, server_launch, pytest, hypothesis, ray" 2>/dev/null; then
+if ! .venv/bin/python -c "import vllm, loadgen, server_launch, pytest, hypothesis, ray, importlinter" 2>/dev/null; then
   .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/pip install -q -e '.[test,cpu,docker,fast,ray]' 2>&1 | grep -v "^WARNING: Location" || true
 fi

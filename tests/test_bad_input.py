@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loadgen import cli as loadgen_cli
-from loadgen.config.prompts.jsonl import read_jsonl
+from loadgen.config.prompts.jsonl_lines import read_jsonl
 from loadgen.config.scenario import SLO, PromptSpec, Scenario
 from loadgen.errors import SpecloadError
 from loadgen.mock.process import start_mock_process, stop_mock_process

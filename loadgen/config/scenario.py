@@ -15,10 +15,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from loadgen.config.prompts.base import SOURCES
-from loadgen.config.prompts.builtin import BUILTIN_SETS
+from loadgen.config.prompts.base import SOURCES, field_choices
 from loadgen.config.shapes import LoadSpec
 from loadgen.config.shapes.base import SHAPES
 from loadgen.errors import SpecloadError, describe_validation_error
@@ -57,7 +64,7 @@ class PromptSpec(_Strict):
     input_tokens: int = Field(256, gt=0)
     base_prompt: str = "The future of AI is"
     path: str | None = None
-    set: Literal[BUILTIN_SETS] = "general"  # type: ignore[valid-type]
+    set: str = Field("general", description="builtin: which packaged prompt set")
     skip_bad_lines: bool = False
     tokenizer: str | None = Field(
         None, description="tokenizer directory; default: the server's /tokenize endpoint"
@@ -67,6 +74,15 @@ class PromptSpec(_Strict):
     sampling: Literal["vllm", "uniform"] = Field(
         "vllm", description="random: ids as vllm bench serve draws them, or independent"
     )
+
+    @field_validator("set")
+    @classmethod
+    def _known_set(cls, value: str) -> str:
+        known = field_choices("set")
+        if value not in known:
+            expected = " or ".join(repr(k) for k in known)
+            raise PydanticCustomError("literal_error", f"Input should be {expected}")
+        return value
 
     @model_validator(mode="after")
     def _needs_path(self) -> PromptSpec:

@@ -60,6 +60,8 @@ class PromptSource:
 
     name: ClassVar[str]
     needs_path: ClassVar[bool] = False
+    # Fields of PromptSpec this source reads whose value is one of a fixed set.
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     @classmethod
     def load(cls, spec: PromptSpec, n: int, *, seed: int, tokenizer: Tokenizer | None) -> PromptSet:
@@ -77,6 +79,11 @@ def register(cls: P) -> P:
         raise ValueError(f"prompt source '{cls.name}' registered twice")
     SOURCES[cls.name] = cls
     return cls
+
+
+def field_choices(field: str) -> tuple[str, ...]:
+    """The values some registered source accepts for ``PromptSpec.<field>``."""
+    return tuple(v for src in SOURCES.values() for v in src.choices.get(field, ()))
 
 
 def load_prompts(spec: PromptSpec, n: int, *, seed: int, tokenizer: Tokenizer | None) -> PromptSet:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from loadgen.config.prompts.base import PromptSet, PromptSource, finish_prompts, register
-from loadgen.config.prompts.jsonl import read_jsonl
+from loadgen.config.prompts.jsonl_lines import read_jsonl
 from loadgen.config.prompts.tokenizers import Tokenizer
 from loadgen.errors import SpecloadError
 
@@ -23,6 +23,7 @@ class BuiltinSource(PromptSource):
     summaries, on which ngram speculation can find matches)."""
 
     name = "builtin"
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {"set": BUILTIN_SETS}
 
     @classmethod
     def load(cls, spec: PromptSpec, n: int, *, seed: int, tokenizer: Tokenizer | None) -> PromptSet:
