@@ -12,7 +12,7 @@ import base64
 import html
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,7 @@ from loadgen.report.mini_markdown import markdown_to_html
 from loadgen.report.tables import DEFAULT_BASELINE, build_tables, repeat_rows, resolve_baseline
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 TITLE = "Speculative decoding load report"
 CROSSOVER_HEADING = "Crossover: where speculation stops paying off"
@@ -71,23 +71,41 @@ def write_report(
             fig_paths[scen] = figs.scenario_figures(df[df["scenario"] == scen], scen, out)
 
     data = ReportData(df, runs, resolve_baseline(runs, baseline), crossovers(df), fig_paths)
-    _write_csv(df, out / "report.csv")
-    _write_json(data, out / "report.json")
     doc = build_document(data)
-    (out / "report.md").write_text(to_markdown(doc))
-    (out / "report.html").write_text(to_html(doc))
+    for name, write in OUTPUTS.items():
+        (out / name).write_text(write(data, doc))
     return out / "report.md"
 
 
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
+# --- the output formats: one writer each, registered by the file it writes -------------
+
+Writer = Callable[[ReportData, ReportDoc], str]
+OUTPUTS: dict[str, Writer] = {}  # file name -> its writer, in the order they are written
+
+
+def output(name: str) -> Callable[[Writer], Writer]:
+    """Register a writer of one report file (a new output format is one more of these)."""
+
+    def deco(fn: Writer) -> Writer:
+        if name in OUTPUTS:
+            raise ValueError(f"report output '{name}' registered twice")
+        OUTPUTS[name] = fn
+        return fn
+
+    return deco
+
+
+@output("report.csv")
+def csv_text(data: ReportData, _doc: ReportDoc) -> str:
     """The tidy table; list cells (per-position acceptance, repeat phases) as JSON."""
-    csv_df = df.copy()
+    csv_df = data.df.copy()
     for col in ("acceptance_per_position", "repeat_phases"):
         csv_df[col] = [json.dumps(v) if isinstance(v, list) else "" for v in csv_df[col]]
-    csv_df.to_csv(path, index=False)
+    return csv_df.to_csv(index=False)
 
 
-def _write_json(data: ReportData, path: Path) -> None:
+@output("report.json")
+def json_text(data: ReportData, _doc: ReportDoc) -> str:
     """The rows, the per-repeat values they came from, the runs, crossovers and figures."""
     run_info = [
         {
@@ -109,7 +127,7 @@ def _write_json(data: ReportData, path: Path) -> None:
         "crossovers": list(data.crossovers),
         "figures": {s: [p.name for p in ps] for s, ps in data.figures.items()},
     }
-    path.write_text(json.dumps(_json_safe(doc), indent=2) + "\n")
+    return json.dumps(_json_safe(doc), indent=2) + "\n"
 
 
 def _json_safe(value: Any) -> Any:
@@ -126,6 +144,16 @@ def _json_safe(value: Any) -> Any:
 
 
 # --- Markdown ------------------------------------------------------------------------------
+
+
+@output("report.md")
+def markdown_text(_data: ReportData, doc: ReportDoc) -> str:
+    return to_markdown(doc)
+
+
+@output("report.html")
+def html_text(_data: ReportData, doc: ReportDoc) -> str:
+    return to_html(doc)
 
 
 def to_markdown(doc: ReportDoc) -> str:
