@@ -26,7 +26,6 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 def build_parser() -> argparse.ArgumentParser:
     # Long because it declares every flag in one place, in --help order: one line each.
-
     p = ArgParser(
         prog="python -m loadgen",
         description=(
