@@ -69,6 +69,20 @@ class PromptSpec(_Strict):
     tokenizer: str | None = Field(
         None, description="tokenizer directory; default: the server's /tokenize endpoint"
     )
+    dataset: str | None = Field(
+        None,
+        description="suites: a Hugging Face dataset name or local dataset directory, read "
+        "with the 'datasets' extra (instead of path)",
+    )
+    split: str | None = Field(
+        None, description="suites with dataset: the split (default: the suite's)"
+    )
+    subset: str | None = Field(
+        None, description="suites: the dataset config, or speed_bench's file (qualitative, ...)"
+    )
+    categories: list[str] | None = Field(
+        None, min_length=1, description="suites: keep only rows of these categories"
+    )
     prefix_tokens: int = Field(0, ge=0, description="random: a shared prefix of this many tokens")
     range_ratio: float = Field(0.0, ge=0, lt=1, description="random: input length +- this ratio")
     sampling: Literal["vllm", "uniform"] = Field(
@@ -86,8 +100,15 @@ class PromptSpec(_Strict):
 
     @model_validator(mode="after")
     def _needs_path(self) -> PromptSpec:
-        if SOURCES[self.source].needs_path and not self.path:
+        source = SOURCES[self.source]
+        if source.needs_path and not self.path:
             raise ValueError(f"prompts.path is required for source '{self.source}'")
+        if source.needs_data and not (self.path or self.dataset):
+            raise ValueError(
+                f"prompts.path or prompts.dataset is required for source '{self.source}'"
+            )
+        if self.path and self.dataset:
+            raise ValueError("prompts.path and prompts.dataset: give one, not both")
         return self
 
 

@@ -29,9 +29,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Prompt:
-    text: str  # the prompt (for chat it becomes one user message)
+    text: str  # the prompt (for chat it becomes one user message); a conversation's 1st turn
     input_tokens: int | None  # counted by the tokenizer when known (specials included)
     output_tokens: int | None = None  # per-prompt output length override, else scenario's
+    category: str | None = None  # the suite's category (SpecBench "coding", MT-Bench "math")
+    row: str | None = None  # where it came from: "question.jsonl:17", "dataset[test]:3"
+    # A conversation's user turns in order (turns[0] == text) when it has more than one:
+    # a multi-turn replay sends them one after another with the model's answers between.
+    turns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,10 +61,12 @@ class PromptSet:
 
 class PromptSource:
     """A way to make prompts. Subclasses set ``name`` (the scenario's ``prompts.source``),
-    ``needs_path`` when ``prompts.path`` is required, and implement :meth:`load`."""
+    ``needs_path`` when ``prompts.path`` is required (``needs_data`` when ``prompts.path`` or
+    ``prompts.dataset`` is), and implement :meth:`load`."""
 
     name: ClassVar[str]
     needs_path: ClassVar[bool] = False
+    needs_data: ClassVar[bool] = False
     # Fields of PromptSpec this source reads whose value is one of a fixed set.
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}
 
