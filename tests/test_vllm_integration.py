@@ -178,6 +178,20 @@ def test_draft_model_speculation_fills_acceptance(vllm_draft: VllmServer, tmp_pa
     rates = flat["spec_decode_per_position_acceptance_rates"]
     assert len(rates) == 3 and all(0.0 <= x <= 1.0 for x in rates)
     assert json.loads((out / "run.json").read_text())["label"] == "draft_model-k3"
+    # Per request: vLLM's own figures in every record, whose accepted draft tokens add up
+    # to the server's counter over the measured window (scraped after the warmup and after
+    # the last response), and whose engine-side TTFT is inside the client's.
+    spec = [(r.server_metrics or {}).get("speculative_decoding") for r in measured]
+    assert all(s is not None and s["num_spec_tokens"] == 3 for s in spec), spec
+    accepted = sum(s["num_accepted_draft_tokens"] for s in spec)
+    assert accepted == flat["spec_decode_accepted_tokens"] == flat["request_accepted_tokens"]
+    assert sum(s["num_draft_tokens"] for s in spec) == flat["spec_decode_draft_tokens"]
+    for r in measured:
+        server_ttft_s = r.server_metrics["time_to_first_token_ms"] / 1e3
+        assert 0 < server_ttft_s <= r.ttft_s, (server_ttft_s, r.ttft_s)
+    assert flat["num_request_acceptance"] == N
+    assert 1.0 <= flat["median_request_acceptance_length"] <= 4.0
+    assert flat["median_client_minus_server_ttft_ms"] > 0
 
 
 def test_raw_transport_exact_tokens(vllm_plain: VllmServer, tmp_path: Path) -> None:
