@@ -23,6 +23,7 @@ from loadgen.report.document import Column, ReportData, ReportDoc, build_documen
 from loadgen.report.load import find_runs
 from loadgen.report.mini_markdown import markdown_to_html
 from loadgen.report.tables import DEFAULT_BASELINE, build_tables, repeat_rows, resolve_baseline
+from loadgen.report.workload import WorkloadSection, acceptance_scatter, build_section
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -71,12 +72,33 @@ def write_report(
             fig_paths[scen] = figs.scenario_figures(df[df["scenario"] == scen], scen, out)
 
     data = ReportData(df, runs, resolve_baseline(runs, baseline), crossovers(df), fig_paths)
+    section = _workload_section(data, out, figures)
     _write_csv(df, out / "report.csv")
-    _write_json(data, out / "report.json")
+    _write_json(data, out / "report.json", section.as_json())
     doc = build_document(data)
-    (out / "report.md").write_text(to_markdown(doc))
-    (out / "report.html").write_text(to_html(doc))
+    doc.intro.extend(section.lengths)  # every report says whether lengths were fixed
+    (out / "report.md").write_text(to_markdown(doc) + "\n" + section.markdown())
+    page = to_html(doc)
+    extra = markdown_to_html(section.markdown()) + "".join(_html_figures(section.figures))
+    (out / "report.html").write_text(page.replace("</body></html>", extra + "</body></html>"))
     return out / "report.md"
+
+
+def _workload_section(data: ReportData, out: Path, figures: bool) -> WorkloadSection:
+    """By category, by turn, the lengths and the acceptance scatters
+    (:mod:`loadgen.report.workload`); the tables also go to CSV files beside report.csv."""
+    import pandas as pd
+
+    section = build_section(data.runs, data.base_label)
+    for name, rows in (("categories", section.categories), ("turns", section.turns)):
+        if rows:
+            pd.DataFrame(rows).to_csv(out / f"report_{name}.csv", index=False)
+    if figures:
+        for scen in dict.fromkeys(r.scenario for r in data.runs):
+            path = acceptance_scatter(data.runs, scen, out)
+            if path is not None:
+                section.figures.append(path)
+    return section
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -87,7 +109,7 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
     csv_df.to_csv(path, index=False)
 
 
-def _write_json(data: ReportData, path: Path) -> None:
+def _write_json(data: ReportData, path: Path, workload: Mapping[str, Any] | None = None) -> None:
     """The rows, the per-repeat values they came from, the runs, crossovers and figures."""
     run_info = [
         {
@@ -108,6 +130,7 @@ def _write_json(data: ReportData, path: Path) -> None:
         "repeats": repeat_rows(data.runs),
         "crossovers": list(data.crossovers),
         "figures": {s: [p.name for p in ps] for s, ps in data.figures.items()},
+        "workload": dict(workload or {}),
     }
     path.write_text(json.dumps(_json_safe(doc), indent=2) + "\n")
 
