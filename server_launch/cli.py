@@ -178,8 +178,12 @@ def _main(argv: list[str]) -> int:
         _print_plan(matrix, backend, args.port, out)
         return 0
 
+    from loadgen.config.prompts.base import check_prompts
     from server_launch.sweep import run_sweep
 
+    for run in matrix.runs:  # a missing prompt suite fails before any server starts
+        for sc in run.scenarios:
+            check_prompts(sc.prompts)
     result = run_sweep(
         matrix,
         backend=backend,

@@ -167,7 +167,8 @@ def test_bad_row_is_one_line_naming_file_and_row(tmp_path: Path, line: str, why:
 def test_missing_data_says_how_to_get_it(tmp_path: Path) -> None:
     with pytest.raises(
         SpecloadError,
-        match=r"not found: download it with `wget .*Spec-Bench.*\(expected file question.jsonl\)",
+        match=r"nope.jsonl not found: download it with `mkdir -p .* && wget -O .*nope.jsonl "
+        r"https://\S+Spec-Bench\S+` \(expected file question.jsonl\)",
     ):
         _load(1, source="specbench", path=str(tmp_path / "nope.jsonl"))
     with pytest.raises(
@@ -234,3 +235,44 @@ def test_bad_row_through_cli_exits_2_and_writes_nothing(tmp_path: Path, mock: An
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{path}:2: 'turns' must be a non-empty list" in lines[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "expected", "rows"),
+    [
+        ("specbench", "data/spec_bench/question.jsonl", SPECBENCH),
+        ("mt-bench", "data/mt_bench/question.jsonl", SPECBENCH[:2]),
+        ("multi-turn", "data/mt_bench/question.jsonl", SPECBENCH[:2]),
+        ("humaneval", "data/HumanEval.jsonl.gz", HUMANEVAL),
+    ],
+)
+def test_shipped_suite_scenarios(
+    name: str, expected: str, rows: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each shipped suite scenario says how to get its data when it is absent (before any
+    server is asked), and reads it once it is where the scenario looks."""
+    from loadgen.config.prompts.base import check_prompts
+    from loadgen.config.scenario import load_scenario
+
+    monkeypatch.chdir(tmp_path)
+    scenario = load_scenario(name)
+    assert scenario.output_lengths == "natural" and scenario.endpoint == "chat"
+    with pytest.raises(SpecloadError) as e:
+        check_prompts(scenario.prompts)
+    msg = str(e.value)
+    assert f"{expected} not found: download it with `mkdir -p" in msg and "wget -O" in msg
+    assert "\n" not in msg
+    path = tmp_path / expected
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    path.write_bytes(gzip.compress(text.encode()) if path.suffix == ".gz" else text.encode())
+    check_prompts(scenario.prompts)
+    ps = load_prompts(scenario.prompts, 4, seed=0, tokenizer=None)
+    assert len(ps) == 4 and all(p.category for p in ps)
+    assert (scenario.multi_turn is not None) == (name == "multi-turn")
+
+
+def test_copy_heavy_is_still_shipped() -> None:
+    from loadgen.config.scenario import load_scenario
+
+    assert load_scenario("copy-heavy").prompts.set == "copy-heavy"

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from loadgen.config.prompts.base import PromptSet, load_prompts
+from loadgen.config.prompts.base import PromptSet, check_prompts, load_prompts
 from loadgen.config.scenario import Scenario
 from loadgen.config.shapes.base import build_schedule
 from loadgen.engine.context import PhasePlan, RunContext
@@ -80,6 +80,7 @@ async def run_scenario_async(
         from loadgen.engine.workers.ray_actors import require_ray
 
         require_ray()
+    check_prompts(scenario.prompts)  # a missing prompt suite fails before the server is asked
     info = await probe_server(base_url, api_key)
     model = resolve_model(model or scenario.model, info.models, base_url)
     plans = plan_phases(scenario, only_phases)

@@ -75,6 +75,10 @@ class PromptSource:
         """``n`` prompts (n > 0), one per request, cycled when the source has fewer."""
         raise NotImplementedError
 
+    @classmethod
+    def check(cls, spec: PromptSpec) -> None:
+        """Fail early (before any server is asked or started) when the data is absent."""
+
 
 SOURCES: dict[str, type[PromptSource]] = {}
 P = TypeVar("P", bound=type[PromptSource])
@@ -101,6 +105,14 @@ def load_prompts(spec: PromptSpec, n: int, *, seed: int, tokenizer: Tokenizer | 
     if source is None:
         raise SpecloadError(f"prompts.source: unknown source '{spec.source}'")
     return source.load(spec, n, seed=seed, tokenizer=tokenizer)
+
+
+def check_prompts(spec: PromptSpec) -> None:
+    """The source's early check that its data is there (a SpecloadError saying how to get
+    it): run before the server is probed, so a missing suite costs no server start."""
+    source = SOURCES.get(spec.source)
+    if source is not None:
+        source.check(spec)
 
 
 # --- helpers the sources share -----------------------------------------------------------

@@ -10,6 +10,7 @@ from loadgen.config.prompts.base import PromptSet, PromptSource, register
 from loadgen.config.prompts.suite_rows import (
     SuiteFormat,
     SuiteRow,
+    check_suite,
     load_suite,
     optional_str,
     text_field,
@@ -31,8 +32,9 @@ def humaneval_row(obj: dict[str, Any]) -> SuiteRow:
 FORMAT = SuiteFormat(
     source="humaneval",
     files=("HumanEval.jsonl", "HumanEval.jsonl.gz"),
-    download="`wget https://github.com/openai/human-eval/raw/master/data/HumanEval.jsonl.gz` "
-    "(or prompts.dataset: openai/openai_humaneval)",
+    download="`mkdir -p {dir} && wget -O {dir}/HumanEval.jsonl.gz https://github.com/openai/"
+    "human-eval/raw/master/data/HumanEval.jsonl.gz` (or set prompts.dataset: "
+    "openai/openai_humaneval, with the 'datasets' extra)",
     to_row=humaneval_row,
     split="test",
 )
@@ -48,3 +50,7 @@ class HumanEvalSource(PromptSource):
     @classmethod
     def load(cls, spec: PromptSpec, n: int, *, seed: int, tokenizer: Tokenizer | None) -> PromptSet:
         return load_suite(FORMAT, spec, n, seed=seed, tokenizer=tokenizer)
+
+    @classmethod
+    def check(cls, spec: PromptSpec) -> None:
+        check_suite(FORMAT, spec)

@@ -12,6 +12,7 @@ from loadgen.config.prompts.base import PromptSet, PromptSource, register
 from loadgen.config.prompts.suite_rows import (
     SuiteFormat,
     SuiteRow,
+    check_suite,
     load_suite,
     optional_str,
     text_field,
@@ -40,7 +41,8 @@ def instructcoder_row(obj: dict[str, Any]) -> SuiteRow:
 FORMAT = SuiteFormat(
     source="instructcoder",
     files=("instructcoder.jsonl", "train.jsonl"),
-    download="prompts.dataset: likaixin/InstructCoder (or a JSON Lines export of it)",
+    download="prompts.dataset: likaixin/InstructCoder and the 'datasets' extra, or export it "
+    "as JSON Lines to {path}",
     to_row=instructcoder_row,
 )
 
@@ -56,3 +58,7 @@ class InstructCoderSource(PromptSource):
     @classmethod
     def load(cls, spec: PromptSpec, n: int, *, seed: int, tokenizer: Tokenizer | None) -> PromptSet:
         return load_suite(FORMAT, spec, n, seed=seed, tokenizer=tokenizer)
+
+    @classmethod
+    def check(cls, spec: PromptSpec) -> None:
+        check_suite(FORMAT, spec)

@@ -10,6 +10,7 @@ from loadgen.config.prompts.base import PromptSet, PromptSource, register
 from loadgen.config.prompts.suite_rows import (
     SuiteFormat,
     SuiteRow,
+    check_suite,
     load_suite,
     optional_str,
     turns_field,
@@ -31,8 +32,9 @@ def mt_bench_row(obj: dict[str, Any]) -> SuiteRow:
 FORMAT = SuiteFormat(
     source="mt_bench",
     files=("question.jsonl",),
-    download="`wget https://raw.githubusercontent.com/lm-sys/FastChat/main/fastchat/llm_judge/"
-    "data/mt_bench/question.jsonl` (or prompts.dataset: philschmid/mt-bench)",
+    download="`mkdir -p {dir} && wget -O {path} https://raw.githubusercontent.com/lm-sys/"
+    "FastChat/main/fastchat/llm_judge/data/mt_bench/question.jsonl` (or set prompts.dataset: "
+    "philschmid/mt-bench, with the 'datasets' extra)",
     to_row=mt_bench_row,
 )
 
@@ -47,3 +49,7 @@ class MtBenchSource(PromptSource):
     @classmethod
     def load(cls, spec: PromptSpec, n: int, *, seed: int, tokenizer: Tokenizer | None) -> PromptSet:
         return load_suite(FORMAT, spec, n, seed=seed, tokenizer=tokenizer)
+
+    @classmethod
+    def check(cls, spec: PromptSpec) -> None:
+        check_suite(FORMAT, spec)

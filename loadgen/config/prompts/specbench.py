@@ -10,6 +10,7 @@ from loadgen.config.prompts.base import PromptSet, PromptSource, register
 from loadgen.config.prompts.suite_rows import (
     SuiteFormat,
     SuiteRow,
+    check_suite,
     load_suite,
     optional_str,
     turns_field,
@@ -31,8 +32,8 @@ def specbench_row(obj: dict[str, Any]) -> SuiteRow:
 FORMAT = SuiteFormat(
     source="specbench",
     files=("question.jsonl",),
-    download="`wget https://raw.githubusercontent.com/hemingkx/Spec-Bench/refs/heads/main/data/"
-    "spec_bench/question.jsonl`",
+    download="`mkdir -p {dir} && wget -O {path} https://raw.githubusercontent.com/hemingkx/"
+    "Spec-Bench/refs/heads/main/data/spec_bench/question.jsonl`",
     to_row=specbench_row,
 )
 
@@ -48,3 +49,7 @@ class SpecBenchSource(PromptSource):
     @classmethod
     def load(cls, spec: PromptSpec, n: int, *, seed: int, tokenizer: Tokenizer | None) -> PromptSet:
         return load_suite(FORMAT, spec, n, seed=seed, tokenizer=tokenizer)
+
+    @classmethod
+    def check(cls, spec: PromptSpec) -> None:
+        check_suite(FORMAT, spec)

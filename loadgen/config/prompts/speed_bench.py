@@ -12,6 +12,7 @@ from loadgen.config.prompts.base import PromptSet, PromptSource, register
 from loadgen.config.prompts.suite_rows import (
     SuiteFormat,
     SuiteRow,
+    check_suite,
     load_suite,
     optional_str,
     user_turns,
@@ -36,7 +37,8 @@ FORMAT = SuiteFormat(
     source="speed_bench",
     files=("{subset}.jsonl",),
     download="`curl -LsSf https://raw.githubusercontent.com/NVIDIA-NeMo/Skills/refs/heads/main/"
-    "nemo_skills/dataset/speed-bench/prepare.py | python3 -` (it writes <subset>.jsonl files)",
+    "nemo_skills/dataset/speed-bench/prepare.py | python3 -` (it writes <subset>.jsonl files; "
+    "point prompts.path at their directory, {dir})",
     to_row=speed_bench_row,
     split="test",
     subset="qualitative",
@@ -54,3 +56,7 @@ class SpeedBenchSource(PromptSource):
     @classmethod
     def load(cls, spec: PromptSpec, n: int, *, seed: int, tokenizer: Tokenizer | None) -> PromptSet:
         return load_suite(FORMAT, spec, n, seed=seed, tokenizer=tokenizer)
+
+    @classmethod
+    def check(cls, spec: PromptSpec) -> None:
+        check_suite(FORMAT, spec)

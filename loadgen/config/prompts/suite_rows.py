@@ -46,7 +46,9 @@ class SuiteFormat:
 
     source: str  # the source's registered name
     files: tuple[str, ...]  # file names looked for in a directory ("{subset}" filled in)
-    download: str  # how to get the suite: what the missing-data error tells the user
+    # How to get the suite, what the missing-data error tells the user: "{path}" is the
+    # file expected and "{dir}" its directory.
+    download: str
     to_row: Callable[[dict[str, Any]], SuiteRow]
     split: str = "train"  # the datasets split when prompts.split is not given
     subset: str | None = None  # the datasets config / file subset when prompts.subset is not
@@ -187,15 +189,22 @@ def suite_file(path: Path, fmt: SuiteFormat, subset: str | None) -> Path:
         for name in names:
             if (path / name).is_file():
                 return path / name
+        how = fmt.download.format(path=path / names[0], dir=path)
         raise SpecloadError(
-            f"prompts.path: no {' or '.join(names)} in {path}: download it with {fmt.download}"
+            f"prompts.path: no {' or '.join(names)} in {path}: download it with {how}"
         )
     if not path.exists():
+        how = fmt.download.format(path=path, dir=path.parent)
         raise SpecloadError(
-            f"prompts.path: {path} not found: download it with {fmt.download} "
-            f"(expected file {names[0]})"
+            f"prompts.path: {path} not found: download it with {how} (expected file {names[0]})"
         )
     return path
+
+
+def check_suite(fmt: SuiteFormat, spec: PromptSpec) -> None:
+    """A local suite's file is there (the datasets path is checked when it loads)."""
+    if spec.path is not None and spec.dataset is None:
+        suite_file(Path(spec.path), fmt, spec.subset or fmt.subset)
 
 
 def file_rows(path: Path) -> Iterator[tuple[str, str, Any]]:
@@ -258,9 +267,10 @@ def dataset_rows(
         else:
             ds = datasets.load_dataset(name, subset, split=split)
     except Exception as e:  # the library's many failures (offline, no such split, ...)
+        how = fmt.download.format(path=f"<dir>/{fmt.files[0]}", dir="<dir>")
         raise SpecloadError(
             f"prompts.dataset: cannot load '{name}' split '{split}': "
-            f"{type(e).__name__}: {one_line(e, 200)} (download it with {fmt.download})"
+            f"{type(e).__name__}: {one_line(e, 200)} (or download it with {how})"
         ) from None
     label = p.name if p.is_dir() else name
     for i, obj in enumerate(ds, start=1):
