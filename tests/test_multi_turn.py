@@ -22,12 +22,16 @@ from loadgen.engine.conversation import ConversationPlan, turn_request_id
 from loadgen.engine.run import run_scenario
 from loadgen.results.files import read_records
 
-THINK_S = 0.15
+THINK_S = 0.1
+# 5 + 4 + 3 + 1 turns: 9 think times, so the median is not one wake-up on a busy box
 CONVERSATIONS = [
-    {"question_id": 1, "category": "writing", "turns": ["Write a poem.", "Shorter.", "In French."]},
-    {"question_id": 2, "category": "math", "turns": ["What is 2+2?", "Times 3?"]},
-    {"question_id": 3, "category": "qa", "turns": ["Why is the sky blue?"]},
-]
+    {"question_id": 1, "category": "writing",
+     "turns": ["Write a poem.", "Shorter.", "In French.", "As a haiku.", "Title it."]},
+    {"question_id": 2, "category": "math",
+     "turns": ["What is 2+2?", "Times 3?", "Minus 1?", "Squared?"]},
+    {"question_id": 3, "category": "code", "turns": ["Sort a list.", "In place?", "Stable?"]},
+    {"question_id": 4, "category": "qa", "turns": ["Why is the sky blue?"]},
+]  # fmt: skip
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -102,25 +106,30 @@ def chat_server():
         srv.server_close()
 
 
-def test_turns_carry_the_history_and_think_time_is_kept(chat_server, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_turns_carry_the_history_and_think_time_is_kept(
+    chat_server, tmp_path: Path, workers: int
+) -> None:
+    """``workers=2``: the conversations split over two processes, each keeping its own."""
     url, log = chat_server
     suite = tmp_path / "question.jsonl"
     suite.write_text("".join(json.dumps(c) + "\n" for c in CONVERSATIONS))
     doc = {
         "load": {"shape": "concurrency", "concurrency": 2},
-        "num_requests": 3,
+        "num_requests": 4,
         "endpoint": "chat",
         "prompts": {"source": "specbench", "path": str(suite)},
         "multi_turn": {"think_time_s": THINK_S},
         "output_tokens": 8,
         "ignore_eos": False,
+        "workers": workers,
     }
     scenario = parse_scenario(doc, "mt.yaml")
     result = run_scenario(scenario, base_url=url, output_dir=tmp_path / "out", progress=False)
     assert result.complete and result.exit_code == 0
     (slug,) = result.phases
     recs = [r for r in read_records(tmp_path / "out" / slug / "requests.jsonl")]
-    assert len(recs) == 6 and all(r.ok for r in recs)  # 3 + 2 + 1 turns
+    assert len(recs) == 13 and all(r.ok for r in recs)
     by_id = {entry["id"]: entry for entry in log}
     prefix = next(iter(by_id)).rsplit("-", 1)[0]
     turns_of = {c["turns"][0]: c["turns"] for c in CONVERSATIONS}
@@ -158,7 +167,7 @@ def test_turns_carry_the_history_and_think_time_is_kept(chat_server, tmp_path: P
             - by_id[f"{prefix}-{prev.request_id}"]["done"]
             - THINK_S
         )
-    assert len(client_gaps) == 3
+    assert len(client_gaps) == 9
     assert min(client_gaps) >= -1e-4
     assert abs(statistics.median(client_gaps)) < 0.005
     assert abs(statistics.median(server_gaps)) < 0.005
@@ -170,8 +179,8 @@ def test_turns_carry_the_history_and_think_time_is_kept(chat_server, tmp_path: P
     for _, (lo, _hi) in spans.items():
         assert sum(a <= lo < b for a, b in spans.values()) <= 2
     flat = result.phases[slug]
-    assert set(flat["by_turn"]) == {"1", "2", "3"}
-    assert [flat["by_turn"][k]["completed"] for k in ("1", "2", "3")] == [3, 2, 1]
+    assert set(flat["by_turn"]) == {"1", "2", "3", "4", "5"}
+    assert [flat["by_turn"][str(k)]["completed"] for k in range(1, 6)] == [4, 3, 3, 2, 1]
     assert flat["output_lengths"] == "natural"
 
 
