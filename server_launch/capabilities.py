@@ -33,17 +33,21 @@ class PerRequestMetrics(StrEnum):
     OFF = "off"
 
 
-def per_request_flags(help_text: str, extra_args: list[str], mode: PerRequestMetrics) -> list[str]:
+def per_request_flags(
+    help_text: str, extra_args: list[str], mode: PerRequestMetrics, *, speculative: bool
+) -> list[str]:
     """The flags to add to a server command line: those its ``--help`` lists, unless the
-    user's own ``extra_args`` already set them (or ``--disable-log-stats``, which vLLM
-    refuses alongside per-request timing)."""
+    user's own ``extra_args`` already set them. vLLM 0.32 refuses to start with per-request
+    timing and ``--disable-log-stats``, and with the acceptance flag but no speculative
+    config (its help says "no effect" then; its config check says otherwise), so neither
+    is added there."""
     if mode is PerRequestMetrics.OFF:
         return []
     given = {a.split("=", 1)[0] for a in extra_args}
     out: list[str] = []
     if PER_REQUEST in help_text and PER_REQUEST not in given and NO_LOG_STATS not in given:
         out.append(PER_REQUEST)
-    if PER_REQUEST_SPEC in help_text and PER_REQUEST_SPEC not in given:
+    if speculative and PER_REQUEST_SPEC in help_text and PER_REQUEST_SPEC not in given:
         level = "detailed" if mode is PerRequestMetrics.DETAILED else "summary"
         out += [PER_REQUEST_SPEC, level]
     return out

@@ -16,6 +16,7 @@ from server_launch.capabilities import (
     local_help_text,
     per_request_flags,
 )
+from server_launch.specs import SpecConfig
 from tests.test_backends import fake_run
 
 HELP_032 = "[--enable-per-request-metrics | --no-enable-per-request-metrics]\n" + (
@@ -26,15 +27,18 @@ SPEC = ["--per-request-spec-decode-metrics", "summary"]
 
 
 def test_flags_follow_the_help_text() -> None:
-    auto = PerRequestMetrics.AUTO
-    assert per_request_flags(HELP_032, [], auto) == ["--enable-per-request-metrics", *SPEC]
-    assert per_request_flags(HELP_OLD, [], auto) == []  # an older vLLM: nothing to add
-    detailed = per_request_flags(HELP_032, [], PerRequestMetrics.DETAILED)
-    assert detailed[-1] == "detailed"
-    assert per_request_flags(HELP_032, [], PerRequestMetrics.OFF) == []
-    assert per_request_flags(HELP_032, ["--disable-log-stats"], auto) == SPEC
+    def flags(help_text: str, extra: list[str], mode: str = "auto", spec: bool = True):
+        return per_request_flags(help_text, extra, PerRequestMetrics(mode), speculative=spec)
+
+    assert flags(HELP_032, []) == ["--enable-per-request-metrics", *SPEC]
+    assert flags(HELP_OLD, []) == []  # an older vLLM: nothing to add
+    assert flags(HELP_032, [], "detailed")[-1] == "detailed"
+    assert flags(HELP_032, [], "off") == []
+    assert flags(HELP_032, ["--disable-log-stats"]) == SPEC  # vLLM refuses timing with it
+    # vLLM 0.32 refuses the acceptance flag without a speculative config
+    assert flags(HELP_032, [], spec=False) == ["--enable-per-request-metrics"]
     given = ["--per-request-spec-decode-metrics=detailed"]
-    assert per_request_flags(HELP_032, given, auto) == ["--enable-per-request-metrics"]
+    assert flags(HELP_032, given) == ["--enable-per-request-metrics"]
 
 
 def test_only_vllm_commands_are_asked() -> None:
@@ -55,3 +59,6 @@ def test_local_backend_adds_what_the_server_lists(monkeypatch: pytest.MonkeyPatc
     assert argv[-3:] == ["--enable-per-request-metrics", *SPEC]
     assert argv.index("--port") < argv.index("--enable-per-request-metrics")
     assert "--enable-per-request-metrics" not in LocalBackend(prefix).command(run, 9000)
+    run.spec = SpecConfig(method="none")
+    argv = LocalBackend(prefix, per_request=PerRequestMetrics.AUTO).command(run, 9000)
+    assert argv[-1] == "--enable-per-request-metrics"

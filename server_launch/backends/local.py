@@ -104,7 +104,10 @@ class LocalBackend:
         if self.per_request is PerRequestMetrics.OFF:
             return []
         help_text = local_help_text(tuple(self.prefix()))
-        return per_request_flags(help_text, run.server.extra_args, self.per_request)
+        speculative = run.spec.speculative_config() is not None
+        return per_request_flags(
+            help_text, run.server.extra_args, self.per_request, speculative=speculative
+        )
 
     def environment(self, run: ServerRun) -> dict[str, str]:
         """Ours plus the matrix's ``env``. VLLM_CPU_KVCACHE_SPACE is left to the matrix:
