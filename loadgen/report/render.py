@@ -23,6 +23,7 @@ from loadgen.report.document import Column, ReportData, ReportDoc, build_documen
 from loadgen.report.load import find_runs
 from loadgen.report.mini_markdown import markdown_to_html
 from loadgen.report.tables import DEFAULT_BASELINE, build_tables, repeat_rows, resolve_baseline
+from loadgen.report.workload import WorkloadSection, acceptance_scatter, build_section
 
 if TYPE_CHECKING:
     pass
@@ -72,6 +73,9 @@ def write_report(
 
     data = ReportData(df, runs, resolve_baseline(runs, baseline), crossovers(df), fig_paths)
     doc = build_document(data)
+    workload = _workload_section(data, out, figures)
+    doc.intro.extend(workload.lengths)  # every report says whether lengths were fixed
+    doc.sections.append(workload)
     for name, write in OUTPUTS.items():
         (out / name).write_text(write(data, doc))
     return out / "report.md"
@@ -95,6 +99,23 @@ def output(name: str) -> Callable[[Writer], Writer]:
     return deco
 
 
+def _workload_section(data: ReportData, out: Path, figures: bool) -> WorkloadSection:
+    """By category, by turn, the lengths and the acceptance scatters
+    (:mod:`loadgen.report.workload`); the tables also go to CSV files beside report.csv."""
+    import pandas as pd
+
+    section = build_section(data.runs, data.base_label)
+    for name, rows in (("categories", section.categories), ("turns", section.turns)):
+        if rows:
+            pd.DataFrame(rows).to_csv(out / f"report_{name}.csv", index=False)
+    if figures:
+        for scen in dict.fromkeys(r.scenario for r in data.runs):
+            path = acceptance_scatter(data.runs, scen, out)
+            if path is not None:
+                section.figures.append(path)
+    return section
+
+
 @output("report.csv")
 def csv_text(data: ReportData, _doc: ReportDoc) -> str:
     """The tidy table; list cells (per-position acceptance, repeat phases) as JSON."""
@@ -105,7 +126,7 @@ def csv_text(data: ReportData, _doc: ReportDoc) -> str:
 
 
 @output("report.json")
-def json_text(data: ReportData, _doc: ReportDoc) -> str:
+def json_text(data: ReportData, report: ReportDoc) -> str:
     """The rows, the per-repeat values they came from, the runs, crossovers and figures."""
     run_info = [
         {
@@ -127,6 +148,8 @@ def json_text(data: ReportData, _doc: ReportDoc) -> str:
         "crossovers": list(data.crossovers),
         "figures": {s: [p.name for p in ps] for s, ps in data.figures.items()},
     }
+    for section in report.sections:
+        doc[section.key] = section.as_json()
     return json.dumps(_json_safe(doc), indent=2) + "\n"
 
 
@@ -148,12 +171,15 @@ def _json_safe(value: Any) -> Any:
 
 @output("report.md")
 def markdown_text(_data: ReportData, doc: ReportDoc) -> str:
-    return to_markdown(doc)
+    return "\n".join([to_markdown(doc), *(s.markdown() for s in doc.sections)])
 
 
 @output("report.html")
 def html_text(_data: ReportData, doc: ReportDoc) -> str:
-    return to_html(doc)
+    extra = "".join(
+        markdown_to_html(s.markdown()) + "".join(_html_figures(s.figures)) for s in doc.sections
+    )
+    return to_html(doc).replace("</body></html>", extra + "</body></html>")
 
 
 def to_markdown(doc: ReportDoc) -> str:
