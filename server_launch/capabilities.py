@@ -66,12 +66,49 @@ def help_argv(prefix: list[str]) -> list[str] | None:
     return None
 
 
+def _cache_path(argv: list[str]) -> Path | None:
+    """Where the help of this interpreter's own vLLM is kept between sweeps (printing it
+    imports all of vLLM: many seconds). Keyed by the command and the installed vLLM's
+    files, so an upgrade asks again; None for another interpreter (its vLLM is unknown)."""
+    import hashlib
+    import importlib.util
+    import sys
+
+    if argv[0] != sys.executable:
+        return None
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or spec.origin is None:
+        return None
+    origin = Path(spec.origin)
+    stamp = f"{argv}|{origin}|{origin.stat().st_mtime_ns}|{origin.parent.stat().st_mtime_ns}"
+    key = hashlib.sha256(stamp.encode()).hexdigest()[:16]
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "specload"
+    return root / f"vllm-help-{key}.txt"
+
+
 @functools.cache
 def local_help_text(prefix: tuple[str, ...]) -> str:
-    """The server command's help text ("" when it cannot say): once per command."""
+    """The server command's help text ("" when it cannot say): once per command, and kept
+    on disk for this interpreter's own vLLM (see :func:`_cache_path`)."""
     argv = help_argv(list(prefix))
     if argv is None:
         return ""
+    cache = _cache_path(argv)
+    if cache is not None and cache.is_file():
+        return cache.read_text()
+    text = _ask_help(argv)
+    if cache is not None and text:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+            tmp.write_text(text)
+            os.replace(tmp, cache)
+        except OSError:
+            pass  # a read-only home: ask again next time
+    return text
+
+
+def _ask_help(argv: list[str]) -> str:
     try:
         r = subprocess.run(
             argv,

@@ -62,3 +62,25 @@ def test_local_backend_adds_what_the_server_lists(monkeypatch: pytest.MonkeyPatc
     run.spec = SpecConfig(method="none")
     argv = LocalBackend(prefix, per_request=PerRequestMetrics.AUTO).command(run, 9000)
     assert argv[-1] == "--enable-per-request-metrics"
+
+
+def test_this_interpreters_vllm_help_is_cached_on_disk(tmp_path, monkeypatch) -> None:
+    """Printing vLLM's help imports all of vLLM (many seconds): asked once, then kept,
+    keyed by the installed vLLM so that an upgrade asks again."""
+    import sys
+
+    from server_launch import capabilities as cap
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls: list[list[str]] = []
+    monkeypatch.setattr(cap, "_ask_help", lambda argv: calls.append(argv) or "--x")
+    prefix = (sys.executable, "-m", "vllm.entrypoints.openai.api_server")
+    cap.local_help_text.cache_clear()
+    assert cap.local_help_text(prefix) == "--x"
+    cap.local_help_text.cache_clear()
+    assert cap.local_help_text(prefix) == "--x"
+    assert len(calls) == 1
+    (cached,) = (tmp_path / "specload").iterdir()
+    assert cached.read_text() == "--x"
+    # another interpreter's vLLM is unknown: never cached
+    assert cap._cache_path(["/usr/bin/python3", "-m", "x"]) is None
