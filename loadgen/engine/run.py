@@ -12,6 +12,7 @@ before and after, the gauge sampler, and the phase's summary.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as _dt
 import os
 import signal
@@ -84,16 +85,20 @@ async def run_scenario_async(
     plans = plan_phases(scenario, only_phases)
     driver = await _start_driver(scenario.workers, ray_address)
     try:
+        prompt_tokenizer = make_tokenizer(scenario, base_url, model, api_key, tokenizer)
         prompt_set = await asyncio.to_thread(
             load_prompts,
             scenario.prompts,
             prompts_needed_for(plans),
             seed=scenario.seed,
-            tokenizer=make_tokenizer(scenario, base_url, model, api_key, tokenizer),
+            tokenizer=prompt_tokenizer,
         )
         origin_perf = time.perf_counter()
         origin_wall = time.time()
         settings = _request_settings(scenario, base_url, model, api_key)
+        # A local tokenizer also counts output text where the server's usage is not per
+        # chunk (the server's /tokenize is not used for that: it would load the server).
+        settings = dataclasses.replace(settings, tokenizer=getattr(prompt_tokenizer, "path", None))
         ctx = RunContext(
             scenario=scenario,
             requests=RequestPlan(

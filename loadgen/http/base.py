@@ -24,10 +24,13 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from loadgen.errors import describe_exception, one_line
 from loadgen.results.records import ErrorKind, RequestRecord
+
+if TYPE_CHECKING:
+    from loadgen.http.sse import TextTokenizer
 
 Endpoint = Literal["completions", "chat"]
 TransportName = Literal["httpx", "raw"]
@@ -53,6 +56,9 @@ class RequestSettings:
     timeout_s: float = 600.0
     api_key: str | None = None  # sent as a header, never recorded
     extra_body: dict[str, Any] = field(default_factory=dict)
+    # A local tokenizer (directory or tokenizer.json) that counts each chunk's tokens from
+    # its text when the server's usage is not per chunk (loadgen.http.sse.settle_tokens).
+    tokenizer: str | None = None
 
     @property
     def url(self) -> str:
@@ -84,6 +90,29 @@ class RequestSettings:
             body["prompt"] = prompt
         body.update(self.extra_body)
         return body
+
+
+@functools.cache
+def output_tokenizer(path: str | None) -> TextTokenizer | None:
+    """The tokenizer that counts output text (``RequestSettings.tokenizer``), loaded once
+    per process: loading one takes far longer than a request's parse."""
+    if path is None:
+        return None
+    from loadgen.config.prompts.tokenizers import LocalTokenizer
+
+    return LocalTokenizer(path)
+
+
+def max_output_tokens(body: dict[str, Any]) -> int | None:
+    """The most output tokens a request body asks for: its max_tokens (or
+    ``max_completion_tokens``, which ``extra_body`` may set instead) times its ``n``
+    choices. A server's usage count beyond it is not believed (it would make the summary's
+    per-token arrays that large); None when the body sets no whole-number limit."""
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    n = body.get("n", 1)
+    if type(limit) is not int or type(n) is not int or limit <= 0:
+        return None
+    return limit * max(n, 1)
 
 
 def now_clock(origin: float) -> Clock:

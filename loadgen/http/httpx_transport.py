@@ -22,6 +22,8 @@ from loadgen.http.base import (
     RequestFailed,
     RequestSettings,
     describe_failure,
+    max_output_tokens,
+    output_tokenizer,
     tls_context,
 )
 from loadgen.http.sse import fail, parse_partial, parse_stream
@@ -121,10 +123,12 @@ async def send_request(
 ) -> RequestRecord:
     """Send one streaming request and fill ``record`` in place. Never raises except on cancel.
     ``parse_lock``: one per transport, so finished streams are parsed one at a time."""
+    tokenizer = output_tokenizer(settings.tokenizer)
     reads: list[tuple[float, bytes]] = []
-    body = json.dumps(settings.body(prompt, max_tokens)).encode()
+    body_obj = settings.body(prompt, max_tokens)
+    body = json.dumps(body_obj).encode()
     headers = settings.headers(request_id)
-    record.expected_output_tokens = max_tokens
+    record.expected_output_tokens = max_output_tokens(body_obj)
 
     async def trace(event: str, _info: dict[str, Any]) -> None:
         # TTFT counts from the moment the request goes on the wire: httpx's own Python work
@@ -152,13 +156,13 @@ async def send_request(
                     reads.append((clock(), raw))
         record.end_s = clock()
         parsed = True
-        await parse_stream(record, reads, lock=parse_lock)
+        await parse_stream(record, reads, lock=parse_lock, tokenizer=tokenizer)
     except (asyncio.CancelledError, Exception) as e:
         cancelled = isinstance(e, asyncio.CancelledError)
         if cancelled and parsed:  # the stream was whole and its parse finished: it stands
             raise
         record.end_s = clock()
-        parse_partial(record, reads)
+        parse_partial(record, reads, tokenizer)
         fail(record, *describe_failure(_by_cause(e, settings), settings))
         if cancelled:
             raise

@@ -44,6 +44,8 @@ from loadgen.http.base import (
     RequestSettings,
     auth_headers,
     describe_failure,
+    max_output_tokens,
+    output_tokenizer,
     tls_context,
 )
 from loadgen.http.sse import fail, parse_partial, parse_stream
@@ -394,6 +396,7 @@ class RawTransport:
         self._free: list[_Conn] = []
         self._all: set[_Conn] = set()
         self._parse_lock = asyncio.Lock()  # finished streams are parsed one at a time
+        self._tokenizer = output_tokenizer(settings.tokenizer)
 
     def prefill(self, n: int) -> None:
         self._want = max(self._want, n)
@@ -410,7 +413,8 @@ class RawTransport:
     ) -> RequestRecord:
         s = self._settings
         clock = self._clock
-        body = json.dumps(s.body(prompt, max_tokens)).encode()
+        body_obj = s.body(prompt, max_tokens)
+        body = json.dumps(body_obj).encode()
         msg = b"".join(
             (
                 self._head,
@@ -422,7 +426,7 @@ class RawTransport:
                 body,
             )
         )
-        record.expected_output_tokens = max_tokens
+        record.expected_output_tokens = max_output_tokens(body_obj)
         record.sent_s = clock()  # until the request is on the wire (or if it never gets there)
         conn: _Conn | None = None
         parsed = False
@@ -442,7 +446,7 @@ class RawTransport:
             if conn.error is not None:
                 record.end_s = conn.end_t
                 if conn.status < 400:
-                    parse_partial(record, conn.reads)
+                    parse_partial(record, conn.reads, self._tokenizer)
                 fail(record, conn.error.kind, str(conn.error))
             elif conn.status >= 400:
                 record.end_s = conn.end_t
@@ -452,7 +456,9 @@ class RawTransport:
             else:
                 record.end_s = conn.end_t
                 parsed = True
-                await parse_stream(record, conn.reads, lock=self._parse_lock)
+                await parse_stream(
+                    record, conn.reads, lock=self._parse_lock, tokenizer=self._tokenizer
+                )
         # Everything, a bug included: it must cost one record, not the run.
         except (asyncio.CancelledError, Exception) as e:
             cancelled = isinstance(e, asyncio.CancelledError)
@@ -475,7 +481,7 @@ class RawTransport:
         conn.abort()
         record.status_code = conn.status or None
         if conn.status < 400:
-            parse_partial(record, conn.reads)
+            parse_partial(record, conn.reads, self._tokenizer)
 
     async def _take(self) -> _Conn:
         while self._free:

@@ -48,7 +48,7 @@ class RequestRecord:
     sent_s: float  # when the request's first byte went to the socket (TTFT/E2E start here)
     written_s: float | None = None  # when the request's last byte went to the socket
     prompt_tokens: int | None = None  # from the server's usage, else the prompt source
-    expected_output_tokens: int | None = None  # max_tokens asked for
+    expected_output_tokens: int | None = None  # max_tokens asked for (times the body's n)
     first_token_s: float | None = None  # arrival of the first chunk with content
     end_s: float | None = None  # arrival of the last byte (after [DONE])
     chunk_times: list[float] = field(default_factory=list)

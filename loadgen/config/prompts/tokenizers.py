@@ -72,6 +72,7 @@ class LocalTokenizer:
             self._tok = HFTokenizer.from_file(str(path))
         except Exception as e:
             raise SpecloadError(f"prompts.tokenizer: cannot load {path}: {e}") from None
+        self.path = str(path)  # the run counts output text with it too (RequestSettings)
         self.vocab_size: int = self._tok.get_vocab_size(with_added_tokens=False)
         self.special_ids: set[int] = self._read_special_ids(path)
         self._n_special: int | None = None
@@ -107,6 +108,11 @@ class LocalTokenizer:
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def token_ends(self, text: str) -> list[int]:
+        """Where each of ``text``'s tokens ends (a character offset): how a stream's text
+        is split into per-chunk token counts when the server counts only the total."""
+        return [end for _, end in self._tok.encode(text, add_special_tokens=False).offsets]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)
