@@ -25,6 +25,7 @@ class StopReason(Enum):
     ERROR_BUDGET = "error budget"  # more failed than max_error_rate allows
     SERVER_LOST = "server lost"  # health check failed, or connections refused in a row
     WORKER_LOST = "worker lost"  # a worker process or Ray actor died or failed
+    RESULTS_UNWRITABLE = "results unwritable"  # disk full, or the directory went away
 
     @property
     def exit_code(self) -> ExitCode:
@@ -36,6 +37,8 @@ _EXIT_CODES = {
     StopReason.ERROR_BUDGET: ExitCode.ERROR_BUDGET,
     StopReason.SERVER_LOST: ExitCode.SERVER_LOST,
     StopReason.WORKER_LOST: ExitCode.WORKER_LOST,
+    # The user can fix it (free space, another --output-dir): the bad-input status.
+    StopReason.RESULTS_UNWRITABLE: ExitCode.BAD_INPUT,
 }
 
 
