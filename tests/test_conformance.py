@@ -24,13 +24,19 @@ import pytest
 from loadgen.http.base import TRANSPORTS, RequestSettings, make_transport
 from loadgen.results.records import RequestRecord
 from tests.canned import (
+    CLOSE,
     DONE,
+    RESET,
+    SSE_CLOSE_HEAD,
+    SSE_HEAD,
     CannedServer,
     Request,
     Route,
+    chunked,
     completion_chunk,
     event,
     head,
+    response,
     sse,
     usage_chunk,
 )
@@ -179,6 +185,67 @@ CASES = [
     Case("a final usage beyond max_tokens",
          sse([*plain(["a"] * 8), event(usage_chunk(3, 9)), DONE]),
          "bad_sse", error_has="more than the 8 tokens"),
+    # --- valid SSE written unusually --------------------------------------------------
+    Case("one event's JSON over two data: lines (joined with a newline)",
+         sse([b'data: {"choices":[{"text":" w1"}],\ndata: "usage":{"completion_tokens":1}}\n\n',
+              DONE]),
+         None, chunk_tokens=[1], output_tokens=1, usage_source="usage"),
+    Case("bare-CR line endings", sse([event(completion_chunk(" w1", usage=(3, 1)))
+                                       .replace(b"\n", b"\r"), b"data: [DONE]\r\r"]),
+         None, chunk_tokens=[1], output_tokens=1),
+    Case("CRLF split between two reads", sse([
+        b"data: " + json.dumps(completion_chunk(" w1", usage=(3, 1))).encode() + b"\r",
+        b"\n\r\n", b"data: [DONE]\r\n\r\n"]), None, chunk_tokens=[1], output_tokens=1),
+    Case("comments, event and id fields, no space after the colon",
+         sse([b": ping\n\nevent: message\nid: 1\ndata:"
+              + json.dumps(completion_chunk(" w1", usage=(3, 1))).encode() + b"\n\n", DONE]),
+         None, chunk_tokens=[1], output_tokens=1),
+    Case("content-type with a charset", [head(200, {
+        "content-type": "text/event-stream; charset=utf-8", "transfer-encoding": "chunked"}),
+        *chunked(OK_BODY)], None, chunk_tokens=WORDS_COUNTS),
+    Case("an event stream without a final blank line",
+         [SSE_CLOSE_HEAD, *running(WORDS, WORDS_COUNTS), b"data: [DONE]", CLOSE],
+         None, chunk_tokens=WORDS_COUNTS),
+    # --- HTTP that is not a stream: http, with the status and why ----------------------
+    Case("301 redirect", [response(301, b"moved", ctype="text/plain", location="/elsewhere")],
+         "http", status=301, error_has="HTTP 301: redirect to /elsewhere (not followed)"),
+    Case("307 redirect, empty body", [response(307, b"", location="https://x/v1")],
+         "http", status=307, error_has="redirect to https://x/v1"),
+    Case("200 text/html", [response(200, b"<html><h1>Login</h1></html>", ctype="text/html")],
+         "http", status=200, error_has="content-type text/html, not an event stream: <html>"),
+    Case("200 with a whole JSON completion (stream ignored)",
+         [response(200, json.dumps(completion_chunk("w1 w2", usage=(3, 2))).encode())],
+         "http", status=200, error_has="content-type application/json"),
+    Case("500 with a body", [response(500, b'{"message":"boom"}')], "http", status=500,
+         error_has="HTTP 500: {\"message\":\"boom\"}"),
+    Case("a server that compresses when the client lets it", gzip_aware, None,
+         chunk_tokens=WORDS_COUNTS, output_tokens=8),
+    Case("a server that compresses anyway", [head(200, {
+        "content-type": "text/event-stream", "content-encoding": "gzip",
+        "content-length": str(len(gzip.compress(OK_BODY)))}), gzip.compress(OK_BODY)],
+         "http", status=200, error_has="content-encoding gzip (none was asked for)"),
+    # --- framing the transports once judged differently ---------------------------------
+    Case("Content-Length twice, the same value", [head(200, {
+        "content-type": "text/event-stream", "content-length": str(len(OK_BODY)),
+        "Content-Length": str(len(OK_BODY))}), OK_BODY], None, chunk_tokens=WORDS_COUNTS),
+    Case("Content-Length twice, different values", [head(200, {
+        "content-type": "text/event-stream", "content-length": str(len(OK_BODY)),
+        "Content-Length": str(len(OK_BODY) + 1)}), OK_BODY], "stream_cut", status=None),
+    Case("reset after [DONE] on a close-delimited body",
+         [SSE_CLOSE_HEAD, OK_BODY, 0.05, RESET], None, chunk_tokens=WORDS_COUNTS),
+    Case("reset before [DONE] on a close-delimited body",
+         [SSE_CLOSE_HEAD, *running(WORDS, WORDS_COUNTS), 0.05, RESET], "stream_cut",
+         error_has="before data: [DONE]", chunks=5),
+    Case("clean close before [DONE] on a close-delimited body",
+         [SSE_CLOSE_HEAD, *running(WORDS, WORDS_COUNTS), CLOSE], "stream_cut",
+         error_has="before data: [DONE]", chunks=5),
+    Case("reset in the middle of a chunked body",
+         [SSE_HEAD, *chunked(*running(WORDS[:2], [1, 1]))[:-1], 0.05, RESET], "stream_cut",
+         chunks=2),
+    Case("closed before any response", [CLOSE], "stream_cut", status=None),
+    Case("a body longer than its Content-Length is cut at it", [head(200, {
+        "content-type": "text/event-stream", "content-length": str(len(OK_BODY))}),
+        OK_BODY + b"data: junk\n\n"], None, chunk_tokens=WORDS_COUNTS),
 ]  # fmt: skip
 
 

@@ -22,7 +22,7 @@ import functools
 import importlib
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
@@ -68,6 +68,8 @@ class RequestSettings:
     def headers(self, request_id: str) -> dict[str, str]:
         return {
             "content-type": "application/json",
+            # Bytes are parsed as they came off the socket: nothing compressed, please.
+            "accept-encoding": "identity",
             "x-request-id": request_id,
             **auth_headers(self.api_key),
         }
@@ -200,6 +202,35 @@ class RequestFailed(Exception):
     def http_status(cls, status: int, body: str) -> RequestFailed:
         """The server answered ``status`` >= 400; its body's message is kept, on one line."""
         return cls(ErrorKind.HTTP, f"HTTP {status}: {one_line(body, MAX_ERROR_CHARS)}")
+
+    @classmethod
+    def not_a_stream(cls, status: int, why: str, body: bytes) -> RequestFailed:
+        """The answer is not an event stream (:func:`not_a_stream` says why): ``http``,
+        with the status, the reason and the start of the body."""
+        if status >= 400:
+            return cls.http_status(status, body.decode("utf-8", "replace"))
+        encoded = why.startswith("content-encoding")  # compressed bytes are not a message
+        text = "" if encoded else one_line(body[:2048].decode("utf-8", "replace"), MAX_ERROR_CHARS)
+        return cls(ErrorKind.HTTP, f"HTTP {status}: {why}" + (f": {text}" if text else ""))
+
+
+def not_a_stream(status: int, headers: Mapping[str, str]) -> str | None:
+    """Why a response cannot be the event stream asked for, or None when it can be: a
+    status outside 2xx (a redirect is named, never followed: the request would be sent
+    again elsewhere), a body encoded although none was asked for, or a content type other
+    than ``text/event-stream`` (an HTML error page, a whole JSON completion). Both
+    transports judge every response by this, so they agree."""
+    if not 200 <= status < 300:
+        if 300 <= status < 400:
+            return f"redirect to {headers.get('location', '?')} (not followed)"
+        return f"status {status}"
+    enc = headers.get("content-encoding", "identity").strip().lower()
+    if enc not in ("identity", ""):
+        return f"content-encoding {enc} (none was asked for)"
+    ctype = headers.get("content-type")
+    if ctype is not None and ctype.split(";", 1)[0].strip().lower() != "text/event-stream":
+        return f"content-type {ctype}, not an event stream"
+    return None
 
 
 def describe_failure(exc: BaseException, settings: RequestSettings) -> tuple[ErrorKind, str]:

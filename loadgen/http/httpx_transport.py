@@ -23,6 +23,7 @@ from loadgen.http.base import (
     RequestSettings,
     describe_failure,
     max_output_tokens,
+    not_a_stream,
     output_tokenizer,
     tls_context,
 )
@@ -146,14 +147,13 @@ async def send_request(
                 "POST", settings.url, content=body, headers=headers, extensions={"trace": trace}
             ) as resp:
                 record.status_code = resp.status_code
-                if resp.status_code >= 400:
-                    text = (await resp.aread()).decode("utf-8", "replace")
+                why = not_a_stream(resp.status_code, resp.headers)
+                if why is not None:
+                    failed = RequestFailed.not_a_stream(resp.status_code, why, await _excerpt(resp))
                     record.end_s = clock()
-                    failed = RequestFailed.http_status(resp.status_code, text)
                     fail(record, failed.kind, str(failed))
                     return record
-                async for raw in resp.aiter_raw():
-                    reads.append((clock(), raw))
+                await _read_raw(resp, reads, clock)
         record.end_s = clock()
         parsed = True
         await parse_stream(record, reads, lock=parse_lock, tokenizer=tokenizer)
@@ -167,6 +167,33 @@ async def send_request(
         if cancelled:
             raise
     return record
+
+
+async def _read_raw(resp: httpx.Response, reads: list[tuple[float, bytes]], clock: Clock) -> None:
+    """The body's socket reads, each stamped. A body that ends when the connection does
+    (no length, not chunked) ends there however the connection ends: a reset after the
+    last byte is its end, as for the raw transport, and the parse judges what arrived."""
+    close_delimited = "content-length" not in resp.headers and (
+        "transfer-encoding" not in resp.headers
+    )
+    try:
+        async for raw in resp.aiter_raw():
+            reads.append((clock(), raw))
+    except (httpx.ReadError, httpx.RemoteProtocolError):
+        if not close_delimited:
+            raise
+
+
+async def _excerpt(resp: httpx.Response, limit: int = 64 * 1024) -> bytes:
+    """The start of a body that is not a stream (an error message, an HTML page): enough
+    for the record's one line, without reading a body of any size into memory."""
+    out = bytearray()
+    with contextlib.suppress(httpx.HTTPError):
+        async for piece in resp.aiter_raw():
+            out += piece
+            if len(out) >= limit:
+                break
+    return bytes(out)
 
 
 def _by_cause(e: BaseException, settings: RequestSettings) -> BaseException:

@@ -13,7 +13,9 @@ What it speaks: HTTP/1.1 POST with a JSON body over plain TCP or TLS (``https://
 default trust store), responses framed by ``transfer-encoding: chunked``, ``content-length``
 or the connection closing; one kept-alive connection per in-flight request, reused while
 the server keeps it open. No redirects, proxies, compression or HTTP/2 (the httpx path does
-none of these for inference requests either).
+none of these for inference requests either): a redirect, a compressed body or another
+content type is an ``http`` failure naming it (:func:`~loadgen.http.base.not_a_stream`,
+shared with httpx, so the two agree; ``tests/test_conformance.py`` holds them to it).
 
 Timestamps differ from the httpx path in one place: ``sent_s`` is taken just before the
 request's bytes are handed to the transport (``transport.write``), after they are built;
@@ -45,6 +47,7 @@ from loadgen.http.base import (
     auth_headers,
     describe_failure,
     max_output_tokens,
+    not_a_stream,
     output_tokenizer,
     tls_context,
 )
@@ -150,6 +153,7 @@ class _Conn(asyncio.Protocol):
         """The per-response state, fresh: at construction and before each request."""
         self.reads: list[tuple[float, bytes]] = []  # (arrival, body bytes) per read
         self.status = 0
+        self.headers: dict[str, str] = {}
         self.error: RequestFailed | None = None
         self.written_t: float | None = None
         self._state = state
@@ -227,29 +231,27 @@ class _Conn(asyncio.Protocol):
                 self._head(buf[pos:], t)
             return
         self.status = status
+        self.headers = headers
         conn = headers.get("connection", "").lower()
         self._keep_alive = "close" not in conn and (version != "HTTP/1.0" or "keep-alive" in conn)
-        enc = headers.get("content-encoding", "identity").lower()
-        if enc != "identity":
-            self._fail(f"unsupported content-encoding {enc!r} (none was asked for)")
-            return
         te = headers.get("transfer-encoding")
         cl = headers.get("content-length")
         if te is not None:
             if te.lower().rsplit(",", 1)[-1].strip() != "chunked":
-                self._fail(f"unsupported transfer-encoding {te!r}")
+                self._bad_head(f"unsupported transfer-encoding {te!r}")
                 return
             self._state = _CHUNKED
             self._chunked(buf, pos, t)
         elif status in (204, 304):
             self._finish(t)
         elif cl is not None:
+            values = {v.strip() for v in cl.split(",")}  # a repeated header, joined
             try:
-                n = int(cl)
+                n = int(values.pop()) if len(values) == 1 else -1  # identical copies: one
             except ValueError:
                 n = -1
             if n < 0:
-                self._fail(f"bad content-length {cl!r}")
+                self._bad_head(f"bad content-length {cl!r}")
                 return
             self._state = _LENGTH
             self._left = n
@@ -264,6 +266,13 @@ class _Conn(asyncio.Protocol):
             self._keep_alive = False
             if pos < len(buf):
                 self.reads.append((t, buf[pos:]))
+
+    def _bad_head(self, why: str) -> None:
+        """A head whose framing can't be trusted: no response was received (as httpx's
+        h11 judges it, so both transports record no status)."""
+        self.status = 0
+        self.headers = {}
+        self._fail(why)
 
     def _length(self, data: bytes, pos: int, t: float) -> None:
         n = len(data) - pos
@@ -386,6 +395,7 @@ class RawTransport:
         target = (u.path or "/") + (f"?{u.query}" if u.query else "")
         head = (
             f"POST {target} HTTP/1.1\r\nhost: {host}\r\naccept: */*\r\n"
+            "accept-encoding: identity\r\n"
             "content-type: application/json\r\nuser-agent: specload-raw\r\n"
         )
         for name, value in auth_headers(settings.api_key).items():  # never recorded
@@ -443,15 +453,16 @@ class RawTransport:
             if conn.written_t is not None:
                 record.written_s = conn.written_t
             record.status_code = conn.status or None
+            not_stream = not_a_stream(conn.status, conn.headers) if conn.status else None
             if conn.error is not None:
                 record.end_s = conn.end_t
-                if conn.status < 400:
+                if not_stream is None:
                     parse_partial(record, conn.reads, self._tokenizer)
                 fail(record, conn.error.kind, str(conn.error))
-            elif conn.status >= 400:
+            elif not_stream is not None:
                 record.end_s = conn.end_t
-                text = b"".join(b for _, b in conn.reads).decode("utf-8", "replace")
-                failed = RequestFailed.http_status(conn.status, text)
+                body = b"".join(b for _, b in conn.reads)
+                failed = RequestFailed.not_a_stream(conn.status, not_stream, body)
                 fail(record, failed.kind, str(failed))
             else:
                 record.end_s = conn.end_t
@@ -480,7 +491,7 @@ class RawTransport:
             return
         conn.abort()
         record.status_code = conn.status or None
-        if conn.status < 400:
+        if conn.status and not_a_stream(conn.status, conn.headers) is None:
             parse_partial(record, conn.reads, self._tokenizer)
 
     async def _take(self) -> _Conn:

@@ -19,7 +19,9 @@ class ErrorKind(StrEnum):
     failures by cause. Written to JSON as the plain string."""
 
     CONNECT = "connect"  # connection refused / DNS / TLS: nothing was sent
-    HTTP = "http"  # non-2xx status; ``status_code`` says which
+    # not an event stream: a non-2xx status, a redirect, an HTML page, a body encoded
+    # although none was asked for; ``status_code`` says which status, the error the rest
+    HTTP = "http"
     TIMEOUT = "timeout"  # per-request timeout or run deadline hit mid-request
     STREAM_CUT = "stream_cut"  # the stream ended before ``data: [DONE]``
     BAD_SSE = "bad_sse"  # a malformed SSE line or invalid JSON in a chunk
