@@ -74,6 +74,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop the run when more than this fraction of requests failed (exit code 3)",
     )
     g.add_argument(
+        "--request-timeout",
+        type=float,
+        metavar="S",
+        help="a request's whole deadline in seconds (scenario: request_timeout_s, default 600)",
+    )
+    g.add_argument(
+        "--first-byte-timeout",
+        type=float,
+        metavar="S",
+        help="seconds to wait for the first byte of a response body (queueing can be long; "
+        "default: the request deadline alone)",
+    )
+    g.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="S",
+        help="seconds a started stream may go silent before it fails as a timeout (default 30)",
+    )
+    g.add_argument(
         "--transport",
         choices=["raw", "httpx"],
         help="HTTP client for the requests: raw (a minimal asyncio HTTP/1.1 client, the "
@@ -124,6 +143,9 @@ SCENARIO_FLAGS: dict[str, str] = {
     "max_error_rate": "max_error_rate",
     "transport": "transport",
     "spin_ms": "spin_ms",
+    "request_timeout": "request_timeout_s",
+    "first_byte_timeout": "first_byte_timeout_s",
+    "idle_timeout": "idle_timeout_s",
     "skip_bad_lines": "prompts.skip_bad_lines",
     "workers": "workers",
 }

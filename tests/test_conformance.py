@@ -243,6 +243,24 @@ CASES = [
          [SSE_HEAD, *chunked(*running(WORDS[:2], [1, 1]))[:-1], 0.05, RESET], "stream_cut",
          chunks=2),
     Case("closed before any response", [CLOSE], "stream_cut", status=None),
+    # --- the three time limits: each a timeout naming the limit that fired --------------
+    Case("a stream that stalls after two chunks: the idle limit, not the deadline",
+         [SSE_HEAD, *chunked(*running(WORDS[:2], [1, 1]))[:-1], 30.0], "timeout",
+         error_has="idle: the stream stalled for 0.3 s (idle_timeout_s)", chunks=2,
+         settings={"idle_timeout_s": 0.3, "timeout_s": 20.0}),
+    Case("a long wait for the first byte is queueing, not idleness",
+         [SSE_HEAD, 0.6, *chunked(*running(WORDS, WORDS_COUNTS), DONE)], None,
+         chunk_tokens=WORDS_COUNTS, settings={"idle_timeout_s": 0.3}),
+    Case("no body byte within the first-byte limit", [SSE_HEAD, 30.0], "timeout",
+         error_has="first byte: nothing of the response body within 0.3 s",
+         settings={"first_byte_timeout_s": 0.3, "timeout_s": 20.0}),
+    Case("no response at all within the first-byte limit", [30.0], "timeout", status=None,
+         error_has="first byte: nothing of the response body within 0.3 s",
+         settings={"first_byte_timeout_s": 0.3, "timeout_s": 20.0}),
+    Case("a trickle that never stalls meets the whole-request deadline",
+         [SSE_HEAD, *[x for c in chunked(*running(["a"] * 40, [1] * 40))[:-1] for x in (c, 0.05)]],
+         "timeout", error_has="deadline: no complete response within 0.6 s (request_timeout_s)",
+         settings={"idle_timeout_s": 0.3, "timeout_s": 0.6}, max_tokens=40),
     Case("a body longer than its Content-Length is cut at it", [head(200, {
         "content-type": "text/event-stream", "content-length": str(len(OK_BODY))}),
         OK_BODY + b"data: junk\n\n"], None, chunk_tokens=WORDS_COUNTS),
@@ -266,6 +284,8 @@ def run_case(transport: str, case: Case) -> RequestRecord:
 
 
 def check(rec: RequestRecord, case: Case) -> None:
+    if case.kind == "timeout":  # the limit fired, not a later one (the scripts wait 30 s)
+        assert rec.e2e_s is not None and rec.e2e_s < 5
     assert rec.error_kind == case.kind, rec.error
     assert rec.status_code == case.status
     assert (rec.error is None) == (case.kind is None)

@@ -365,7 +365,7 @@ def test_raw_framing_survives_any_split(kind: str, cuts: list[int]) -> None:
         ticks = iter(range(1, 1000))
         conn = _Conn(lambda: float(next(ticks)))
         conn.connection_made(_FakeTransport())  # type: ignore[arg-type]
-        done = conn.begin(5.0)
+        done = conn.begin(RequestSettings(base_url="http://x", model="m", timeout_s=5.0))
         for a, b in zip([0, *bounds], [*bounds, len(wire)], strict=True):
             assert not done.done()
             conn.data_received(wire[a:b])

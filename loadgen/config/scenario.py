@@ -136,7 +136,21 @@ class Scenario(_Strict):
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int = Field(0, ge=0)
     slo: SLO = SLO()
-    request_timeout_s: float = Field(600.0, gt=0)
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="a request's whole deadline, s (--request-timeout)"
+    )
+    first_byte_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="until the first byte of the response body, s (queueing can be long; "
+        "default: the request deadline alone) (--first-byte-timeout)",
+    )
+    idle_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="between two reads once the body has started, s: a stalled stream "
+        "gives its slot back (--idle-timeout)",
+    )
     max_error_rate: float | None = Field(None, ge=0, le=1)
     workers: int = Field(
         1, ge=1, le=MAX_WORKERS, description="processes sharing each phase's schedule (--workers)"

@@ -176,6 +176,8 @@ def _request_settings(
         top_p=scenario.top_p,
         ignore_eos=scenario.ignore_eos,
         timeout_s=scenario.request_timeout_s,
+        first_byte_timeout_s=scenario.first_byte_timeout_s,
+        idle_timeout_s=scenario.idle_timeout_s,
         api_key=api_key,
         extra_body=scenario.extra_body,
     )

@@ -36,6 +36,7 @@ Endpoint = Literal["completions", "chat"]
 TransportName = Literal["httpx", "raw"]
 Clock = Callable[[], float]
 MAX_ERROR_CHARS = 300  # a record's error message is one line of at most this many
+CONNECT_TIMEOUT_MAX_S = 30.0  # connecting: min(this, the request deadline), both transports
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
@@ -53,7 +54,13 @@ class RequestSettings:
     temperature: float = 0.0
     top_p: float | None = None
     ignore_eos: bool = True
-    timeout_s: float = 600.0
+    timeout_s: float = 600.0  # the whole request's deadline (request_timeout_s)
+    # Until the first byte of the response body (None: the deadline alone): queueing
+    # before the first token can legitimately take long.
+    first_byte_timeout_s: float | None = None
+    # Between two reads once the body has started: a stream that stalls gives its slot
+    # back after this, not after the whole deadline.
+    idle_timeout_s: float = 30.0
     api_key: str | None = None  # sent as a header, never recorded
     extra_body: dict[str, Any] = field(default_factory=dict)
     # A local tokenizer (directory or tokenizer.json) that counts each chunk's tokens from
@@ -194,6 +201,18 @@ class RequestFailed(Exception):
         return cls(ErrorKind.TIMEOUT, f"{what}: stalled for {seconds:g} s")
 
     @classmethod
+    def first_byte(cls, seconds: float) -> RequestFailed:
+        """No byte of the response body within ``first_byte_timeout_s`` of sending."""
+        msg = f"first byte: nothing of the response body within {seconds:g} s"
+        return cls(ErrorKind.TIMEOUT, f"{msg} (first_byte_timeout_s)")
+
+    @classmethod
+    def idle(cls, seconds: float) -> RequestFailed:
+        """The body started, then nothing arrived for ``idle_timeout_s``."""
+        msg = f"idle: the stream stalled for {seconds:g} s"
+        return cls(ErrorKind.TIMEOUT, f"{msg} (idle_timeout_s)")
+
+    @classmethod
     def stream_cut(cls, detail: str) -> RequestFailed:
         """The server hung up mid-response, or broke HTTP framing."""
         return cls(ErrorKind.STREAM_CUT, f"stream cut: {detail}")
@@ -233,6 +252,37 @@ def not_a_stream(status: int, headers: Mapping[str, str]) -> str | None:
     return None
 
 
+def connect_timeout_s(settings: RequestSettings) -> float:
+    """How long connecting may take, both transports: at most ``CONNECT_TIMEOUT_MAX_S``."""
+    return min(CONNECT_TIMEOUT_MAX_S, settings.timeout_s)
+
+
+def check_stall(
+    settings: RequestSettings, now: float, sent: float, last_read: float | None
+) -> tuple[RequestFailed | None, float]:
+    """The first-byte and idle limits, checked by one timer per request (each transport
+    keeps its own, re-armed only when it fires: no work per read). ``last_read``: when the
+    last byte of the body arrived, None before the first. Returns the failure when a limit
+    has passed, else None and the seconds until the next check. A limit at or beyond the
+    request deadline is left to the deadline (``asyncio.timeout`` around the request)."""
+    deadline = settings.timeout_s
+    idle = settings.idle_timeout_s if settings.idle_timeout_s < deadline else None
+    if last_read is None:
+        first = settings.first_byte_timeout_s
+        if first is None or first >= deadline:
+            return None, idle or deadline
+        waited = now - sent
+        if waited >= first * 0.999:  # timers may fire a hair early
+            return RequestFailed.first_byte(first), 0.0
+        return None, min(idle or deadline, first - waited)
+    if idle is None:
+        return None, deadline
+    quiet = now - last_read
+    if quiet >= idle * 0.999:
+        return RequestFailed.idle(idle), 0.0
+    return None, idle - quiet
+
+
 def describe_failure(exc: BaseException, settings: RequestSettings) -> tuple[ErrorKind, str]:
     """The one ladder both transports use: what a request's exception means for its record.
     A cancel is the run stopping; ``TimeoutError`` is the request's own deadline (both
@@ -243,5 +293,6 @@ def describe_failure(exc: BaseException, settings: RequestSettings) -> tuple[Err
     if isinstance(exc, asyncio.CancelledError):
         return ErrorKind.CANCELLED, "cancelled before the stream finished"
     if isinstance(exc, TimeoutError):
-        return ErrorKind.TIMEOUT, f"no complete response within {settings.timeout_s:g} s"
+        deadline = f"no complete response within {settings.timeout_s:g} s (request_timeout_s)"
+        return ErrorKind.TIMEOUT, f"deadline: {deadline}"
     return ErrorKind.OTHER, f"{type(exc).__name__}: {one_line(exc, MAX_ERROR_CHARS)}"

@@ -21,6 +21,8 @@ from loadgen.http.base import (
     Clock,
     RequestFailed,
     RequestSettings,
+    check_stall,
+    connect_timeout_s,
     describe_failure,
     max_output_tokens,
     not_a_stream,
@@ -36,7 +38,7 @@ def make_http_client(settings: RequestSettings) -> httpx.AsyncClient:
     other inside httpx, and that wait would be measured as server latency (TTFT)."""
     return httpx.AsyncClient(
         verify=tls_context(),
-        timeout=httpx.Timeout(settings.timeout_s, connect=min(30.0, settings.timeout_s)),
+        timeout=httpx.Timeout(settings.timeout_s, connect=connect_timeout_s(settings)),
         limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
         http2=False,
         trust_env=False,
@@ -141,8 +143,10 @@ async def send_request(
 
     record.sent_s = clock()  # until the request is on the wire (or if it never gets there)
     parsed = False
+    watch: _Watchdog | None = None
     try:
-        async with asyncio.timeout(settings.timeout_s):
+        async with asyncio.timeout(settings.timeout_s) as deadline:
+            watch = _Watchdog(settings, clock, record, reads, deadline)
             async with client.stream(
                 "POST", settings.url, content=body, headers=headers, extensions={"trace": trace}
             ) as resp:
@@ -154,6 +158,7 @@ async def send_request(
                     fail(record, failed.kind, str(failed))
                     return record
                 await _read_raw(resp, reads, clock)
+            watch.cancel()
         record.end_s = clock()
         parsed = True
         await parse_stream(record, reads, lock=parse_lock, tokenizer=tokenizer)
@@ -163,10 +168,51 @@ async def send_request(
             raise
         record.end_s = clock()
         parse_partial(record, reads, tokenizer)
+        if watch is not None:
+            watch.cancel()
+            if watch.failed is not None and isinstance(e, TimeoutError):
+                e = watch.failed  # the first-byte or idle limit, not the deadline
         fail(record, *describe_failure(_by_cause(e, settings), settings))
         if cancelled:
             raise
     return record
+
+
+class _Watchdog:
+    """The first-byte and idle limits for one httpx request (:func:`check_stall`, as the
+    raw transport checks them): a timer that, when a limit passes, moves the request's
+    deadline to now and remembers which limit it was. Reads are stamped anyway, so this
+    costs no work per read."""
+
+    def __init__(
+        self,
+        settings: RequestSettings,
+        clock: Clock,
+        record: RequestRecord,
+        reads: list[tuple[float, bytes]],
+        deadline: asyncio.Timeout,
+    ) -> None:
+        self.settings, self.clock, self.record, self.reads = settings, clock, record, reads
+        self.deadline = deadline
+        self.failed: RequestFailed | None = None
+        self._loop = asyncio.get_running_loop()
+        _, wait = check_stall(settings, clock(), record.sent_s, None)
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(wait, self._check)
+
+    def _check(self) -> None:
+        last = self.reads[-1][0] if self.reads else None
+        failed, wait = check_stall(self.settings, self.clock(), self.record.sent_s, last)
+        if failed is None:
+            self._timer = self._loop.call_later(wait, self._check)
+        elif not self.deadline.expired():
+            self.failed = failed
+            self._timer = None
+            self.deadline.reschedule(self._loop.time())
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 async def _read_raw(resp: httpx.Response, reads: list[tuple[float, bytes]], clock: Clock) -> None:
@@ -199,6 +245,8 @@ async def _excerpt(resp: httpx.Response, limit: int = 64 * 1024) -> bytes:
 def _by_cause(e: BaseException, settings: RequestSettings) -> BaseException:
     """httpx's exceptions as :class:`RequestFailed` causes; anything else as it is.
     (A ``ConnectTimeout`` is a ``TimeoutException``: a stall, as with the raw transport.)"""
+    if isinstance(e, httpx.ConnectTimeout):
+        return RequestFailed.stalled("ConnectTimeout", connect_timeout_s(settings))
     if isinstance(e, httpx.TimeoutException):
         return RequestFailed.stalled(type(e).__name__, settings.timeout_s)
     if isinstance(e, httpx.ConnectError):

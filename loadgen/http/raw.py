@@ -45,6 +45,8 @@ from loadgen.http.base import (
     RequestFailed,
     RequestSettings,
     auth_headers,
+    check_stall,
+    connect_timeout_s,
     describe_failure,
     max_output_tokens,
     not_a_stream,
@@ -54,7 +56,6 @@ from loadgen.http.base import (
 from loadgen.http.sse import fail, parse_partial, parse_stream
 from loadgen.results.records import RequestRecord
 
-CONNECT_TIMEOUT_MAX_S = 30.0  # as the httpx path: min(this, request_timeout_s)
 _MAX_HEAD = 64 * 1024
 _MAX_LINE = 4096  # a chunk-size or trailer line
 
@@ -75,7 +76,8 @@ class _Conn(asyncio.Protocol):
         self.end_t = 0.0
         self.last_t = 0.0
         self.paused = False
-        self._idle_s = 0.0
+        self.sent_t = 0.0
+        self._settings: RequestSettings | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._reset_exchange(_IDLE)
 
@@ -138,15 +140,16 @@ class _Conn(asyncio.Protocol):
 
     # --- one exchange -------------------------------------------------------------------
 
-    def begin(self, idle_timeout_s: float) -> asyncio.Future[None]:
+    def begin(self, settings: RequestSettings) -> asyncio.Future[None]:
         """Get ready for the next response; the future resolves when it ends either way."""
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         self.done = loop.create_future()
         self._reset_exchange(_HEAD)
-        self._idle_s = idle_timeout_s
-        self.last_t = self.clock()
-        self._idle = loop.call_later(idle_timeout_s, self._check_idle)
+        self._settings = settings
+        self.last_t = self.sent_t = self.clock()
+        _, wait = check_stall(settings, self.sent_t, self.sent_t, None)
+        self._idle = loop.call_later(wait, self._check_idle)
         return self.done
 
     def _reset_exchange(self, state: int) -> None:
@@ -193,15 +196,16 @@ class _Conn(asyncio.Protocol):
         self._finish(self.clock())
 
     def _check_idle(self) -> None:
-        """The read timeout: one timer per request, re-armed only when it fires early."""
-        if self._state == _IDLE:
+        """The first-byte and idle limits: one timer per request, re-armed when it fires
+        early (``data_received`` only stamps ``last_t``; it never touches the timer)."""
+        if self._state == _IDLE or self._settings is None:
             return
-        quiet = self.clock() - self.last_t
-        if quiet >= self._idle_s * 0.999:
-            self._fail(RequestFailed.stalled("ReadTimeout", self._idle_s))
+        last = self.last_t if self.reads else None
+        failed, wait = check_stall(self._settings, self.clock(), self.sent_t, last)
+        if failed is not None:
+            self._fail(failed)
         else:
-            loop = asyncio.get_running_loop()
-            self._idle = loop.call_later(self._idle_s - quiet, self._check_idle)
+            self._idle = asyncio.get_running_loop().call_later(wait, self._check_idle)
 
     def _stop_idle(self) -> None:
         if self._idle is not None:
@@ -401,7 +405,7 @@ class RawTransport:
         for name, value in auth_headers(settings.api_key).items():  # never recorded
             head += f"{name}: {value}\r\n"
         self._head = head.encode("latin-1")
-        self._connect_timeout_s = min(CONNECT_TIMEOUT_MAX_S, settings.timeout_s)
+        self._connect_timeout_s = connect_timeout_s(settings)
         self._want = 0
         self._free: list[_Conn] = []
         self._all: set[_Conn] = set()
@@ -443,7 +447,7 @@ class RawTransport:
         try:
             async with asyncio.timeout(s.timeout_s):
                 conn = await self._take()
-                done = conn.begin(s.timeout_s)
+                done = conn.begin(s)
                 assert conn.transport is not None
                 record.sent_s = clock()
                 conn.transport.write(msg)
