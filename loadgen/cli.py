@@ -43,8 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model name; default: the server's only model from /v1/models")
     p.add_argument(
         "--output-dir",
-        type=Path,
-        help="results directory (default: results/<scenario>-<timestamp>)",
+        help="results directory (default: results/<scenario>-<timestamp>); it must be empty "
+        "or new, unless --overwrite",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --output-dir (only a run's own files are removed)",
     )
     p.add_argument("--label", help="configuration label stored in run.json (e.g. none, ngram-k3)")
     g = p.add_argument_group("scenario overrides")
@@ -227,9 +232,9 @@ def run_main(argv: list[str]) -> int:
             "--ray-address: give the cluster address (host:port, ray://host:port or local)"
         )
     scenario = load_scenario_from_args(args)
-    out = args.output_dir or Path("results") / (
-        f"{scenario.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    )
+    if args.output_dir is not None and not args.output_dir.strip():
+        raise SpecloadError("--output-dir: empty path (give a directory)")
+    out = Path(args.output_dir) if args.output_dir is not None else default_output_dir(scenario)
     from loadgen.engine.run import run_scenario
 
     result = run_scenario(
@@ -242,6 +247,7 @@ def run_main(argv: list[str]) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
         cli=["python", "-m", "loadgen", *argv],
         ray_address=args.ray_address,
+        existing="overwrite" if args.overwrite else "refuse",
     )
     try:
         from loadgen.report.console import print_summary_table
@@ -252,6 +258,17 @@ def run_main(argv: list[str]) -> int:
     state = "complete" if result.complete else f"INCOMPLETE ({result.stop_reason})"
     print(f"results: {out} [{state}]", file=sys.stderr)
     return result.exit_code
+
+
+def default_output_dir(scenario: Scenario) -> Path:
+    """``results/<scenario>-<timestamp>``, with ``-2``, ``-3``... when a run started in the
+    same second already took it (results directories are never shared)."""
+    base = Path("results") / f"{scenario.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    out, k = base, 1
+    while out.exists():
+        k += 1
+        out = base.with_name(f"{base.name}-{k}")
+    return out
 
 
 def _dispatch(argv: list[str]) -> int:

@@ -143,9 +143,12 @@ def response(status: int, body: bytes, ctype: str = "application/json", **extra:
     return head(status, hdrs) + body
 
 
-def chunked(*pieces: bytes) -> list[bytes]:
-    """``pieces`` as HTTP chunks (one write each), then the last chunk."""
-    return [b"%x\r\n%s\r\n" % (len(p), p) for p in pieces if p] + [b"0\r\n\r\n"]
+def chunked(*pieces: Step) -> list[Step]:
+    """``pieces`` as HTTP chunks (one write each), then the last chunk; a pause or another
+    step among them is kept as it is."""
+    out: list[Step] = [b"%x\r\n%s\r\n" % (len(p), p) if isinstance(p, bytes) else p
+                       for p in pieces if p != b""]  # fmt: skip
+    return [*out, b"0\r\n\r\n"]
 
 
 SSE_HEAD = head(200, {"content-type": "text/event-stream", "transfer-encoding": "chunked"})
@@ -200,7 +203,7 @@ def usage_chunk(prompt: int, completion: int) -> dict[str, Any]:
     }
 
 
-def sse(events: list[bytes], *, close_delimited: bool = False) -> Script:
+def sse(events: list[Step], *, close_delimited: bool = False) -> Script:
     """A 200 event stream of ``events`` (each one write), chunked or close-delimited."""
     if close_delimited:
         return [SSE_CLOSE_HEAD, *events, CLOSE]

@@ -39,7 +39,12 @@ from loadgen.http.httpx_transport import make_http_client, send_request
 from loadgen.http.sse import _parse_stream
 from loadgen.mock.config import MockConfig
 from loadgen.mock.server import MockServer
-from loadgen.results.files import RecordWriter, atomic_write_json, read_records
+from loadgen.results.files import (
+    RecordWriter,
+    ResultsUnwritable,
+    atomic_write_json,
+    read_records,
+)
 from loadgen.results.records import ErrorKind, RequestRecord
 from tests.conftest import free_port, start_loadgen
 
@@ -522,9 +527,10 @@ def test_atomic_json_write_keeps_old_file_on_crash(tmp_path: Path, monkeypatch: 
         raise OSError("disk gone")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(ResultsUnwritable, match=r"summary\.json: disk gone"):
         atomic_write_json(path, {"v": 2, "big": list(range(10_000))})
     assert json.loads(path.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary left
     monkeypatch.undo()
     atomic_write_json(path, {"v": 3})
     assert json.loads(path.read_text()) == {"v": 3}

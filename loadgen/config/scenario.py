@@ -115,7 +115,7 @@ class Phase(_Strict):
 
 
 class Scenario(_Strict):
-    name: str
+    name: str = Field(description="names the default results directory: a plain name")
     description: str = ""
     endpoint: Literal["completions", "chat"] = "completions"
     model: str | None = None
@@ -169,6 +169,23 @@ class Scenario(_Strict):
         "send instead of a timer, whose wake-up is late by up to ~1 ms (costs CPU; for a "
         "client with a core to spare)",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        """The name becomes a directory name (``results/<name>-<time>``, a sweep's
+        ``<label>/<name>``): no path separators, nothing that climbs out or hides."""
+        if (
+            not value.strip()
+            or value.startswith(".")
+            or any(c in value for c in "/\\\0")
+            or not value.isprintable()
+        ):
+            raise ValueError(
+                "must be a plain name (no '/', '\\', control characters or leading '.'), "
+                f"got {value!r}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Scenario:

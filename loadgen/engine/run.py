@@ -39,7 +39,13 @@ from loadgen.engine.workers.pool import WorkerPool
 from loadgen.errors import ExitCode
 from loadgen.http.base import RequestSettings, auth_headers, now_clock
 from loadgen.results import server_metrics
-from loadgen.results.files import ResultsDir, slugify
+from loadgen.results.files import (
+    Existing,
+    ResultsDir,
+    ResultsUnwritable,
+    check_output_dir,
+    slugify,
+)
 
 HEALTH_INTERVAL_S = 5.0
 DETAILED_MAX_REQUESTS = 20_000
@@ -72,17 +78,22 @@ async def run_scenario_async(
     only_phases: list[str] | None = None,
     tokenizer: str | None = None,
     ray_address: str | None = None,
+    existing: Existing | str = Existing.REFUSE,
 ) -> RunResult:
     """Run every phase of ``scenario`` (those whose slug is in ``only_phases``, when
     given); ``scenario.workers`` processes share each phase's schedule, as Ray actors on
-    the cluster at ``ray_address`` when given."""
+    the cluster at ``ray_address`` when given. ``existing`` says what to do with an
+    ``output_dir`` that already holds files: refuse (the default), overwrite the previous
+    run, or resume (the sweep: the phases about to run must have no results yet)."""
+    existing = Existing(existing)
+    plans = plan_phases(scenario, only_phases)
+    check_output_dir(output_dir, existing, [p.slug for p in plans])  # before any request
     if ray_address:
         from loadgen.engine.workers.ray_actors import require_ray
 
         require_ray()
     info = await probe_server(base_url, api_key)
     model = resolve_model(model or scenario.model, info.models, base_url)
-    plans = plan_phases(scenario, only_phases)
     driver = await _start_driver(scenario.workers, ray_address)
     try:
         prompt_tokenizer = make_tokenizer(scenario, base_url, model, api_key, tokenizer)
@@ -109,7 +120,7 @@ async def run_scenario_async(
                 transport=scenario.transport,
                 spin_s=scenario.spin_ms / 1e3,
             ),
-            results=ResultsDir(output_dir),
+            results=ResultsDir.create(output_dir, existing, [p.slug for p in plans]),
             clock=now_clock(origin_perf),
             origin_wall=origin_wall,
             stop=StopSignal(),
@@ -231,8 +242,11 @@ async def _run_phases(
         for plan in plans:
             if ctx.stop.is_set():
                 break
-            summaries[plan.slug] = await _run_phase(ctx, plan, driver)
-            _write_summary(ctx, summaries, complete=False)
+            try:
+                summaries[plan.slug] = await _run_phase(ctx, plan, driver)
+                _write_summary(ctx, summaries, complete=False)
+            except ResultsUnwritable as e:  # disk full: the records so far stay on disk
+                ctx.stop.set(StopReason.RESULTS_UNWRITABLE, _unwritable(e))
     finally:
         ctx.live.stop()
         if health_task:
@@ -240,7 +254,10 @@ async def _run_phases(
         for sig in installed:
             loop.remove_signal_handler(sig)
     complete = not ctx.stop.is_set() and len(summaries) == len(plans)
-    _write_summary(ctx, summaries, complete=complete)
+    try:
+        _write_summary(ctx, summaries, complete=complete)
+    except ResultsUnwritable as e:
+        ctx.stop.set(StopReason.RESULTS_UNWRITABLE, _unwritable(e))
     return RunResult(
         ctx.results.root,
         complete,
@@ -248,6 +265,10 @@ async def _run_phases(
         exit_code(complete, ctx.stop.reason),
         ctx.stop.message,
     )
+
+
+def _unwritable(e: ResultsUnwritable) -> str:
+    return f"results unwritable: {str(e).removeprefix('--output-dir: ')}"
 
 
 def _write_summary(ctx: RunContext, phases: dict[str, dict[str, Any]], complete: bool) -> None:
