@@ -19,6 +19,7 @@ from loadgen.config.scenario import (
 )
 from loadgen.config.shapes.base import SHAPES, shape_class
 from loadgen.errors import ArgParser, SpecloadError, run_cli
+from loadgen.http.base import check_api_key, check_base_url
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -227,6 +228,8 @@ def run_main(argv: list[str]) -> int:
             raise SpecloadError(
                 f"--api-key-env: environment variable {args.api_key_env} is not set"
             )
+        check_api_key(api_key, f"--api-key-env: {args.api_key_env}")
+    check_base_url(args.base_url)
     if args.ray_address is not None and not args.ray_address.strip():
         raise SpecloadError(
             "--ray-address: give the cluster address (host:port, ray://host:port or local)"

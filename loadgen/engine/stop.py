@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass, field
 from enum import Enum
 
-from loadgen.errors import ExitCode
+from loadgen.errors import ExitCode, one_line
 
 # Below this many finished requests the error rate is too noisy to stop a run on.
 ERROR_BUDGET_MIN_REQUESTS = 10
@@ -60,7 +60,7 @@ class StopSignal:
     def set(self, reason: StopReason, message: str) -> None:
         if self.reason is None:
             self.reason = reason
-            self.message = message
+            self.message = one_line(message)  # one line, secrets redacted: it is stored
         self.event.set()
 
     def is_set(self) -> bool:

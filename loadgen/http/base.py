@@ -25,8 +25,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
+from urllib.parse import urlsplit
 
-from loadgen.errors import describe_exception, one_line
+from loadgen.errors import SpecloadError, describe_exception, one_line, register_secret
 from loadgen.results.records import ErrorKind, RequestRecord
 
 if TYPE_CHECKING:
@@ -42,6 +43,52 @@ CONNECT_TIMEOUT_MAX_S = 30.0  # connecting: min(this, the request deadline), bot
 def auth_headers(api_key: str | None) -> dict[str, str]:
     """The header that carries the API key (never recorded anywhere), or none."""
     return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def check_api_key(api_key: str, source: str = "--api-key-env") -> None:
+    """That the key can be sent as a header, before anything is sent: an HTTP library's
+    own error quotes the header whole ("Illegal header value b'Bearer sk-...\\r'") or
+    raises on a non-Latin-1 character. The message says what is wrong, never the key."""
+    bad = next((i for i, c in enumerate(api_key) if not "\x21" <= c <= "\x7e"), None)
+    if bad is None:
+        return
+    c = api_key[bad]
+    what = (
+        "a non-ASCII character"
+        if ord(c) > 0x7E
+        else "whitespace"
+        if c in " \t"
+        else f"a control character ({c!a})"
+    )
+    where = (
+        "at its end" if bad == len(api_key) - 1 else "at its start" if bad == 0 else
+        f"at position {bad + 1} of {len(api_key)}"
+    )  # fmt: skip
+    raise SpecloadError(
+        f"{source}: the API key has {what} {where}, which an HTTP header cannot carry "
+        "(a stray newline or space from the file it came from?); the key is not shown"
+    )
+
+
+def check_base_url(base_url: str) -> None:
+    """An http(s) URL with a host and no credentials in it. ``user:password@`` is refused
+    rather than half-supported: it would be written to run.json, the server samples and
+    every error message, and sit in shell history and process lists. The message never
+    repeats the URL (it holds the password)."""
+    try:
+        u = urlsplit(base_url)
+        port = u.port
+    except ValueError as e:
+        raise SpecloadError(f"--base-url: not a valid URL: {e} (the URL is not shown)") from None
+    if u.username is not None or u.password is not None:
+        raise SpecloadError(
+            "--base-url: credentials in the URL (user:password@host) are not accepted: they "
+            "would be recorded with the results; put the key in an environment variable "
+            "and pass --api-key-env VAR (the URL is not shown)"
+        )
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise SpecloadError(f"--base-url: give an http:// or https:// URL, got {base_url!r}")
+    del port  # parsed only to reject a bad one
 
 
 @dataclass(frozen=True)
@@ -66,6 +113,9 @@ class RequestSettings:
     # A local tokenizer (directory or tokenizer.json) that counts each chunk's tokens from
     # its text when the server's usage is not per chunk (loadgen.http.sse.settle_tokens).
     tokenizer: str | None = None
+
+    def __post_init__(self) -> None:
+        register_secret(self.api_key)
 
     @property
     def url(self) -> str:
@@ -173,6 +223,7 @@ def make_transport(name: str, settings: RequestSettings, clock: Clock) -> Transp
     where = _REGISTRY.get(cast(TransportName, name))
     if where is None:
         raise ValueError(f"unknown transport {name!r} (known: {', '.join(TRANSPORTS)})")
+    register_secret(settings.api_key)  # a worker's settings arrive pickled, not constructed
     cls = getattr(importlib.import_module(where[0]), where[1])
     return cast(Transport, cls(settings, clock))
 

@@ -22,7 +22,7 @@ import re
 from collections.abc import Generator, Iterable, Iterator
 from typing import Any, Protocol
 
-from loadgen.errors import one_line
+from loadgen.errors import one_line, redact
 from loadgen.http.base import MAX_ERROR_CHARS
 from loadgen.results.records import ErrorKind, RequestRecord
 
@@ -32,10 +32,11 @@ PARSE_SLICE_EVENTS = 64
 
 
 def fail(record: RequestRecord, kind: ErrorKind, message: str) -> None:
-    """Mark ``record`` failed; the first failure stands (a later one is its consequence)."""
+    """Mark ``record`` failed; the first failure stands (a later one is its consequence).
+    Secrets are redacted from the message before it is cut and stored."""
     if record.error is None:
         record.error_kind = kind
-        record.error = message[:MAX_ERROR_CHARS]
+        record.error = redact(message)[:MAX_ERROR_CHARS]
 
 
 def iter_events(reads: list[tuple[float, bytes]]) -> list[tuple[float, bytes]]:
@@ -409,10 +410,15 @@ def _json_object(payload: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(payload)
     except (ValueError, RecursionError):
-        raise _BadChunk(ErrorKind.BAD_SSE, f"invalid JSON in a chunk: {payload[:80]!r}") from None
+        raise _BadChunk(ErrorKind.BAD_SSE, f"invalid JSON in a chunk: {_quote(payload)}") from None
     if not isinstance(obj, dict):
-        raise _BadChunk(ErrorKind.BAD_SSE, f"chunk is not a JSON object: {payload[:80]!r}")
+        raise _BadChunk(ErrorKind.BAD_SSE, f"chunk is not a JSON object: {_quote(payload)}")
     return obj
+
+
+def _quote(payload: bytes, limit: int = 80) -> str:
+    """The start of a payload for an error message: secrets redacted before the cut."""
+    return repr(redact(payload[:1024].decode("utf-8", "replace"))[:limit])
 
 
 def _token_count(usage: dict[str, Any], key: str, cap: int) -> int | None:
