@@ -51,6 +51,7 @@ class CannedServer:
     url: str = ""
     _server: asyncio.base_events.Server | None = None
     _conns: set[asyncio.StreamWriter] = field(default_factory=set)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def __aenter__(self) -> CannedServer:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -63,6 +64,9 @@ class CannedServer:
         self._server.close()
         for w in list(self._conns):
             w.close()
+        for t in list(self._tasks):  # connections still playing a script (a long pause)
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 2)
 
@@ -75,6 +79,10 @@ class CannedServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._conns.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         try:
             while True:
                 req = await _read_request(reader)
@@ -85,6 +93,8 @@ class CannedServer:
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
             return
+        except asyncio.CancelledError:  # the server is closing (asyncio's stream callback
+            return  # would raise on a task that ends cancelled)
         finally:
             self._conns.discard(writer)
             writer.close()

@@ -315,7 +315,7 @@ def read_yaml(path: Path) -> Any:
     except UnicodeDecodeError:
         raise SpecloadError(f"{path}: not UTF-8 text") from None
     try:
-        return yaml.safe_load(text)
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}:" if mark else ""
@@ -327,6 +327,52 @@ def read_yaml(path: Path) -> Any:
     except Exception as e:
         why = " ".join(str(e).split()) if isinstance(e, ValueError) else type(e).__name__
         raise SpecloadError(f"{path}: malformed YAML: bad tagged value ({why})") from None
+    check_expanded_size(doc, str(path))
+    return doc
+
+
+# What a document may expand to once its aliases are followed (a YAML alias is a shared
+# reference; dumping the scenario to run.json, or validating it, copies every one). Far
+# beyond any real scenario or matrix, far below what exhausts memory.
+MAX_EXPANDED_BYTES = 32 << 20
+
+
+def check_expanded_size(doc: Any, source: str, limit: int = MAX_EXPANDED_BYTES) -> None:
+    """Refuse a document whose aliases expand past ``limit`` (about bytes of JSON): the
+    "billion laughs", nine lines that expand to gigabytes. Measured without expanding:
+    each distinct object's size is computed once (memoised by identity), so a bomb costs
+    time linear in its source. A recursive alias is refused too (it never ends)."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(o: Any) -> int:
+        if isinstance(o, str):
+            return len(o) + 2
+        if not isinstance(o, dict | list):
+            return 8
+        key = id(o)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise SpecloadError(f"{source}: malformed YAML: a recursive alias (it never ends)")
+        active.add(key)
+        items = [*o.keys(), *o.values()] if isinstance(o, dict) else o
+        total = 2
+        for item in items:
+            total += size(item) + 1
+            if total > limit:
+                raise SpecloadError(
+                    f"{source}: malformed YAML: its aliases expand to more than "
+                    f"{limit >> 20} MiB (an alias bomb?)"
+                )
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        size(doc)
+    except RecursionError:
+        raise SpecloadError(f"{source}: malformed YAML: nested too deeply") from None
 
 
 def load_scenario(name_or_path: str, overrides: dict[str, Any] | None = None) -> Scenario:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -46,6 +46,36 @@ def num_special_tokens_to_add(tok: Tokenizer) -> int:
     """Tokens the server adds to a completions prompt (e.g. BOS); 0 when unknown."""
     fn = getattr(tok, "num_special_tokens_to_add", None)
     return int(fn()) if fn else 0
+
+
+def daemon_map(fn: Any, items: Sequence[Any], workers: int) -> list[Any]:
+    """``[fn(x) for x in items]`` on ``workers`` daemon threads, in order; the first
+    exception is raised. Not a ThreadPoolExecutor: the interpreter joins its threads at
+    exit, so Ctrl-C during a slow /tokenize would wait for every round trip to finish."""
+    out: list[Any] = [None] * len(items)
+    errors: list[BaseException] = []
+    todo = iter(range(len(items)))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while not errors:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            try:
+                out[i] = fn(items[i])
+            except BaseException as e:  # re-raised in the caller
+                errors.append(e)
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return out
 
 
 class LocalTokenizer:
@@ -214,8 +244,7 @@ class ServerTokenizer:
     def _map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
         if len(items) <= 1:
             return [fn(x) for x in items]
-        with ThreadPoolExecutor(max_workers=min(self._max_workers, len(items))) as ex:
-            return list(ex.map(fn, items))
+        return daemon_map(fn, items, min(self._max_workers, len(items)))
 
     def num_special_tokens_to_add(self) -> int:
         if self._n_special is None:
