@@ -238,6 +238,10 @@ class Scenario(_Strict):
 def resolve_path(name_or_path: str) -> Path:
     """A scenario is a path to a YAML file or the name of one in ``scenarios/``."""
     p = Path(name_or_path)
+    if p.is_dir():
+        raise SpecloadError(
+            f"--scenario: {name_or_path} is a directory; give a scenario file (.yaml) in it"
+        )
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.is_file():
             raise SpecloadError(f"--scenario: no such file: {name_or_path}")

@@ -219,21 +219,34 @@ class ServerTokenizer:
             )
         return r
 
-    def _post(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _post(self, endpoint: str, body: dict[str, Any], key: str, kind: type) -> Any:
+        """POST and return the answer's ``key``, checked to be a ``kind``: anything else
+        (an HTML page, another server's shape) is one line naming the endpoint."""
         r = self._send(endpoint, body)
         if r.status_code != 200:
             raise SpecloadError(f"--base-url: /{endpoint}: HTTP {r.status_code}: {r.text[:200]}")
-        return r.json()
+        try:
+            value = r.json()[key]
+        except (ValueError, KeyError, TypeError, IndexError):
+            value = None
+        if not isinstance(value, kind) or (kind is list and not all(type(i) is int for i in value)):
+            ctype = r.headers.get("content-type", "?")
+            raise SpecloadError(
+                f"--base-url: /{endpoint} did not answer as vLLM does (content-type {ctype}, "
+                f"no {key!r} {kind.__name__}); set prompts.tokenizer to a local tokenizer "
+                "directory"
+            )
+        return value
 
     def _tokenize(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        out = self._post("tokenize", {"prompt": text, "add_special_tokens": add_special_tokens})
-        return list(out["tokens"])
+        body = {"prompt": text, "add_special_tokens": add_special_tokens}
+        return list(self._post("tokenize", body, "tokens", list))
 
     def encode(self, text: str) -> list[int]:
         return self._tokenize(text)
 
     def decode(self, ids: Sequence[int]) -> str:
-        return str(self._post("detokenize", {"tokens": [int(i) for i in ids]})["prompt"])
+        return str(self._post("detokenize", {"tokens": [int(i) for i in ids]}, "prompt", str))
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return self._map(self.encode, texts)
@@ -274,7 +287,10 @@ class ServerTokenizer:
         for ids in (list(range(start, start + window)), [start]):
             r = self._send("detokenize", {"tokens": ids})
             if r.status_code == 200:
-                return bool(r.json().get("prompt"))
+                try:
+                    return bool(r.json().get("prompt"))
+                except (ValueError, AttributeError):  # not vLLM's answer: nothing decoded
+                    return False
         return False
 
     def _find_vocab_size(self) -> int:
