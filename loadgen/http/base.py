@@ -159,7 +159,10 @@ def output_tokenizer(path: str | None) -> TextTokenizer | None:
         return None
     from loadgen.config.prompts.tokenizers import LocalTokenizer
 
-    return LocalTokenizer(path)
+    try:
+        return LocalTokenizer(path)
+    except SpecloadError:  # not on this host (a Ray actor elsewhere): counts stay unknown
+        return None
 
 
 def max_output_tokens(body: dict[str, Any]) -> int | None:
