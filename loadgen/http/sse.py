@@ -52,7 +52,7 @@ def _iter_events(reads: list[tuple[float, bytes]]) -> Iterator[tuple[float, byte
     ignored. An event still open when the stream ends is kept (a server that closes
     without the final blank line), stamped with the last read."""
     buf = b""
-    data: list[bytes] = []
+    pending: bytes | None = None  # the open event's data so far
     t = 0.0
     for t, raw in reads:
         text = buf + raw if buf else raw
@@ -62,19 +62,25 @@ def _iter_events(reads: list[tuple[float, bytes]]) -> Iterator[tuple[float, byte
                 text, held = text[:-1], b"\r"
             text = text.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         lines = text.split(b"\n")
-        buf = lines.pop() + held  # an unfinished line waits for the next read
+        buf = lines.pop() + held if held else lines.pop()  # an unfinished line waits
         for line in lines:
-            if not line:
-                if data:
-                    yield t, data[0] if len(data) == 1 else b"\n".join(data)
-                    data = []
-            elif line.startswith(b"data:"):
-                data.append(line[6:] if line[5:6] == b" " else line[5:])
+            if line:
+                if line.startswith(b"data: "):
+                    data = line[6:]
+                elif line.startswith(b"data:"):
+                    data = line[5:]
+                else:  # a comment or another field
+                    continue
+                pending = data if pending is None else pending + b"\n" + data
+            elif pending is not None:  # the blank line: the event is whole
+                yield t, pending
+                pending = None
     last = buf.rstrip(b"\r")
     if last.startswith(b"data:"):
-        data.append(last[6:] if last[5:6] == b" " else last[5:])
-    if data:
-        yield t, b"\n".join(data)
+        data = last[6:] if last.startswith(b"data: ") else last[5:]
+        pending = data if pending is None else pending + b"\n" + data
+    if pending is not None:
+        yield t, pending
 
 
 def _drain(steps: Generator[None, None, bool]) -> bool:
@@ -177,6 +183,8 @@ def _fill_steps(
     fails the record, never the caller."""
     cap = output_token_cap(record.expected_output_tokens)
     got = _Chunks()
+    rows = got.rows
+    scan = _scan_chunk
     done = False
     n = 0
     for t, payload in events:
@@ -189,7 +197,18 @@ def _fill_steps(
             done = True
             break
         try:
-            got.add(t, payload, _read_chunk(payload, cap))
+            chunk = scan(payload)  # vLLM's shape, by a byte scan; else the checked parse
+            if chunk is None or chunk[0] > cap:  # type: ignore[operator]
+                chunk = _json_chunk(payload, cap)
+            total, prompt, has_choices, finish, text = chunk
+            if has_choices and (total is not None or text):  # role/keep-alive: neither
+                rows.append((t, total, text, payload))
+            elif not has_choices and total is not None:
+                got.usage_total = total
+            if finish:
+                got.finish = finish
+            if prompt is not None:
+                got.prompt = prompt
         except _BadChunk as e:
             if strict or e.kind is ErrorKind.SERVER_ERROR:
                 fail(record, e.kind, str(e))
@@ -237,37 +256,18 @@ class TextTokenizer(Protocol):
 
 
 class _Chunks:
-    """A stream's choice-bearing chunks as read, before their tokens are counted:
-    arrival time, the server's running ``completion_tokens`` (None: no usage), the text
-    (None: not extracted, the byte scan read the usage alone) and the payload."""
+    """A stream's content chunks as read, before their tokens are counted: one row per
+    chunk of (arrival time, the server's running ``completion_tokens`` or None, the text
+    or None when the byte scan read only the usage, the payload); and what the stream
+    said once: the total of a usage-only chunk (``choices: []``), prompt tokens, finish."""
 
-    __slots__ = ("finish", "payloads", "prompt", "texts", "times", "totals", "usage_total")
+    __slots__ = ("finish", "prompt", "rows", "usage_total")
 
     def __init__(self) -> None:
-        self.times: list[float] = []
-        self.totals: list[int | None] = []
-        self.texts: list[str | None] = []
-        self.payloads: list[bytes] = []
-        self.usage_total: int | None = None  # from a usage-only chunk (``choices: []``)
+        self.rows: list[tuple[float, int | None, str | None, bytes]] = []
+        self.usage_total: int | None = None
         self.prompt: int | None = None
         self.finish: str | None = None
-
-    def add(self, t: float, payload: bytes, chunk: _Chunk) -> None:
-        total, prompt, has_choices, finish, text = chunk
-        if finish:
-            self.finish = finish
-        if prompt is not None:
-            self.prompt = prompt
-        if not has_choices:
-            if total is not None:
-                self.usage_total = total
-            return
-        if total is None and not text:
-            return  # a role or keep-alive chunk: no text, no count
-        self.times.append(t)
-        self.totals.append(total)
-        self.texts.append(text)
-        self.payloads.append(payload)
 
 
 def settle_tokens(record: RequestRecord, got: _Chunks, tokenizer: TextTokenizer | None) -> None:
@@ -286,24 +286,14 @@ def settle_tokens(record: RequestRecord, got: _Chunks, tokenizer: TextTokenizer 
     A chunk's time is when its bytes arrived; a chunk of text without a count is a
     content chunk (it had tokens) whether or not they can be counted.
     """
-    totals = got.totals
-    if _running_counts(totals, got.usage_total):
-        cumulative = 0
-        for t, total in zip(got.times, totals, strict=True):
-            assert total is not None
-            if total > cumulative:
-                record.chunk_times.append(t)
-                record.chunk_tokens.append(total - cumulative)
-                cumulative = total
-        record.output_tokens = cumulative
-        record.usage_source = "usage"
+    if _from_running_counts(record, got):
         return
-    texts = [_text_of(p) if x is None else x for x, p in zip(got.texts, got.payloads, strict=True)]
+    rows = [(t, total, _text_of(p) if x is None else x) for t, total, x, p in got.rows]
     server_total = got.usage_total
     if server_total is None:
-        server_total = max((x for x in totals if x is not None), default=None)
-    record.chunk_times = [t for t, x in zip(got.times, texts, strict=True) if x]
-    texts = [x for x in texts if x]
+        server_total = max((c for _, c, _ in rows if c is not None), default=None)
+    record.chunk_times = [t for t, _, x in rows if x]
+    texts = [x for _, _, x in rows if x]
     counts = None
     if tokenizer is not None:
         with contextlib.suppress(Exception):  # a text it cannot take: counts unknown
@@ -323,17 +313,27 @@ def settle_tokens(record: RequestRecord, got: _Chunks, tokenizer: TextTokenizer 
         record.output_tokens = None
 
 
-def _running_counts(totals: list[int | None], usage_total: int | None) -> bool:
-    """Whether every content chunk carried a running count, never decreasing, ending at
-    the final usage total when there is one (else the counts are not per chunk)."""
-    if not totals:
-        return not usage_total
-    prev = 0
-    for x in totals:
-        if x is None or x < prev:
+def _from_running_counts(record: RequestRecord, got: _Chunks) -> bool:
+    """Per-chunk counts from the server's running count, when every content chunk
+    carried one, never decreasing, ending at the final usage total when there is one;
+    False (the record untouched) when the counts are not per chunk."""
+    times: list[float] = []
+    tokens: list[int] = []
+    cumulative = 0
+    for t, total, _, _ in got.rows:
+        if total is None or total < cumulative:
             return False
-        prev = x
-    return usage_total is None or usage_total == prev
+        if total > cumulative:
+            times.append(t)
+            tokens.append(total - cumulative)
+            cumulative = total
+    if got.usage_total is not None and got.usage_total != cumulative:
+        return False
+    record.chunk_times = times
+    record.chunk_tokens = tokens
+    record.output_tokens = cumulative
+    record.usage_source = "usage"
+    return True
 
 
 def chunk_tokens_from_text(texts: list[str], tokenizer: TextTokenizer) -> list[int]:
@@ -361,14 +361,6 @@ class _BadChunk(Exception):
     def __init__(self, kind: ErrorKind, message: str) -> None:
         super().__init__(message)
         self.kind = kind
-
-
-def _read_chunk(payload: bytes, cap: int) -> _Chunk:
-    """One chunk's fields: the byte scan for vLLM's shape, else a checked JSON parse."""
-    fast = _scan_chunk(payload)
-    if fast is not None and (fast[0] <= cap):
-        return (*fast, None)
-    return _json_chunk(payload, cap)
 
 
 def _json_chunk(payload: bytes, cap: int = MAX_OUTPUT_TOKENS) -> _Chunk:
@@ -462,9 +454,10 @@ _VLLM_USAGE_RE = re.compile(
 )
 
 
-def _scan_chunk(payload: bytes) -> tuple[int, int | None, bool, str | None] | None:
+def _scan_chunk(payload: bytes) -> _Chunk | None:
     """The fields a chunk's accounting needs, by a byte scan instead of ``json.loads``:
-    (completion_tokens, prompt_tokens, has choices, finish_reason), or None when the payload
+    (completion_tokens, prompt_tokens, has choices, finish_reason, None: the text is not
+    read), or None when the payload
     is not vLLM-shaped (``choices`` first, a flat ``usage`` object as the last key) and needs
     a real parse.
 
@@ -494,9 +487,9 @@ def _scan_chunk(payload: bytes) -> tuple[int, int | None, bool, str | None] | No
     nxt = payload[j + 11]
     if nxt == 0x7B:  # '{': one or more choices
         f = _FINISH_RE.search(payload, j, i)
-        return total, prompt, True, f.group(1).decode() if f else None
+        return total, prompt, True, f.group(1).decode() if f else None, None
     if nxt == 0x5D and b'"error"' not in payload:  # ']': the usage-only chunk
-        return total, prompt, False, None
+        return total, prompt, False, None, None
     return None
 
 
