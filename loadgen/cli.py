@@ -19,6 +19,7 @@ from loadgen.config.scenario import (
 )
 from loadgen.config.shapes.base import SHAPES, shape_class
 from loadgen.errors import ArgParser, SpecloadError, run_cli
+from loadgen.http.base import check_api_key, check_base_url
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -44,8 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model name; default: the server's only model from /v1/models")
     p.add_argument(
         "--output-dir",
-        type=Path,
-        help="results directory (default: results/<scenario>-<timestamp>)",
+        help="results directory (default: results/<scenario>-<timestamp>); it must be empty "
+        "or new, unless --overwrite",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --output-dir (only a run's own files are removed)",
     )
     p.add_argument("--label", help="configuration label stored in run.json (e.g. none, ngram-k3)")
     g = p.add_argument_group("scenario overrides")
@@ -79,6 +85,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-error-rate",
         type=float,
         help="stop the run when more than this fraction of requests failed (exit code 3)",
+    )
+    g.add_argument(
+        "--request-timeout",
+        type=float,
+        metavar="S",
+        help="a request's whole deadline in seconds (scenario: request_timeout_s, default 600)",
+    )
+    g.add_argument(
+        "--first-byte-timeout",
+        type=float,
+        metavar="S",
+        help="seconds to wait for the first byte of a response body (queueing can be long; "
+        "default: the request deadline alone)",
+    )
+    g.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="S",
+        help="seconds a started stream may go silent before it fails as a timeout (default 30)",
     )
     g.add_argument(
         "--transport",
@@ -131,6 +156,9 @@ SCENARIO_FLAGS: dict[str, str] = {
     "max_error_rate": "max_error_rate",
     "transport": "transport",
     "spin_ms": "spin_ms",
+    "request_timeout": "request_timeout_s",
+    "first_byte_timeout": "first_byte_timeout_s",
+    "idle_timeout": "idle_timeout_s",
     "skip_bad_lines": "prompts.skip_bad_lines",
     "workers": "workers",
 }
@@ -209,14 +237,16 @@ def run_main(argv: list[str]) -> int:
             raise SpecloadError(
                 f"--api-key-env: environment variable {args.api_key_env} is not set"
             )
+        check_api_key(api_key, f"--api-key-env: {args.api_key_env}")
+    check_base_url(args.base_url)
     if args.ray_address is not None and not args.ray_address.strip():
         raise SpecloadError(
             "--ray-address: give the cluster address (host:port, ray://host:port or local)"
         )
     scenario = load_scenario_from_args(args)
-    out = args.output_dir or Path("results") / (
-        f"{scenario.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    )
+    if args.output_dir is not None and not args.output_dir.strip():
+        raise SpecloadError("--output-dir: empty path (give a directory)")
+    out = Path(args.output_dir) if args.output_dir is not None else default_output_dir(scenario)
     from loadgen.engine.run import run_scenario
 
     result = run_scenario(
@@ -229,6 +259,7 @@ def run_main(argv: list[str]) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
         cli=["python", "-m", "loadgen", *argv],
         ray_address=args.ray_address,
+        existing="overwrite" if args.overwrite else "refuse",
     )
     try:
         from loadgen.report.console import print_summary_table
@@ -239,6 +270,17 @@ def run_main(argv: list[str]) -> int:
     state = "complete" if result.complete else f"INCOMPLETE ({result.stop_reason})"
     print(f"results: {out} [{state}]", file=sys.stderr)
     return result.exit_code
+
+
+def default_output_dir(scenario: Scenario) -> Path:
+    """``results/<scenario>-<timestamp>``, with ``-2``, ``-3``... when a run started in the
+    same second already took it (results directories are never shared)."""
+    base = Path("results") / f"{scenario.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    out, k = base, 1
+    while out.exists():
+        k += 1
+        out = base.with_name(f"{base.name}-{k}")
+    return out
 
 
 def _dispatch(argv: list[str]) -> int:

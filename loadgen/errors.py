@@ -8,6 +8,8 @@ exit status comes from :class:`ExitCode`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 from collections.abc import Callable
 from enum import IntEnum
@@ -35,10 +37,60 @@ class SpecloadError(Exception):
 
 
 def one_line(message: object, limit: int | None = None) -> str:
-    """The message on one line (user-supplied keys and values may carry newlines),
-    cut to ``limit`` characters when given."""
-    text = " ".join(str(message).split())
+    """The message on one line (user-supplied keys and values may carry newlines), with
+    every registered secret redacted (:func:`redact`), then cut to ``limit`` characters
+    when given (redacting first: a cut must not leave half a key behind)."""
+    text = redact(" ".join(str(message).split()))
     return text if limit is None else text[:limit]
+
+
+# --- secrets ---------------------------------------------------------------------------------
+
+REDACTED = "[redacted]"
+# A secret's pieces this long are redacted too: a server that echoes a truncated key
+# ("Incorrect API key: sk-abc...") must not put most of it into a record.
+SECRET_PIECE = 12
+_SECRETS: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Redact ``value`` from every message from now on (the API key; once per process,
+    workers included: each registers the key it is given)."""
+    if value and len(value) >= 4:
+        _SECRETS.add(value)
+
+
+def redact(text: str) -> str:
+    """``text`` with each registered secret, and any piece of one at least
+    ``SECRET_PIECE`` characters long, replaced by ``[redacted]``. Applied to every error
+    text before it is stored or printed (:func:`one_line`, records' errors, stop reasons)."""
+    if not _SECRETS or not text:
+        return text
+    for secret in _SECRETS:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    for secret in _SECRETS:
+        if len(secret) > SECRET_PIECE:
+            text = _redact_pieces(text, secret)
+    return text
+
+
+def _redact_pieces(text: str, secret: str) -> str:
+    n = SECRET_PIECE
+    pieces = {secret[i : i + n] for i in range(len(secret) - n + 1)}
+    covered = [False] * len(text)
+    for j in range(len(text) - n + 1):
+        if text[j : j + n] in pieces:
+            covered[j : j + n] = [True] * n
+    if not any(covered):
+        return text
+    out: list[str] = []
+    for j, ch in enumerate(text):
+        if not covered[j]:
+            out.append(ch)
+        elif j == 0 or not covered[j - 1]:
+            out.append(REDACTED)
+    return "".join(out)
 
 
 def describe_exception(e: BaseException, limit: int | None = None) -> str:
@@ -70,12 +122,23 @@ def run_cli(prog: str, body: Callable[[list[str]], int], argv: list[str] | None 
     line with its exit code, Ctrl-C exits 130, a closed pipe (``| head``) exits quietly."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        return int(body(args))
+        code = int(body(args))
     except SpecloadError as e:
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return int(e.exit_code)
     except KeyboardInterrupt:
+        _ignore_interrupts()
         print(f"{prog}: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
     except BrokenPipeError:
         return ExitCode.OK
+    if code == ExitCode.INTERRUPTED:
+        _ignore_interrupts()
+    return code
+
+
+def _ignore_interrupts() -> None:
+    """Once a run was interrupted, it is exiting: another Ctrl-C (users press it
+    repeatedly) must not turn the clean exit into a KeyboardInterrupt traceback."""
+    with contextlib.suppress(ValueError):  # not the main thread: nothing to do
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

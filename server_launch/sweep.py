@@ -60,6 +60,7 @@ class RunKwargs(TypedDict, total=False):
     health_check: Callable[[], bool]
     only_phases: list[str]
     tokenizer: str
+    existing: str  # "resume": the phases to run were moved aside (_supersede)
 
 
 class Runner(Protocol):
@@ -411,6 +412,9 @@ def _run_scenario_cells(
         "spec": run.spec.speculative_config(),
         "progress": progress,
         "health_check": health_check,
+        # A scenario directory is re-run phase by phase (their partial data moved aside
+        # above), so it may hold the other phases' results: loadgen must not refuse it.
+        "existing": "resume",
     }
     if subset:
         kwargs["only_phases"] = list(todo)

@@ -163,6 +163,7 @@ def test_byte_scan_agrees_with_json(payload: bytes) -> None:
         obj["usage"].get("prompt_tokens"),
         bool(choices),
         finish,
+        None,  # the text is not read by the scan
     )
     assert got == want
 

@@ -3,8 +3,10 @@ cause (``error_kind``), counted in the summary (``failed_by_kind``) and kept out
 latency statistics; the run finishes, or stops cleanly (error budget: exit 3, server lost:
 exit 4, SIGINT/SIGTERM: exit 130) with every started request written to requests.jsonl.
 
-Decision: a stream without usage (``nousage``) is NOT a failure. The client counts one
-token per content chunk and marks the record ``usage_source="chunks"``; the record is kept.
+Decision: a stream without usage (``nousage``) is NOT a failure. Without a local tokenizer
+its output token count is unknown (``usage_source="none"``, ``output_tokens`` None): the
+summary's token totals, throughput and TPOT say None rather than guess 1 token per chunk
+(tests/test_conformance.py has the other ways a server counts tokens).
 """
 
 from __future__ import annotations
@@ -37,7 +39,12 @@ from loadgen.http.httpx_transport import make_http_client, send_request
 from loadgen.http.sse import _parse_stream
 from loadgen.mock.config import MockConfig
 from loadgen.mock.server import MockServer
-from loadgen.results.files import RecordWriter, atomic_write_json, read_records
+from loadgen.results.files import (
+    RecordWriter,
+    ResultsUnwritable,
+    atomic_write_json,
+    read_records,
+)
 from loadgen.results.records import ErrorKind, RequestRecord
 from tests.conftest import free_port, start_loadgen
 
@@ -143,8 +150,8 @@ def test_each_fault_is_recorded_with_its_cause(fault: str, kind: str, status: in
 def test_no_usage_is_not_a_failure() -> None:
     rec, _ = one_request("nousage", max_tokens=8)
     assert rec.ok and rec.error_kind is None
-    assert rec.usage_source == "chunks"
-    assert rec.output_tokens == 8 and rec.chunk_tokens == [1] * 8
+    assert rec.usage_source == "none" and len(rec.chunk_times) == 8
+    assert rec.output_tokens is None and rec.chunk_tokens == []
     ok, _ = one_request("none", max_tokens=8)
     assert ok.ok and ok.usage_source == "usage" and ok.output_tokens == 8
 
@@ -270,14 +277,18 @@ def test_mixed_faults_run_finishes_and_counts_each(tmp_path: Path, mock: Any) ->
 
 
 def test_empty_and_no_usage_runs(tmp_path: Path, mock: Any) -> None:
-    _, url = mock("--no-usage")
+    _, url = mock("--no-usage", "--itl-ms", "2")
     res = run_scenario(
         scenario(num_requests=12), base_url=url, output_dir=tmp_path / "a", progress=False
     )
     assert res.exit_code == 0
     recs = assert_none_lost(tmp_path / "a", sent=12)
-    assert all(r.ok and r.usage_source == "chunks" and r.output_tokens == 8 for r in recs)
-    assert phase_summary(tmp_path / "a")["total_output_tokens"] == 96
+    assert all(r.ok and r.usage_source == "none" and r.output_tokens is None for r in recs)
+    s = phase_summary(tmp_path / "a")
+    assert s["output_tokens_unknown"] == s["chunk_tokens_unknown"] == 12
+    assert s["total_output_tokens"] is None and s["output_throughput"] is None
+    assert s["mean_tpot_ms"] is None and s["mean_itl_token_ms"] is None
+    assert s["mean_tokens_per_chunk"] is None and s["mean_itl_ms"] > 0  # per chunk: measured
 
     _, url = mock("--empty")
     res = run_scenario(
@@ -516,9 +527,10 @@ def test_atomic_json_write_keeps_old_file_on_crash(tmp_path: Path, monkeypatch: 
         raise OSError("disk gone")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(ResultsUnwritable, match=r"summary\.json: disk gone"):
         atomic_write_json(path, {"v": 2, "big": list(range(10_000))})
     assert json.loads(path.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary left
     monkeypatch.undo()
     atomic_write_json(path, {"v": 3})
     assert json.loads(path.read_text()) == {"v": 3}

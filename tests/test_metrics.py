@@ -111,11 +111,15 @@ def test_zero_token_chunk_gap_carries_into_next_token_chunk():
     assert tokens_per_chunk(r) == [2]
 
 
-def test_chunk_tokens_fallbacks():
-    r = rec(chunks=[0.1, 0.2, 0.3], tokens=[1, 2])  # mismatched -> 1 per chunk
-    assert chunk_token_counts(r) == [1, 1, 1]
+def test_chunk_tokens_unknown_are_never_guessed():
+    """Counts that don't match the chunks are unknown (no per-token ITL, no tokens per
+    chunk), never 1 per chunk: under speculation a chunk carries several."""
+    r = rec(chunks=[0.1, 0.2, 0.3], tokens=[])
+    assert chunk_token_counts(r) is None
+    assert itl_token_s(r) == [] and tokens_per_chunk(r) == []
+    assert output_token_count(r) == r.output_tokens  # the server's total stands
     r.output_tokens = None
-    assert output_token_count(r) == 3
+    assert output_token_count(r) is None and tpot_s(r) is None
     r2 = rec(chunks=[0.1, 0.2], tokens=[1, 4])
     r2.output_tokens = None
     assert output_token_count(r2) == 5

@@ -253,3 +253,42 @@ def test_multi_turn_against_vllm(vllm_plain: VllmServer, tmp_path: Path) -> None
         assert second.sent_s - first.end_s >= 0.05
     assert set(flat["by_turn"]) == {"1", "2"}
     assert flat["prefix_cache_queries"] is not None and flat["prefix_cache_queries"] > 0
+
+
+def _served(url: str) -> float:
+    """Requests vLLM has finished so far (its own counter)."""
+    import httpx
+
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("vllm:request_success_total")
+    )
+
+
+def test_results_dir_and_secrets_against_vllm(
+    vllm_plain: VllmServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hardening rules against the real server: a reused --output-dir is refused before
+    a request is sent (vLLM's own counter does not move), --overwrite replaces the run, a
+    key a header cannot carry and credentials in the URL are refused without being shown."""
+    out = tmp_path / "run"
+    args = [*_common_args(vllm_plain.url, out), "--num-requests", "2", "--warmup", "0"]
+    assert run_loadgen(*args).returncode == 0
+    served = _served(vllm_plain.url)
+    p = run_loadgen(*args)
+    assert p.returncode == 2 and "is not empty" in p.stderr and "Traceback" not in p.stderr
+    assert _served(vllm_plain.url) == served
+    p = run_loadgen(*args, "--overwrite", "--num-requests", "3")
+    assert p.returncode == 0, p.stderr
+    flat, records = _phase(out)
+    assert flat["completed"] == 3 == len(records)  # the first run's 2 are gone
+    assert all(r.usage_source == "usage" and sum(r.chunk_tokens) == OUT_TOKENS for r in records)
+    monkeypatch.setenv("SPECLOAD_VLLM_KEY", "sk-vllm-key-5d1e9a\r")
+    p = run_loadgen(*args, "--overwrite", "--api-key-env", "SPECLOAD_VLLM_KEY")
+    assert p.returncode == 2 and "control character" in p.stderr and "sk-vllm" not in p.stderr
+    creds = vllm_plain.url.replace("http://", "http://user:pw-9f2c@")
+    p = run_loadgen(*[a if a != vllm_plain.url else creds for a in args], "--overwrite")
+    assert p.returncode == 2 and "credentials in the URL" in p.stderr
+    assert "pw-9f2c" not in p.stderr and _served(vllm_plain.url) == served + 3

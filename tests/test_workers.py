@@ -333,14 +333,33 @@ def test_stale_worker_files_of_a_killed_run_are_set_aside(tmp_path: Path, mock: 
                         "scheduled_s": 0.5, "chunk_times": [0.6], "chunk_tokens": [1]})  # fmt: skip
     for k in (0, 3):
         worker_records_path(pdir, k).write_text(stale + "\n")
-    p = run_loadgen("--scenario", str(scen), "--base-url", url, "--output-dir", str(out),
-                    "--no-progress", "--workers", "2")  # fmt: skip
+    args = ("--scenario", str(scen), "--base-url", url, "--output-dir", str(out),
+            "--no-progress", "--workers", "2")  # fmt: skip
+    p = run_loadgen(*args)  # a directory holding a run's files is refused, untouched
+    assert p.returncode == 2 and "--overwrite" in p.stderr and "Traceback" not in p.stderr
+    assert len(worker_record_files(pdir)) == 2
+    p = run_loadgen(*args, "--overwrite")  # told to: the killed run's files are replaced
     assert p.returncode == 0, p.stderr
     records = list(read_records(pdir / "requests.jsonl"))
     assert len(records) == 20 and 999 not in {r.request_id for r in records}
     (summary,) = json.loads((out / "summary.json").read_text())["phases"].values()
     assert summary["completed"] == 20
-    assert len(list(pdir.glob("requests.w*.jsonl.stale-*"))) == 2  # kept, not deleted
+    assert not list(pdir.glob("requests.w*"))
+
+
+def test_stale_worker_files_are_set_aside_by_the_pool(tmp_path: Path) -> None:
+    """The pool's own guard, below the directory rule: a phase folder that still holds
+    per-worker files when a multi-worker phase starts gets them renamed aside, never
+    merged (kept, not deleted)."""
+    from loadgen.engine.workers.pool import set_aside_stale_worker_files
+
+    pdir = tmp_path / "p"
+    pdir.mkdir()
+    for k in (0, 3):
+        worker_records_path(pdir, k).write_text("{}\n")
+    set_aside_stale_worker_files(pdir)
+    assert not worker_record_files(pdir)
+    assert len(list(pdir.glob("requests.w*.jsonl.stale-*"))) == 2
 
 
 def test_server_lost_with_workers(tmp_path: Path, mock: Any) -> None:

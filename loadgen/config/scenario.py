@@ -156,7 +156,7 @@ class Phase(_Strict):
 
 
 class Scenario(_Strict):
-    name: str
+    name: str = Field(description="names the default results directory: a plain name")
     description: str = ""
     endpoint: Literal["completions", "chat"] = "completions"
     model: str | None = None
@@ -180,7 +180,21 @@ class Scenario(_Strict):
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int = Field(0, ge=0)
     slo: SLO = SLO()
-    request_timeout_s: float = Field(600.0, gt=0)
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="a request's whole deadline, s (--request-timeout)"
+    )
+    first_byte_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="until the first byte of the response body, s (queueing can be long; "
+        "default: the request deadline alone) (--first-byte-timeout)",
+    )
+    idle_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="between two reads once the body has started, s: a stalled stream "
+        "gives its slot back (--idle-timeout)",
+    )
     max_error_rate: float | None = Field(None, ge=0, le=1)
     workers: int = Field(
         1, ge=1, le=MAX_WORKERS, description="processes sharing each phase's schedule (--workers)"
@@ -199,6 +213,23 @@ class Scenario(_Strict):
         "send instead of a timer, whose wake-up is late by up to ~1 ms (costs CPU; for a "
         "client with a core to spare)",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        """The name becomes a directory name (``results/<name>-<time>``, a sweep's
+        ``<label>/<name>``): no path separators, nothing that climbs out or hides."""
+        if (
+            not value.strip()
+            or value.startswith(".")
+            or any(c in value for c in "/\\\0")
+            or not value.isprintable()
+        ):
+            raise ValueError(
+                "must be a plain name (no '/', '\\', control characters or leading '.'), "
+                f"got {value!r}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Scenario:
@@ -260,6 +291,10 @@ class Scenario(_Strict):
 def resolve_path(name_or_path: str) -> Path:
     """A scenario is a path to a YAML file or the name of one in ``scenarios/``."""
     p = Path(name_or_path)
+    if p.is_dir():
+        raise SpecloadError(
+            f"--scenario: {name_or_path} is a directory; give a scenario file (.yaml) in it"
+        )
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.is_file():
             raise SpecloadError(f"--scenario: no such file: {name_or_path}")
@@ -337,7 +372,7 @@ def read_yaml(path: Path) -> Any:
     except UnicodeDecodeError:
         raise SpecloadError(f"{path}: not UTF-8 text") from None
     try:
-        return yaml.safe_load(text)
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}:" if mark else ""
@@ -349,6 +384,52 @@ def read_yaml(path: Path) -> Any:
     except Exception as e:
         why = " ".join(str(e).split()) if isinstance(e, ValueError) else type(e).__name__
         raise SpecloadError(f"{path}: malformed YAML: bad tagged value ({why})") from None
+    check_expanded_size(doc, str(path))
+    return doc
+
+
+# What a document may expand to once its aliases are followed (a YAML alias is a shared
+# reference; dumping the scenario to run.json, or validating it, copies every one). Far
+# beyond any real scenario or matrix, far below what exhausts memory.
+MAX_EXPANDED_BYTES = 32 << 20
+
+
+def check_expanded_size(doc: Any, source: str, limit: int = MAX_EXPANDED_BYTES) -> None:
+    """Refuse a document whose aliases expand past ``limit`` (about bytes of JSON): the
+    "billion laughs", nine lines that expand to gigabytes. Measured without expanding:
+    each distinct object's size is computed once (memoised by identity), so a bomb costs
+    time linear in its source. A recursive alias is refused too (it never ends)."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(o: Any) -> int:
+        if isinstance(o, str):
+            return len(o) + 2
+        if not isinstance(o, dict | list):
+            return 8
+        key = id(o)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise SpecloadError(f"{source}: malformed YAML: a recursive alias (it never ends)")
+        active.add(key)
+        items = [*o.keys(), *o.values()] if isinstance(o, dict) else o
+        total = 2
+        for item in items:
+            total += size(item) + 1
+            if total > limit:
+                raise SpecloadError(
+                    f"{source}: malformed YAML: its aliases expand to more than "
+                    f"{limit >> 20} MiB (an alias bomb?)"
+                )
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        size(doc)
+    except RecursionError:
+        raise SpecloadError(f"{source}: malformed YAML: nested too deeply") from None
 
 
 def load_scenario(name_or_path: str, overrides: dict[str, Any] | None = None) -> Scenario:

@@ -24,7 +24,8 @@ from loadgen.engine.conversation import (
     user_message,
 )
 from loadgen.engine.stop import ErrorBudget, StopReason, StopSignal
-from loadgen.http.base import Clock, RequestSettings, make_transport
+from loadgen.http.base import MAX_ERROR_CHARS, Clock, RequestSettings, make_transport
+from loadgen.http.sse import fail
 from loadgen.results.records import ErrorKind, RequestRecord
 
 # This many refused connections in a row mean the server is gone: a closed loop would
@@ -115,6 +116,7 @@ class PhaseRunner:
         self._budget = ErrorBudget(max_error_rate, stop)
         self._connect_streak = 0
         self._sent = 0
+        self._crash: BaseException | None = None
 
     async def run(
         self,
@@ -156,6 +158,8 @@ class PhaseRunner:
             end = self.clock()
         finally:
             await self._transport.aclose()
+        if self._crash is not None:
+            raise self._crash
         budget = self._budget
         return PhaseOutcome(start, end, self._sent, budget.measured, budget.failed)
 
@@ -175,6 +179,7 @@ class PhaseRunner:
                 await sem.acquire()
             task = asyncio.create_task(self._one(scheduled, warmup=False))
             tasks.add(task)
+            task.add_done_callback(self._check_task)
             task.add_done_callback(tasks.discard)
             if sem is not None:
                 task.add_done_callback(lambda _t: sem.release())
@@ -195,7 +200,20 @@ class PhaseRunner:
                 await self._one(now, warmup=warmup)
 
         tasks = {asyncio.create_task(slot()) for _ in range(concurrency)}
+        for task in tasks:
+            task.add_done_callback(self._check_task)
         await self._drain(tasks)
+
+    def _check_task(self, task: asyncio.Task[None]) -> None:
+        """A request ends as a record whatever happens (:meth:`_one`), so a task that
+        failed is a bug in the runner itself: it stops the phase and is raised at its end
+        (:meth:`run`), never left for "Task exception was never retrieved" while the phase
+        goes on a slot short."""
+        if task.cancelled() or task.exception() is None:
+            return
+        if self._crash is None:
+            self._crash = task.exception()
+            self.stop.set(StopReason.WORKER_LOST, f"client error: {self._crash!r}")
 
     async def _drain(self, tasks: set[asyncio.Task[None]]) -> None:
         """Wait for ``tasks``; on stop, cancel what is still in flight."""
@@ -255,6 +273,8 @@ class PhaseRunner:
             )
         except asyncio.CancelledError:
             cancelled = True
+        except Exception as e:  # a transport bug: see _client_bug
+            _client_bug(rec, e, self.clock)
         finally:
             self._finish(rec)
         if cancelled:
@@ -308,7 +328,14 @@ class PhaseRunner:
             end = rec.end_s
 
     def _finish(self, rec: RequestRecord) -> None:
-        self.writer.write(rec)
+        try:
+            self.writer.write(rec)
+        except OSError as e:  # disk full, directory gone: no later record can be kept
+            self.stop.set(
+                StopReason.RESULTS_UNWRITABLE,
+                f"results unwritable: {e.strerror or e} (records written so far are kept)",
+            )
+            return
         for s in self.sinks:
             s.add(rec)
         refused = rec.error_kind == ErrorKind.CONNECT
@@ -320,3 +347,12 @@ class PhaseRunner:
             )
         if not rec.warmup:
             self._budget.count(rec.error is not None, rec.error_kind == ErrorKind.CANCELLED)
+
+
+def _client_bug(rec: RequestRecord, e: Exception, clock: Clock) -> None:
+    """A transport broke its promise never to raise: the request still ends as a record
+    (``other``, naming the exception) and its slot lives on, so one bad response or one
+    bug costs one record, never a slot, the error budget's count or the run."""
+    if rec.end_s is None:
+        rec.end_s = clock()
+    fail(rec, ErrorKind.OTHER, f"client error: {type(e).__name__}: {e}"[:MAX_ERROR_CHARS])

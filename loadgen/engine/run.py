@@ -12,19 +12,23 @@ before and after, the gauge sampler, and the phase's summary.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import datetime as _dt
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from loadgen.config.prompts.base import PromptSet, check_prompts, load_prompts
+from loadgen.config.prompts.tokenizers import Tokenizer
 from loadgen.config.scenario import Scenario
 from loadgen.config.shapes.base import build_schedule
 from loadgen.engine.context import PhasePlan, RunContext
@@ -33,14 +37,27 @@ from loadgen.engine.driver import InProcess, PhaseDriver, PhaseRun
 from loadgen.engine.host import event_loop_name, host_info
 from loadgen.engine.phase import RequestPlan
 from loadgen.engine.progress import LiveProgress
-from loadgen.engine.server import make_tokenizer, probe_server, resolve_model
+from loadgen.engine.server import ServerInfo, make_tokenizer, probe_server, resolve_model
 from loadgen.engine.stop import StopReason, StopSignal, exit_code
 from loadgen.engine.workers.pool import WorkerPool
 from loadgen.errors import ExitCode
-from loadgen.http.base import RequestSettings, auth_headers, now_clock
+from loadgen.http.base import (
+    RequestSettings,
+    auth_headers,
+    check_api_key,
+    check_base_url,
+    now_clock,
+)
 from loadgen.results import server_metrics
-from loadgen.results.files import ResultsDir, slugify
+from loadgen.results.files import (
+    Existing,
+    ResultsDir,
+    ResultsUnwritable,
+    check_output_dir,
+    slugify,
+)
 
+T = TypeVar("T")
 HEALTH_INTERVAL_S = 5.0
 DETAILED_MAX_REQUESTS = 20_000
 PHASE_ID_STRIDE = 1_000_000  # phase k's request ids start at k * this
@@ -72,57 +89,162 @@ async def run_scenario_async(
     only_phases: list[str] | None = None,
     tokenizer: str | None = None,
     ray_address: str | None = None,
+    existing: Existing | str = Existing.REFUSE,
 ) -> RunResult:
     """Run every phase of ``scenario`` (those whose slug is in ``only_phases``, when
     given); ``scenario.workers`` processes share each phase's schedule, as Ray actors on
-    the cluster at ``ray_address`` when given."""
+    the cluster at ``ray_address`` when given. ``existing`` says what to do with an
+    ``output_dir`` that already holds files: refuse (the default), overwrite the previous
+    run, or resume (the sweep: the phases about to run must have no results yet)."""
+    existing = Existing(existing)
+    check_base_url(base_url)  # no credentials in it: it is written to run.json
+    if api_key is not None:
+        check_api_key(api_key, "api_key")
+    plans = plan_phases(scenario, only_phases)
+    check_output_dir(output_dir, existing, [p.slug for p in plans])  # before any request
     if ray_address:
         from loadgen.engine.workers.ray_actors import require_ray
 
         require_ray()
     check_prompts(scenario.prompts)  # a missing prompt suite fails before the server is asked
-    info = await probe_server(base_url, api_key)
-    model = resolve_model(model or scenario.model, info.models, base_url)
-    plans = plan_phases(scenario, only_phases)
-    driver = await _start_driver(scenario.workers, ray_address)
+    # Ctrl-C / SIGTERM stop every stage from here on, preparation included (each awaited
+    # through _or_stop): the handlers only set the run's stop signal.
+    stop = StopSignal()
+    loop = asyncio.get_running_loop()
+    installed = _install_signal_handlers(loop, stop)
     try:
-        prompt_set = await asyncio.to_thread(
-            load_prompts,
-            scenario.prompts,
-            prompts_needed_for(plans),
-            seed=scenario.seed,
-            tokenizer=make_tokenizer(scenario, base_url, model, api_key, tokenizer),
-        )
-        origin_perf = time.perf_counter()
-        origin_wall = time.time()
-        settings = _request_settings(scenario, base_url, model, api_key)
-        ctx = RunContext(
-            scenario=scenario,
-            requests=RequestPlan(
-                settings,
-                prompt_set.prompts,
-                output_tokens=scenario.output_tokens,
-                id_prefix=f"specload-{os.getpid()}-{int(origin_wall)}",
-                transport=scenario.transport,
-                spin_s=scenario.spin_ms / 1e3,
-                conversations=None
-                if scenario.multi_turn is None
-                else ConversationPlan.of(scenario.multi_turn, scenario.seed),
-            ),
-            results=ResultsDir(output_dir),
-            clock=now_clock(origin_perf),
-            origin_wall=origin_wall,
-            stop=StopSignal(),
-            live=LiveProgress(progress),
-            server=info,
-            model=model,
-            label=label,
-            tokenizer_id=scenario.prompts.tokenizer or tokenizer or model,
-        )
-        ctx.results.write_run(_run_json(ctx, spec, cli, prompt_set, driver.describe()))
-        return await _run_phases(ctx, plans, driver, health_check)
+        info = await _or_stop(probe_server(base_url, api_key), stop)
+        model = resolve_model(model or scenario.model, info.models, base_url)
+        driver = await _or_stop(_start_driver(scenario.workers, ray_address), stop)
+        try:
+            prompt_tokenizer, prompt_set = await _or_stop(
+                _in_daemon_thread(
+                    _prepare_prompts, scenario, plans, base_url, model, api_key, tokenizer
+                ),
+                stop,
+            )
+            ctx = _context(
+                scenario, plans, base_url, model, api_key, prompt_tokenizer, prompt_set,
+                output_dir, existing, stop, progress, info, label, tokenizer,
+            )  # fmt: skip
+            ctx.results.write_run(_run_json(ctx, spec, cli, prompt_set, driver.describe()))
+            return await _run_phases(ctx, plans, driver, health_check)
+        finally:
+            await driver.close()
     finally:
-        await driver.close()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def _prepare_prompts(
+    scenario: Scenario,
+    plans: list[PhasePlan],
+    base_url: str,
+    model: str,
+    api_key: str | None,
+    tokenizer: str | None,
+) -> tuple[Tokenizer, PromptSet]:
+    """The prompts' tokenizer and the prompts (blocking: a tokenizer to load, maybe many
+    /tokenize round trips; run in a daemon thread, see :func:`_in_daemon_thread`)."""
+    prompt_tokenizer = make_tokenizer(scenario, base_url, model, api_key, tokenizer)
+    prompt_set = load_prompts(
+        scenario.prompts,
+        prompts_needed_for(plans),
+        seed=scenario.seed,
+        tokenizer=prompt_tokenizer,
+    )
+    return prompt_tokenizer, prompt_set
+
+
+def _context(
+    scenario: Scenario,
+    plans: list[PhasePlan],
+    base_url: str,
+    model: str,
+    api_key: str | None,
+    prompt_tokenizer: Tokenizer,
+    prompt_set: PromptSet,
+    output_dir: Path,
+    existing: Existing,
+    stop: StopSignal,
+    progress: bool,
+    info: ServerInfo,
+    label: str | None,
+    tokenizer_dir: str | None,
+) -> RunContext:
+    """The run's context; its clock starts here. The results directory is made (or, with
+    --overwrite, emptied) only now, once the server answered and the prompts are ready."""
+    origin_perf = time.perf_counter()
+    origin_wall = time.time()
+    settings = _request_settings(scenario, base_url, model, api_key)
+    # A local tokenizer also counts output text where the server's usage is not per
+    # chunk (the server's /tokenize is not used for that: it would load the server).
+    settings = dataclasses.replace(settings, tokenizer=getattr(prompt_tokenizer, "path", None))
+    return RunContext(
+        scenario=scenario,
+        requests=RequestPlan(
+            settings,
+            prompt_set.prompts,
+            output_tokens=scenario.output_tokens,
+            id_prefix=f"specload-{os.getpid()}-{int(origin_wall)}",
+            transport=scenario.transport,
+            spin_s=scenario.spin_ms / 1e3,
+            conversations=None
+            if scenario.multi_turn is None
+            else ConversationPlan.of(scenario.multi_turn, scenario.seed),
+        ),
+        results=ResultsDir.create(output_dir, existing, [p.slug for p in plans]),
+        clock=now_clock(origin_perf),
+        origin_wall=origin_wall,
+        stop=stop,
+        live=LiveProgress(progress),
+        server=info,
+        model=model,
+        label=label,
+        tokenizer_id=scenario.prompts.tokenizer or tokenizer_dir or model,
+    )
+
+
+async def _or_stop(aw: Awaitable[T], stop: StopSignal) -> T:
+    """``aw``'s result, unless the run is stopped first (Ctrl-C while the server is
+    probed or prompts are prepared): then it is abandoned and the interrupt raised, so
+    every stage stops within a moment, not when a slow /tokenize finally answers."""
+    task = asyncio.ensure_future(aw)
+    if stop.is_set():
+        task.cancel()
+        raise KeyboardInterrupt(stop.message)
+    waiter = asyncio.ensure_future(stop.event.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    raise KeyboardInterrupt(stop.message)
+
+
+def _in_daemon_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """``fn(*args)`` in a daemon thread, as a future of this loop. Not ``to_thread``: the
+    loop's executor is joined when the loop closes, and an abandoned interpreter waits for
+    a non-daemon thread at exit, so an interrupt would wait for the blocking call."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not fut.done():
+            (fut.set_result if ok else fut.set_exception)(value)
+
+    def run() -> None:
+        try:
+            result: Any = (True, fn(*args))
+        except BaseException as e:  # handed to the awaiting task, whatever it is
+            result = (False, e)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: abandoned
+            loop.call_soon_threadsafe(settle, *result)
+
+    threading.Thread(target=run, name="loadgen-prepare", daemon=True).start()
+    return fut
 
 
 def plan_phases(scenario: Scenario, only_phases: list[str] | None = None) -> list[PhasePlan]:
@@ -176,6 +298,8 @@ def _request_settings(
         top_p=scenario.top_p,
         ignore_eos=scenario.ignore_eos,
         timeout_s=scenario.request_timeout_s,
+        first_byte_timeout_s=scenario.first_byte_timeout_s,
+        idle_timeout_s=scenario.idle_timeout_s,
         api_key=api_key,
         extra_body=scenario.extra_body,
     )
@@ -218,8 +342,6 @@ async def _run_phases(
     health_check: Callable[[], bool] | None,
 ) -> RunResult:
     """The phases one after the other until done or stopped; summary.json after each."""
-    loop = asyncio.get_running_loop()
-    installed = _install_signal_handlers(loop, ctx.stop)
     summaries: dict[str, dict[str, Any]] = {}
     health_task = None
     try:
@@ -229,16 +351,20 @@ async def _run_phases(
         for plan in plans:
             if ctx.stop.is_set():
                 break
-            summaries[plan.slug] = await _run_phase(ctx, plan, driver)
-            _write_summary(ctx, summaries, complete=False)
+            try:
+                summaries[plan.slug] = await _run_phase(ctx, plan, driver)
+                _write_summary(ctx, summaries, complete=False)
+            except ResultsUnwritable as e:  # disk full: the records so far stay on disk
+                ctx.stop.set(StopReason.RESULTS_UNWRITABLE, _unwritable(e))
     finally:
         ctx.live.stop()
         if health_task:
             health_task.cancel()
-        for sig in installed:
-            loop.remove_signal_handler(sig)
     complete = not ctx.stop.is_set() and len(summaries) == len(plans)
-    _write_summary(ctx, summaries, complete=complete)
+    try:
+        _write_summary(ctx, summaries, complete=complete)
+    except ResultsUnwritable as e:
+        ctx.stop.set(StopReason.RESULTS_UNWRITABLE, _unwritable(e))
     return RunResult(
         ctx.results.root,
         complete,
@@ -246,6 +372,10 @@ async def _run_phases(
         exit_code(complete, ctx.stop.reason),
         ctx.stop.message,
     )
+
+
+def _unwritable(e: ResultsUnwritable) -> str:
+    return f"results unwritable: {str(e).removeprefix('--output-dir: ')}"
 
 
 def _write_summary(ctx: RunContext, phases: dict[str, dict[str, Any]], complete: bool) -> None:

@@ -4,6 +4,7 @@ prompt tokens (a local tokenizer when there is one, else the server's ``/tokeniz
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,27 +31,72 @@ async def probe_server(base_url: str, api_key: str | None = None) -> ServerInfo:
         try:
             r = await c.get(url + "/v1/models")
         except httpx.HTTPError as e:
+            hint = ""
+            if url.startswith("https://") and await _speaks_plain_http(url):
+                hint = " (the server speaks plain HTTP, not TLS: use http://)"
             raise SpecloadError(
-                f"--base-url: cannot reach {url}: {describe_exception(e)}"
+                f"--base-url: cannot reach {url}: {describe_exception(e)}{hint}"
             ) from None
         if r.status_code != 200:
             raise SpecloadError(
                 f"--base-url: {url}/v1/models answered HTTP {r.status_code}: {r.text[:200]}"
             )
-        try:
-            data = r.json()["data"]
-            models = [m["id"] for m in data]
-            mml = next((m.get("max_model_len") for m in data if m.get("max_model_len")), None)
-        except (ValueError, KeyError, TypeError):
-            raise SpecloadError(
-                f"--base-url: {url}/v1/models is not an OpenAI model list"
-            ) from None
+        models, mml = _model_list(r, url)
         version = None
-        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+        with contextlib.suppress(httpx.HTTPError):
             v = await c.get(url + "/version")
             if v.status_code == 200:
-                version = v.json().get("version")
+                version = _version(v)
     return ServerInfo(models=models, version=version, max_model_len=mml)
+
+
+def _model_list(r: httpx.Response, url: str) -> tuple[list[str], int | None]:
+    """The served model ids and a max_model_len from /v1/models, every field checked:
+    whatever else a server answers (HTML, another shape, an id that is not a string) is
+    one line naming the endpoint."""
+    try:
+        data = r.json()["data"]
+        ids = [m["id"] for m in data]
+        lens = [m.get("max_model_len") for m in data]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise SpecloadError(f"--base-url: {url}/v1/models is not an OpenAI model list") from None
+    bad = [i for i in ids if not isinstance(i, str) or not i]
+    if bad:
+        raise SpecloadError(
+            f"--base-url: {url}/v1/models is not an OpenAI model list (a model id is "
+            f"{bad[0]!r}, not a name)"
+        )
+    mml = next((n for n in lens if type(n) is int and n > 0), None)
+    return ids, mml
+
+
+def _version(v: httpx.Response) -> str | None:
+    """vLLM's ``/version``; None for anything else (it is only recorded)."""
+    try:
+        doc = v.json()
+    except ValueError:
+        return None
+    ver = doc.get("version") if isinstance(doc, dict) else None
+    return ver if isinstance(ver, str) else None
+
+
+async def _speaks_plain_http(url: str) -> bool:
+    """Whether the https:// server at ``url`` answers plain HTTP (the user meant http://):
+    one GET without TLS, a second at most."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    try:
+        async with asyncio.timeout(1.0):
+            reader, writer = await asyncio.open_connection(u.hostname, u.port or 443)
+            try:
+                writer.write(b"GET /v1/models HTTP/1.0\r\nhost: x\r\n\r\n")
+                first = await reader.read(5)
+            finally:
+                writer.close()
+    except (OSError, TimeoutError):
+        return False
+    return first == b"HTTP/"
 
 
 def resolve_model(requested: str | None, served: list[str], base_url: str) -> str:

@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass, field
 from enum import Enum
 
-from loadgen.errors import ExitCode
+from loadgen.errors import ExitCode, one_line
 
 # Below this many finished requests the error rate is too noisy to stop a run on.
 ERROR_BUDGET_MIN_REQUESTS = 10
@@ -25,6 +25,7 @@ class StopReason(Enum):
     ERROR_BUDGET = "error budget"  # more failed than max_error_rate allows
     SERVER_LOST = "server lost"  # health check failed, or connections refused in a row
     WORKER_LOST = "worker lost"  # a worker process or Ray actor died or failed
+    RESULTS_UNWRITABLE = "results unwritable"  # disk full, or the directory went away
 
     @property
     def exit_code(self) -> ExitCode:
@@ -36,6 +37,8 @@ _EXIT_CODES = {
     StopReason.ERROR_BUDGET: ExitCode.ERROR_BUDGET,
     StopReason.SERVER_LOST: ExitCode.SERVER_LOST,
     StopReason.WORKER_LOST: ExitCode.WORKER_LOST,
+    # The user can fix it (free space, another --output-dir): the bad-input status.
+    StopReason.RESULTS_UNWRITABLE: ExitCode.BAD_INPUT,
 }
 
 
@@ -57,7 +60,7 @@ class StopSignal:
     def set(self, reason: StopReason, message: str) -> None:
         if self.reason is None:
             self.reason = reason
-            self.message = message
+            self.message = one_line(message)  # one line, secrets redacted: it is stored
         self.event.set()
 
     def is_set(self) -> bool:

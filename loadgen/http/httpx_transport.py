@@ -22,7 +22,12 @@ from loadgen.http.base import (
     Prompt,
     RequestFailed,
     RequestSettings,
+    check_stall,
+    connect_timeout_s,
     describe_failure,
+    max_output_tokens,
+    not_a_stream,
+    output_tokenizer,
     tls_context,
 )
 from loadgen.http.sse import fail, parse_partial, parse_stream, response_text
@@ -34,7 +39,7 @@ def make_http_client(settings: RequestSettings) -> httpx.AsyncClient:
     other inside httpx, and that wait would be measured as server latency (TTFT)."""
     return httpx.AsyncClient(
         verify=tls_context(),
-        timeout=httpx.Timeout(settings.timeout_s, connect=min(30.0, settings.timeout_s)),
+        timeout=httpx.Timeout(settings.timeout_s, connect=connect_timeout_s(settings)),
         limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
         http2=False,
         trust_env=False,
@@ -130,10 +135,12 @@ async def send_request(
     """Send one streaming request and fill ``record`` in place. Never raises except on cancel.
     ``parse_lock``: one per transport, so finished streams are parsed one at a time;
     ``reply``: the generated text is appended to it when the request succeeded."""
+    tokenizer = output_tokenizer(settings.tokenizer)
     reads: list[tuple[float, bytes]] = []
-    body = json.dumps(settings.body(prompt, max_tokens)).encode()
+    body_obj = settings.body(prompt, max_tokens)
+    body = json.dumps(body_obj).encode()
     headers = settings.headers(request_id)
-    record.expected_output_tokens = max_tokens
+    record.expected_output_tokens = max_output_tokens(body_obj)
 
     async def trace(event: str, _info: dict[str, Any]) -> None:
         # TTFT counts from the moment the request goes on the wire: httpx's own Python work
@@ -145,23 +152,25 @@ async def send_request(
 
     record.sent_s = clock()  # until the request is on the wire (or if it never gets there)
     parsed = False
+    watch: _Watchdog | None = None
     try:
-        async with asyncio.timeout(settings.timeout_s):
+        async with asyncio.timeout(settings.timeout_s) as deadline:
+            watch = _Watchdog(settings, clock, record, reads, deadline)
             async with client.stream(
                 "POST", settings.url, content=body, headers=headers, extensions={"trace": trace}
             ) as resp:
                 record.status_code = resp.status_code
-                if resp.status_code >= 400:
-                    text = (await resp.aread()).decode("utf-8", "replace")
+                why = not_a_stream(resp.status_code, resp.headers)
+                if why is not None:
+                    failed = RequestFailed.not_a_stream(resp.status_code, why, await _excerpt(resp))
                     record.end_s = clock()
-                    failed = RequestFailed.http_status(resp.status_code, text)
                     fail(record, failed.kind, str(failed))
                     return record
-                async for raw in resp.aiter_raw():
-                    reads.append((clock(), raw))
+                await _read_raw(resp, reads, clock)
+            watch.cancel()
         record.end_s = clock()
         parsed = True
-        await parse_stream(record, reads, lock=parse_lock)
+        await parse_stream(record, reads, lock=parse_lock, tokenizer=tokenizer)
         if reply is not None and record.error is None:
             reply.append(response_text(reads))
     except (asyncio.CancelledError, Exception) as e:
@@ -169,16 +178,86 @@ async def send_request(
         if cancelled and parsed:  # the stream was whole and its parse finished: it stands
             raise
         record.end_s = clock()
-        parse_partial(record, reads)
+        parse_partial(record, reads, tokenizer)
+        if watch is not None:
+            watch.cancel()
+            if watch.failed is not None and isinstance(e, TimeoutError):
+                e = watch.failed  # the first-byte or idle limit, not the deadline
         fail(record, *describe_failure(_by_cause(e, settings), settings))
         if cancelled:
             raise
     return record
 
 
+class _Watchdog:
+    """The first-byte and idle limits for one httpx request (:func:`check_stall`, as the
+    raw transport checks them): a timer that, when a limit passes, moves the request's
+    deadline to now and remembers which limit it was. Reads are stamped anyway, so this
+    costs no work per read."""
+
+    def __init__(
+        self,
+        settings: RequestSettings,
+        clock: Clock,
+        record: RequestRecord,
+        reads: list[tuple[float, bytes]],
+        deadline: asyncio.Timeout,
+    ) -> None:
+        self.settings, self.clock, self.record, self.reads = settings, clock, record, reads
+        self.deadline = deadline
+        self.failed: RequestFailed | None = None
+        self._loop = asyncio.get_running_loop()
+        _, wait = check_stall(settings, clock(), record.sent_s, None)
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(wait, self._check)
+
+    def _check(self) -> None:
+        last = self.reads[-1][0] if self.reads else None
+        failed, wait = check_stall(self.settings, self.clock(), self.record.sent_s, last)
+        if failed is None:
+            self._timer = self._loop.call_later(wait, self._check)
+        elif not self.deadline.expired():
+            self.failed = failed
+            self._timer = None
+            self.deadline.reschedule(self._loop.time())
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+async def _read_raw(resp: httpx.Response, reads: list[tuple[float, bytes]], clock: Clock) -> None:
+    """The body's socket reads, each stamped. A body that ends when the connection does
+    (no length, not chunked) ends there however the connection ends: a reset after the
+    last byte is its end, as for the raw transport, and the parse judges what arrived."""
+    close_delimited = "content-length" not in resp.headers and (
+        "transfer-encoding" not in resp.headers
+    )
+    try:
+        async for raw in resp.aiter_raw():
+            reads.append((clock(), raw))
+    except (httpx.ReadError, httpx.RemoteProtocolError):
+        if not close_delimited:
+            raise
+
+
+async def _excerpt(resp: httpx.Response, limit: int = 64 * 1024) -> bytes:
+    """The start of a body that is not a stream (an error message, an HTML page): enough
+    for the record's one line, without reading a body of any size into memory."""
+    out = bytearray()
+    with contextlib.suppress(httpx.HTTPError):
+        async for piece in resp.aiter_raw():
+            out += piece
+            if len(out) >= limit:
+                break
+    return bytes(out)
+
+
 def _by_cause(e: BaseException, settings: RequestSettings) -> BaseException:
     """httpx's exceptions as :class:`RequestFailed` causes; anything else as it is.
     (A ``ConnectTimeout`` is a ``TimeoutException``: a stall, as with the raw transport.)"""
+    if isinstance(e, httpx.ConnectTimeout):
+        return RequestFailed.stalled("ConnectTimeout", connect_timeout_s(settings))
     if isinstance(e, httpx.TimeoutException):
         return RequestFailed.stalled(type(e).__name__, settings.timeout_s)
     if isinstance(e, httpx.ConnectError):

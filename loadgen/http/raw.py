@@ -13,7 +13,9 @@ What it speaks: HTTP/1.1 POST with a JSON body over plain TCP or TLS (``https://
 default trust store), responses framed by ``transfer-encoding: chunked``, ``content-length``
 or the connection closing; one kept-alive connection per in-flight request, reused while
 the server keeps it open. No redirects, proxies, compression or HTTP/2 (the httpx path does
-none of these for inference requests either).
+none of these for inference requests either): a redirect, a compressed body or another
+content type is an ``http`` failure naming it (:func:`~loadgen.http.base.not_a_stream`,
+shared with httpx, so the two agree; ``tests/test_conformance.py`` holds them to it).
 
 Timestamps differ from the httpx path in one place: ``sent_s`` is taken just before the
 request's bytes are handed to the transport (``transport.write``), after they are built;
@@ -44,13 +46,17 @@ from loadgen.http.base import (
     RequestFailed,
     RequestSettings,
     auth_headers,
+    check_stall,
+    connect_timeout_s,
     describe_failure,
+    max_output_tokens,
+    not_a_stream,
+    output_tokenizer,
     tls_context,
 )
 from loadgen.http.sse import fail, parse_partial, parse_stream, response_text
 from loadgen.results.records import RequestRecord
 
-CONNECT_TIMEOUT_MAX_S = 30.0  # as the httpx path: min(this, request_timeout_s)
 _MAX_HEAD = 64 * 1024
 _MAX_LINE = 4096  # a chunk-size or trailer line
 
@@ -71,7 +77,8 @@ class _Conn(asyncio.Protocol):
         self.end_t = 0.0
         self.last_t = 0.0
         self.paused = False
-        self._idle_s = 0.0
+        self.sent_t = 0.0
+        self._settings: RequestSettings | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._reset_exchange(_IDLE)
 
@@ -134,21 +141,23 @@ class _Conn(asyncio.Protocol):
 
     # --- one exchange -------------------------------------------------------------------
 
-    def begin(self, idle_timeout_s: float) -> asyncio.Future[None]:
+    def begin(self, settings: RequestSettings) -> asyncio.Future[None]:
         """Get ready for the next response; the future resolves when it ends either way."""
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         self.done = loop.create_future()
         self._reset_exchange(_HEAD)
-        self._idle_s = idle_timeout_s
-        self.last_t = self.clock()
-        self._idle = loop.call_later(idle_timeout_s, self._check_idle)
+        self._settings = settings
+        self.last_t = self.sent_t = self.clock()
+        _, wait = check_stall(settings, self.sent_t, self.sent_t, None)
+        self._idle = loop.call_later(wait, self._check_idle)
         return self.done
 
     def _reset_exchange(self, state: int) -> None:
         """The per-response state, fresh: at construction and before each request."""
         self.reads: list[tuple[float, bytes]] = []  # (arrival, body bytes) per read
         self.status = 0
+        self.headers: dict[str, str] = {}
         self.error: RequestFailed | None = None
         self.written_t: float | None = None
         self._state = state
@@ -188,15 +197,16 @@ class _Conn(asyncio.Protocol):
         self._finish(self.clock())
 
     def _check_idle(self) -> None:
-        """The read timeout: one timer per request, re-armed only when it fires early."""
-        if self._state == _IDLE:
+        """The first-byte and idle limits: one timer per request, re-armed when it fires
+        early (``data_received`` only stamps ``last_t``; it never touches the timer)."""
+        if self._state == _IDLE or self._settings is None:
             return
-        quiet = self.clock() - self.last_t
-        if quiet >= self._idle_s * 0.999:
-            self._fail(RequestFailed.stalled("ReadTimeout", self._idle_s))
+        last = self.last_t if self.reads else None
+        failed, wait = check_stall(self._settings, self.clock(), self.sent_t, last)
+        if failed is not None:
+            self._fail(failed)
         else:
-            loop = asyncio.get_running_loop()
-            self._idle = loop.call_later(self._idle_s - quiet, self._check_idle)
+            self._idle = asyncio.get_running_loop().call_later(wait, self._check_idle)
 
     def _stop_idle(self) -> None:
         if self._idle is not None:
@@ -226,29 +236,27 @@ class _Conn(asyncio.Protocol):
                 self._head(buf[pos:], t)
             return
         self.status = status
+        self.headers = headers
         conn = headers.get("connection", "").lower()
         self._keep_alive = "close" not in conn and (version != "HTTP/1.0" or "keep-alive" in conn)
-        enc = headers.get("content-encoding", "identity").lower()
-        if enc != "identity":
-            self._fail(f"unsupported content-encoding {enc!r} (none was asked for)")
-            return
         te = headers.get("transfer-encoding")
         cl = headers.get("content-length")
         if te is not None:
             if te.lower().rsplit(",", 1)[-1].strip() != "chunked":
-                self._fail(f"unsupported transfer-encoding {te!r}")
+                self._bad_head(f"unsupported transfer-encoding {te!r}")
                 return
             self._state = _CHUNKED
             self._chunked(buf, pos, t)
         elif status in (204, 304):
             self._finish(t)
         elif cl is not None:
+            values = {v.strip() for v in cl.split(",")}  # a repeated header, joined
             try:
-                n = int(cl)
+                n = int(values.pop()) if len(values) == 1 else -1  # identical copies: one
             except ValueError:
                 n = -1
             if n < 0:
-                self._fail(f"bad content-length {cl!r}")
+                self._bad_head(f"bad content-length {cl!r}")
                 return
             self._state = _LENGTH
             self._left = n
@@ -263,6 +271,13 @@ class _Conn(asyncio.Protocol):
             self._keep_alive = False
             if pos < len(buf):
                 self.reads.append((t, buf[pos:]))
+
+    def _bad_head(self, why: str) -> None:
+        """A head whose framing can't be trusted: no response was received (as httpx's
+        h11 judges it, so both transports record no status)."""
+        self.status = 0
+        self.headers = {}
+        self._fail(why)
 
     def _length(self, data: bytes, pos: int, t: float) -> None:
         n = len(data) - pos
@@ -385,16 +400,18 @@ class RawTransport:
         target = (u.path or "/") + (f"?{u.query}" if u.query else "")
         head = (
             f"POST {target} HTTP/1.1\r\nhost: {host}\r\naccept: */*\r\n"
+            "accept-encoding: identity\r\n"
             "content-type: application/json\r\nuser-agent: specload-raw\r\n"
         )
         for name, value in auth_headers(settings.api_key).items():  # never recorded
             head += f"{name}: {value}\r\n"
         self._head = head.encode("latin-1")
-        self._connect_timeout_s = min(CONNECT_TIMEOUT_MAX_S, settings.timeout_s)
+        self._connect_timeout_s = connect_timeout_s(settings)
         self._want = 0
         self._free: list[_Conn] = []
         self._all: set[_Conn] = set()
         self._parse_lock = asyncio.Lock()  # finished streams are parsed one at a time
+        self._tokenizer = output_tokenizer(settings.tokenizer)
 
     def prefill(self, n: int) -> None:
         self._want = max(self._want, n)
@@ -416,7 +433,8 @@ class RawTransport:
     ) -> RequestRecord:
         s = self._settings
         clock = self._clock
-        body = json.dumps(s.body(prompt, max_tokens)).encode()
+        body_obj = s.body(prompt, max_tokens)
+        body = json.dumps(body_obj).encode()
         msg = b"".join(
             (
                 self._head,
@@ -428,14 +446,14 @@ class RawTransport:
                 body,
             )
         )
-        record.expected_output_tokens = max_tokens
+        record.expected_output_tokens = max_output_tokens(body_obj)
         record.sent_s = clock()  # until the request is on the wire (or if it never gets there)
         conn: _Conn | None = None
         parsed = False
         try:
             async with asyncio.timeout(s.timeout_s):
                 conn = await self._take()
-                done = conn.begin(s.timeout_s)
+                done = conn.begin(s)
                 assert conn.transport is not None
                 record.sent_s = clock()
                 conn.transport.write(msg)
@@ -445,20 +463,23 @@ class RawTransport:
             if conn.written_t is not None:
                 record.written_s = conn.written_t
             record.status_code = conn.status or None
+            not_stream = not_a_stream(conn.status, conn.headers) if conn.status else None
             if conn.error is not None:
                 record.end_s = conn.end_t
-                if conn.status < 400:
-                    parse_partial(record, conn.reads)
+                if not_stream is None:
+                    parse_partial(record, conn.reads, self._tokenizer)
                 fail(record, conn.error.kind, str(conn.error))
-            elif conn.status >= 400:
+            elif not_stream is not None:
                 record.end_s = conn.end_t
-                text = b"".join(b for _, b in conn.reads).decode("utf-8", "replace")
-                failed = RequestFailed.http_status(conn.status, text)
+                body = b"".join(b for _, b in conn.reads)
+                failed = RequestFailed.not_a_stream(conn.status, not_stream, body)
                 fail(record, failed.kind, str(failed))
             else:
                 record.end_s = conn.end_t
                 parsed = True
-                await parse_stream(record, conn.reads, lock=self._parse_lock)
+                await parse_stream(
+                    record, conn.reads, lock=self._parse_lock, tokenizer=self._tokenizer
+                )
                 if reply is not None and record.error is None:
                     reply.append(response_text(conn.reads))
         # Everything, a bug included: it must cost one record, not the run.
@@ -482,8 +503,8 @@ class RawTransport:
             return
         conn.abort()
         record.status_code = conn.status or None
-        if conn.status < 400:
-            parse_partial(record, conn.reads)
+        if conn.status and not_a_stream(conn.status, conn.headers) is None:
+            parse_partial(record, conn.reads, self._tokenizer)
 
     async def _take(self) -> _Conn:
         while self._free:

@@ -106,11 +106,12 @@ def fmt_pair(a: Any, b: Any, fmt=fmt_ms) -> str:
 
 
 def pick(summary: Mapping[str, Any], *keys: str) -> Any:
-    """The first key present with a non-null value: our keys first, vLLM's names as fallback."""
+    """The value of the first key present: our keys first, vLLM's names as the fallback
+    for files that lack ours. A key of ours that is present but null stays null (e.g. a
+    per-token ITL the server's usage made unknowable), never replaced by another metric."""
     for k in keys:
-        v = summary.get(k)
-        if v is not None:
-            return v
+        if k in summary:
+            return summary[k]
     return None
 
 

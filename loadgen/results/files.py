@@ -29,10 +29,13 @@ import json
 import mmap
 import os
 import re
-from collections.abc import Callable, Iterator
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from loadgen.errors import SpecloadError
 from loadgen.results.records import RequestRecord
 
 
@@ -42,14 +45,31 @@ def slugify(name: str) -> str:
     return s or "phase"
 
 
+@contextlib.contextmanager
+def unwritable(path: Path) -> Iterator[None]:
+    """An OSError while writing results as one line naming the path (disk full,
+    directory removed, read-only): :class:`ResultsUnwritable`."""
+    try:
+        yield
+    except OSError as e:
+        why = e.strerror or str(e) or type(e).__name__
+        raise ResultsUnwritable(f"--output-dir: cannot write {path}: {why}") from None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with unwritable(path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # a half-written temporary never lingers
+            raise
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -73,34 +93,56 @@ def _ends_with_newline(path: Path) -> bool:
 
 
 class RecordWriter:
-    """Appends one JSON line per finished request and flushes it at once."""
+    """Appends one JSON line per finished request, each in one unbuffered write: a record
+    is on disk (or, when the disk fills up, at most a torn last line) as soon as
+    :meth:`write` returns, and nothing stays in a buffer to fail again later."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._f: IO[str] | None = open(path, "a", encoding="utf-8")  # noqa: SIM115
-        # A rerun into the same directory appends; a torn last line (a killed run) is
-        # closed first, so it cannot swallow this run's first record.
-        if path.stat().st_size and not _ends_with_newline(path):
-            self._f.write("\n")
-            self._f.flush()
+        with unwritable(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._f: io.FileIO | None = io.FileIO(path, "a")
+            # A rerun into the same directory appends; a torn last line (a killed run) is
+            # closed first, so it cannot swallow this run's first record.
+            if path.stat().st_size and not _ends_with_newline(path):
+                self._write_all(b"\n")
         # where this writer's records begin
         self.start_offset = os.path.getsize(path)
         self.count = 0
+        self._lost = False
 
     def write(self, record: RequestRecord) -> None:
         if self._f is None:
             raise RuntimeError("record writer is closed")
-        self._f.write(record.to_json() + "\n")
-        self._f.flush()
+        try:
+            self._write_all((record.to_json() + "\n").encode())
+        except OSError:
+            self._lost = True  # this record (at most a torn line of it) is not on disk
+            raise
         self.count += 1
 
+    def _write_all(self, data: bytes) -> None:
+        assert self._f is not None
+        view = memoryview(data)
+        while view:  # a short write (the disk filling up) is retried; then it raises
+            n = self._f.write(view)
+            view = view[n or 0 :]
+
     def close(self) -> None:
-        if self._f is not None:
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self._f.close()
-            self._f = None
+        """fsync and close; after a failed write (already reported) an fsync error is not
+        raised again, so the phase can still be summarised from the records on disk."""
+        f, self._f = self._f, None
+        if f is None:
+            return
+        try:
+            os.fsync(f.fileno())
+        except OSError as e:
+            if not self._lost:
+                raise ResultsUnwritable(
+                    f"--output-dir: cannot write {self.path}: {e.strerror or e}"
+                ) from None
+        finally:
+            f.close()
 
     def __enter__(self) -> RecordWriter:
         return self
@@ -236,16 +278,124 @@ def summary_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+# --- the directory a run writes into ---------------------------------------------------------
+
+
+class Existing(StrEnum):
+    """What a run does with a results directory that already holds files."""
+
+    REFUSE = "refuse"  # the default: one line, exit 2; records are never mixed
+    OVERWRITE = "overwrite"  # --overwrite: the previous run's files are removed first
+    # server_launch's sweep: other phases' results stay; the phases about to run must have
+    # none (the sweep moves their partial data aside first)
+    RESUME = "resume"
+
+
+class ResultsUnwritable(SpecloadError):
+    """The results directory cannot take more (disk full, removed, read-only)."""
+
+
+# What a run (and a report on it) writes at the top of its directory; a subdirectory is a
+# phase's when it holds only PHASE_FILES. --overwrite removes these and nothing else.
+RUN_FILES = frozenset(
+    ("run.json", "summary.json", "summary.csv", "report.md", "report.html", "report.csv",
+     "report.json")
+)  # fmt: skip
+PHASE_FILES = re.compile(
+    r"requests(\.w\d+)?\.jsonl|summary\.json|server_samples\.jsonl|metrics_(before|after)\.prom"
+)
+_KERNEL_FS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def check_output_dir(root: Path, existing: Existing, phases: Iterable[str] = ()) -> None:
+    """That ``root`` can take this run's results, before anything is sent: one
+    :class:`SpecloadError` line naming ``--output-dir`` otherwise. ``phases``: the slugs
+    about to run (with ``RESUME``, they must have no results yet). Nothing is created."""
+    root = Path(root)
+    resolved = root.resolve()
+    for fs in _KERNEL_FS:
+        if resolved == fs or fs in resolved.parents:
+            raise SpecloadError(
+                f"--output-dir: {root} is under {fs}, a kernel filesystem, not a place for results"
+            )
+    if root.exists() and not root.is_dir():
+        raise SpecloadError(f"--output-dir: {root} is a file, not a directory")
+    parent = next((p for p in root.parents if p.exists()), Path("."))
+    if not root.exists():
+        if not parent.is_dir():
+            raise SpecloadError(f"--output-dir: cannot create {root}: {parent} is a file")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise SpecloadError(f"--output-dir: cannot create {root}: {parent} is not writable")
+        return
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise SpecloadError(f"--output-dir: {root} is not writable")
+    entries = sorted(root.iterdir())
+    if not entries:
+        return
+    if existing is Existing.REFUSE:
+        shown = ", ".join(p.name for p in entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise SpecloadError(
+            f"--output-dir: {root} is not empty ({shown}); pass --overwrite to replace the "
+            "run there, or choose another directory"
+        )
+    if existing is Existing.OVERWRITE:
+        foreign = [p.name for p in entries if not _run_output(p)]
+        if foreign:
+            raise SpecloadError(
+                f"--output-dir: {root} holds {', '.join(foreign[:3])}, which a run did not "
+                "write; --overwrite replaces only a run's files (move them, or choose "
+                "another directory)"
+            )
+    if existing is Existing.RESUME:
+        for slug in phases:
+            d = root / slug
+            if d.is_dir() and any(d.iterdir()):
+                raise SpecloadError(
+                    f"--output-dir: phase {slug} already has results in {d}; move them "
+                    "aside to run it again"
+                )
+
+
+def _run_output(p: Path) -> bool:
+    """Whether ``p`` (an entry of a results directory) is something a run or its report
+    wrote: a run file, a figure, a hidden temporary or superseded entry, a phase folder."""
+    if p.name.startswith(".") or p.name in RUN_FILES or p.suffix == ".png":
+        return True
+    if not p.is_dir() or p.is_symlink():
+        return False
+    return all(PHASE_FILES.fullmatch(f.name) or f.name.startswith(".") for f in p.iterdir())
+
+
 class ResultsDir:
     """One run's directory."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        with unwritable(self.root):
+            self.root.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def create(
+        cls, root: Path, existing: Existing = Existing.REFUSE, phases: Iterable[str] = ()
+    ) -> ResultsDir:
+        """The directory for a new run, checked again (:func:`check_output_dir`); with
+        ``OVERWRITE``, the previous run's files are removed first."""
+        root = Path(root)
+        phases = list(phases)
+        check_output_dir(root, existing, phases)
+        if existing is Existing.OVERWRITE and root.is_dir():
+            with unwritable(root):
+                for p in root.iterdir():
+                    if p.is_dir() and not p.is_symlink():
+                        shutil.rmtree(p)
+                    else:
+                        p.unlink()
+        return cls(root)
 
     def phase_dir(self, slug: str) -> Path:
         d = self.root / slug
-        d.mkdir(parents=True, exist_ok=True)
+        with unwritable(d):
+            d.mkdir(parents=True, exist_ok=True)
         return d
 
     def records(self, slug: str) -> RecordWriter:

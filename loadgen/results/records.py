@@ -19,7 +19,9 @@ class ErrorKind(StrEnum):
     failures by cause. Written to JSON as the plain string."""
 
     CONNECT = "connect"  # connection refused / DNS / TLS: nothing was sent
-    HTTP = "http"  # non-2xx status; ``status_code`` says which
+    # not an event stream: a non-2xx status, a redirect, an HTML page, a body encoded
+    # although none was asked for; ``status_code`` says which status, the error the rest
+    HTTP = "http"
     TIMEOUT = "timeout"  # per-request timeout or run deadline hit mid-request
     STREAM_CUT = "stream_cut"  # the stream ended before ``data: [DONE]``
     BAD_SSE = "bad_sse"  # a malformed SSE line or invalid JSON in a chunk
@@ -48,7 +50,7 @@ class RequestRecord:
     sent_s: float  # when the request's first byte went to the socket (TTFT/E2E start here)
     written_s: float | None = None  # when the request's last byte went to the socket
     prompt_tokens: int | None = None  # from the server's usage, else the prompt source
-    expected_output_tokens: int | None = None  # max_tokens asked for
+    expected_output_tokens: int | None = None  # max_tokens asked for (times the body's n)
     first_token_s: float | None = None  # arrival of the first chunk with content
     end_s: float | None = None  # arrival of the last byte (after [DONE])
     chunk_times: list[float] = field(default_factory=list)

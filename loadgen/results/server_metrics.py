@@ -26,6 +26,8 @@ from typing import Any
 
 import httpx
 
+from loadgen.errors import one_line
+
 # (metric name, frozenset of (label, value)) -> value
 Sample = tuple[str, frozenset[tuple[str, str]]]
 Parsed = dict[Sample, float]
@@ -427,7 +429,7 @@ class GaugeSampler:
             row = gauge_sample(parse_prometheus(text), t)
         except Exception as e:  # any failure is one bad row, never a dead sampler
             row = {g: None for g in GAUGES}
-            row = {"t": t, **row, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
+            row = {"t": t, **row, "error": one_line(f"{type(e).__name__}: {e}", 300)}
         self._record(row)
         return row
 

@@ -130,18 +130,22 @@ def dispatch_lag_s(r: RequestRecord) -> float:
     return r.sent_s - r.scheduled_s
 
 
-def chunk_token_counts(r: RequestRecord) -> list[int]:
-    """Tokens per chunk; 1 per chunk if the record has no (or mismatched) counts."""
+def chunk_token_counts(r: RequestRecord) -> list[int] | None:
+    """Tokens per chunk, or None where they are unknown (a server that counted only the
+    total, with no tokenizer to split it: ``chunk_tokens`` is then empty). Never a guess
+    of 1 per chunk: under speculative decoding a chunk carries several."""
     if len(r.chunk_tokens) == len(r.chunk_times):
         return list(r.chunk_tokens)
-    return [1] * len(r.chunk_times)
+    return None
 
 
-def output_token_count(r: RequestRecord) -> int:
-    """Output tokens: the server's usage count, else the sum over chunks."""
+def output_token_count(r: RequestRecord) -> int | None:
+    """Output tokens: the server's usage count, else the sum over chunks; None when
+    neither is known (no usage and no tokenizer)."""
     if r.output_tokens is not None:
         return r.output_tokens
-    return sum(chunk_token_counts(r))
+    counts = chunk_token_counts(r)
+    return None if counts is None else sum(counts)
 
 
 def tpot_s(r: RequestRecord) -> float | None:
@@ -151,7 +155,7 @@ def tpot_s(r: RequestRecord) -> float | None:
     out of TPOT stats but treats its TPOT as 0 for goodput).
     """
     ttft, e2e, n = ttft_s(r), e2e_s(r), output_token_count(r)
-    if ttft is None or e2e is None or n <= 1:
+    if ttft is None or e2e is None or n is None or n <= 1:
         return None
     return (e2e - ttft) / (n - 1)
 
@@ -173,7 +177,10 @@ def itl_token_s(r: RequestRecord) -> list[float]:
     carried into the next one); the first token-bearing chunk is TTFT, not an ITL."""
     out: list[float] = []
     prev: float | None = None
-    for t, k in zip(r.chunk_times, chunk_token_counts(r), strict=True):
+    counts = chunk_token_counts(r)
+    if counts is None:  # unknown per chunk: no per-token sample can be stood behind
+        return out
+    for t, k in zip(r.chunk_times, counts, strict=True):
         if k <= 0:
             continue
         if prev is not None:
@@ -190,7 +197,7 @@ def tokens_per_chunk(r: RequestRecord) -> list[int]:
     chunk is left out because vLLM's first chunk carries the token sampled by prefill,
     one token whatever the speculation, which would pull every request's mean toward 1.
     """
-    counts = [k for k in chunk_token_counts(r) if k > 0]
+    counts = [k for k in chunk_token_counts(r) or [] if k > 0]
     return counts[1:]
 
 

@@ -96,11 +96,13 @@ class _RequestColumns:
         self._lag = array("d")
         self._ttft = array("d")  # NaN: no first token
         self._e2e = array("d")  # NaN: no end
-        self._out = array("q")  # output tokens (0 for failed, as vllm's output_lens)
+        self._out = array("q")  # output tokens (0 for failed, as vllm's output_lens; -1 unknown)
         self._prompt = array("q")
         self._ok = array("b")
         self._max_itl = array("d")  # longest inter-chunk gap, 0 without one
         self._failed_by_kind: Counter[str] = Counter()
+        # completed requests whose output token count / per-chunk counts are unknown
+        self._unknown = _Unknown()
         # sizes of the summary's per-chunk sample arrays, so they are allocated once
         self._sizes = _SampleSizes()
         self._workload = WorkloadColumns()  # output lengths, server figures, groups
@@ -127,11 +129,14 @@ class _RequestColumns:
         self._e2e.append(math.nan if e2e is None else e2e)
         self._prompt.append(r.prompt_tokens or 0)
         self._ok.append(1 if r.ok else 0)
-        self._out.append(output_token_count(r) if r.ok else 0)
+        out = output_token_count(r) if r.ok else 0
+        self._out.append(-1 if out is None else out)
         t = r.chunk_times
         self._max_itl.append(max(map(operator.sub, t[1:], t[:-1])) if len(t) > 1 else 0.0)
         if r.ok:
-            self._sizes.add(t, r.chunk_tokens)
+            tokens = chunk_token_counts(r)
+            self._sizes.add(t, tokens)
+            self._unknown.add(out is None, tokens is None)
         else:
             self._failed_by_kind[r.error_kind or "other"] += 1
         self._add_chunks(r, i)
@@ -193,6 +198,7 @@ class _RequestColumns:
         s["load_shape"] = lf["load_shape"]
         s["load_level"] = lf["load_level"]
         s.update(_tokens_per_chunk_keys(chunks, self._sizes))
+        s.update(self._unknown.keys())
         s.update(_dispatch_lag_keys(c.lag))
         s["goodput_fraction"] = None if good is None else (good / c.n if c.n else 0.0)
         s["failed_by_kind"] = dict(sorted(self._failed_by_kind.items()))
@@ -205,6 +211,7 @@ class _RequestColumns:
         prompt = np.where(c.prompt > 0, c.prompt, np.nan)
         s.update(self._workload.summary(c.ok, c.out, prompt, c.ttft, tpot))
         s["complete"] = True
+        self._unknown.blank(s, int(c.ok.sum()), slo)
         if extra:
             s.update(extra)
         return s
@@ -261,6 +268,52 @@ class _Columns:
     peak_ok: np.ndarray  # completed requests with an end: the ones the peak buckets see
     t0: float  # the peak buckets' origin: the earliest send among peak_ok
     nb: int  # how many one-second peak buckets
+
+
+class _Unknown:
+    """Completed requests whose token counts the server did not give and no tokenizer
+    could (:func:`loadgen.http.sse.settle_tokens`), and what the summary then reports.
+
+    Decided once: a total over requests is None when any request's part is unknown (a
+    partial sum would understate it); a distribution is over the requests that have the
+    counts, None when none has; both counts are keys, so a reader sees how many each
+    covers. Per-chunk ITL, TTFT and E2E need no token count and are always reported.
+    """
+
+    __slots__ = ("chunks", "output")
+
+    def __init__(self) -> None:
+        self.output = 0  # no output token count: no TPOT, no token totals
+        self.chunks = 0  # no per-chunk counts: no per-token ITL, tokens per chunk, peak
+
+    def add(self, output: bool, chunks: bool) -> None:
+        self.output += output
+        self.chunks += chunks
+
+    def keys(self) -> dict[str, int]:
+        return {"output_tokens_unknown": self.output, "chunk_tokens_unknown": self.chunks}
+
+    def blank(self, s: dict[str, Any], completed: int, slo: SLO | None) -> None:
+        """Set to None what the unknown counts make unknowable."""
+        if self.output:
+            for k in ("total_output_tokens", "output_throughput", "total_token_throughput"):
+                s[k] = None
+            if self.output == completed:
+                _blank_suffix(s, "_tpot_ms")
+            if slo is not None and slo.tpot_ms is not None:
+                s["request_goodput"] = s["goodput_fraction"] = None
+        if self.chunks:
+            s["max_output_tokens_per_s"] = None
+            if self.chunks == completed:
+                _blank_suffix(s, "_itl_token_ms", "_tokens_per_chunk")
+        if s.get("output_lens") is not None and self.output:
+            s["output_lens"] = [None if n < 0 else n for n in s["output_lens"]]
+
+
+def _blank_suffix(s: dict[str, Any], *suffixes: str) -> None:
+    for k in s:
+        if k.endswith(suffixes):
+            s[k] = None
 
 
 def _good_count(slo: SLO, c: _Columns) -> int:
@@ -409,7 +462,8 @@ class SummaryAccumulator(_RequestColumns):
 
     def _add_chunks(self, r: RequestRecord, i: int) -> None:
         self._chunk_t.extend(r.chunk_times)
-        self._chunk_k.extend(chunk_token_counts(r))
+        counts = chunk_token_counts(r)  # unknown: 0 each, so no per-token sample
+        self._chunk_k.extend(counts if counts is not None else [0] * len(r.chunk_times))
         self._chunk_start.append(len(self._chunk_t))
         if not r.ok:
             self._errors[i] = r.error or ""
@@ -477,7 +531,8 @@ class StreamingSummary(_RequestColumns):
                     continue  # a line add() never took (rejected); the order is the same
                 times = d.get("chunk_times") or []
                 tokens = d.get("chunk_tokens") or []
-                block.add(times, tokens if len(tokens) == len(times) else [1] * len(times))
+                # unknown per-chunk counts: 0 each, so no per-token sample (see _Unknown)
+                block.add(times, tokens if len(tokens) == len(times) else [0] * len(times))
                 if errors is not None and d.get("error") is not None:
                     errors[i] = d["error"]
                 i += 1
@@ -549,15 +604,13 @@ class _SampleSizes:
     def __init__(self) -> None:
         self.itl = self.itl_token = self.token_k = 0
 
-    def add(self, times: list[float], tokens: list[int]) -> None:
-        """One completed request's chunks (tokens as recorded; 1 each if they don't match)."""
+    def add(self, times: list[float], tokens: list[int] | None) -> None:
+        """One completed request's chunks (``tokens`` None: unknown, no per-token sample)."""
         n = len(times)
         if n == 0:
             return
         self.itl += n - 1
-        if len(tokens) != n:
-            self.itl_token += n - 1
-            self.token_k += n - 1
+        if tokens is None or len(tokens) != n:
             return
         if min(tokens) < 0:
             tokens = [k if k > 0 else 0 for k in tokens]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -48,6 +48,36 @@ def num_special_tokens_to_add(tok: Tokenizer) -> int:
     return int(fn()) if fn else 0
 
 
+def daemon_map(fn: Any, items: Sequence[Any], workers: int) -> list[Any]:
+    """``[fn(x) for x in items]`` on ``workers`` daemon threads, in order; the first
+    exception is raised. Not a ThreadPoolExecutor: the interpreter joins its threads at
+    exit, so Ctrl-C during a slow /tokenize would wait for every round trip to finish."""
+    out: list[Any] = [None] * len(items)
+    errors: list[BaseException] = []
+    todo = iter(range(len(items)))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while not errors:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            try:
+                out[i] = fn(items[i])
+            except BaseException as e:  # re-raised in the caller
+                errors.append(e)
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return out
+
+
 class LocalTokenizer:
     """A tokenizer directory's ``tokenizer.json``, via the ``tokenizers`` package.
 
@@ -72,6 +102,7 @@ class LocalTokenizer:
             self._tok = HFTokenizer.from_file(str(path))
         except Exception as e:
             raise SpecloadError(f"prompts.tokenizer: cannot load {path}: {e}") from None
+        self.path = str(path)  # the run counts output text with it too (RequestSettings)
         self.vocab_size: int = self._tok.get_vocab_size(with_added_tokens=False)
         self.special_ids: set[int] = self._read_special_ids(path)
         self._n_special: int | None = None
@@ -107,6 +138,11 @@ class LocalTokenizer:
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def token_ends(self, text: str) -> list[int]:
+        """Where each of ``text``'s tokens ends (a character offset): how a stream's text
+        is split into per-chunk token counts when the server counts only the total."""
+        return [end for _, end in self._tok.encode(text, add_special_tokens=False).offsets]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)
@@ -183,21 +219,34 @@ class ServerTokenizer:
             )
         return r
 
-    def _post(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _post(self, endpoint: str, body: dict[str, Any], key: str, kind: type) -> Any:
+        """POST and return the answer's ``key``, checked to be a ``kind``: anything else
+        (an HTML page, another server's shape) is one line naming the endpoint."""
         r = self._send(endpoint, body)
         if r.status_code != 200:
             raise SpecloadError(f"--base-url: /{endpoint}: HTTP {r.status_code}: {r.text[:200]}")
-        return r.json()
+        try:
+            value = r.json()[key]
+        except (ValueError, KeyError, TypeError, IndexError):
+            value = None
+        if not isinstance(value, kind) or (kind is list and not all(type(i) is int for i in value)):
+            ctype = r.headers.get("content-type", "?")
+            raise SpecloadError(
+                f"--base-url: /{endpoint} did not answer as vLLM does (content-type {ctype}, "
+                f"no {key!r} {kind.__name__}); set prompts.tokenizer to a local tokenizer "
+                "directory"
+            )
+        return value
 
     def _tokenize(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        out = self._post("tokenize", {"prompt": text, "add_special_tokens": add_special_tokens})
-        return list(out["tokens"])
+        body = {"prompt": text, "add_special_tokens": add_special_tokens}
+        return list(self._post("tokenize", body, "tokens", list))
 
     def encode(self, text: str) -> list[int]:
         return self._tokenize(text)
 
     def decode(self, ids: Sequence[int]) -> str:
-        return str(self._post("detokenize", {"tokens": [int(i) for i in ids]})["prompt"])
+        return str(self._post("detokenize", {"tokens": [int(i) for i in ids]}, "prompt", str))
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return self._map(self.encode, texts)
@@ -208,8 +257,7 @@ class ServerTokenizer:
     def _map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
         if len(items) <= 1:
             return [fn(x) for x in items]
-        with ThreadPoolExecutor(max_workers=min(self._max_workers, len(items))) as ex:
-            return list(ex.map(fn, items))
+        return daemon_map(fn, items, min(self._max_workers, len(items)))
 
     def num_special_tokens_to_add(self) -> int:
         if self._n_special is None:
@@ -239,7 +287,10 @@ class ServerTokenizer:
         for ids in (list(range(start, start + window)), [start]):
             r = self._send("detokenize", {"tokens": ids})
             if r.status_code == 200:
-                return bool(r.json().get("prompt"))
+                try:
+                    return bool(r.json().get("prompt"))
+                except (ValueError, AttributeError):  # not vLLM's answer: nothing decoded
+                    return False
         return False
 
     def _find_vocab_size(self) -> int:

@@ -152,10 +152,7 @@ class WorkerPool:
             stop.set(StopReason.WORKER_LOST, f"worker lost: {self.lost}")
         phase_dir = ctx.results.phase_dir(plan.slug)
         shares = split_phase(plan.schedule, plan.phase.warmup_requests, self.size)
-        # A killed earlier run into the same directory may have left per-worker files: they
-        # would be merged into this phase's records. Set them aside, never delete data.
-        for stale in worker_record_files(phase_dir):
-            stale.rename(stale.with_name(f"{stale.name}.stale-{int(time.time())}"))
+        set_aside_stale_worker_files(phase_dir)
         active = await self._begin(plan, shares, phase_dir, stop)
         tally = RecordTally(ErrorBudget(ctx.scenario.max_error_rate, stop), ctx.live)
         start, outcomes = await self._drive(active, tally, ctx.clock, stop, measure_start)
@@ -317,3 +314,12 @@ class WorkerPool:
 
     async def close(self) -> None:
         await asyncio.gather(*(h.close() for h in self.handles), return_exceptions=True)
+
+
+def set_aside_stale_worker_files(phase_dir: Path) -> None:
+    """Per-worker files already in a phase's folder when it starts would be merged into
+    its records. A run refuses a directory holding results (--overwrite, the sweep's
+    resume move them first), so these appear only through the API: renamed aside, never
+    deleted."""
+    for stale in worker_record_files(phase_dir):
+        stale.rename(stale.with_name(f"{stale.name}.stale-{int(time.time())}"))
