@@ -37,14 +37,15 @@ def _seconds(text: str) -> float:
 
 
 def _gpus(text: str) -> int:
-    if text == "all":
-        return -1
+    """'all' -> -1, 'none' -> 0 (a CPU image: no GPU requested), else a count >= 1."""
+    if text in ("all", "none"):
+        return -1 if text == "all" else 0
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'all' or a GPU count, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"'all', 'none' or a GPU count, got {text!r}") from None
     if v < 1:
-        raise argparse.ArgumentTypeError(f"'all' or a GPU count >= 1, got {v}")
+        raise argparse.ArgumentTypeError(f"'all', 'none' or a GPU count >= 1, got {v}")
     return v
 
 
@@ -97,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gpus",
         type=_gpus,
-        help="docker backend: GPUs to give the container, 'all' or a count (default all)",
+        help="docker backend: GPUs to give the container, 'all', a count, or 'none' "
+        "(a CPU image such as the compose file's specload-vllm-cpu; default all)",
     )
     p.add_argument(
         "--vllm-cmd",

@@ -323,3 +323,13 @@ def test_unreachable_engine_is_a_one_line_error(tmp_path: Path, monkeypatch) -> 
     with pytest.raises(SpecloadError, match="cannot reach the Docker engine") as ei:
         DockerBackend().client()
     assert "\n" not in str(ei.value)
+
+
+def test_gpus_none_requests_no_device() -> None:
+    """--gpus none (a CPU image): no device request at all, which an engine without the
+    NVIDIA runtime would refuse even at count 0; the dry-run argv has no --gpus."""
+    backend = DockerBackend(image="specload-vllm-cpu:latest", gpus=0)
+    run = make_run()
+    assert backend.spec(run, 8000)["device_requests"] == []
+    assert "--gpus" not in backend.command(run, 8000)
+    assert sdk_kwargs(backend.spec(run, 8000), {}, lambda **k: k)["device_requests"] == []

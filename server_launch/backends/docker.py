@@ -113,9 +113,10 @@ def container_spec(
         "name": container_name(run.label, port),
         "detach": True,
         "ipc_mode": "host",
-        "device_requests": [
-            {"count": -1 if gpus is None else gpus, "capabilities": [["gpu"]]},
-        ],
+        # gpus=0: no device request at all (an engine without the NVIDIA runtime refuses any)
+        "device_requests": []
+        if gpus == 0
+        else [{"count": -1 if gpus is None else gpus, "capabilities": [["gpu"]]}],
         "volumes": volumes,
         "ports": {f"{CONTAINER_PORT}/tcp": [bind_host, port]},
         "environment": env,
@@ -187,8 +188,8 @@ class DockerBackend:
         """The equivalent ``docker run`` argv (for --dry-run); secret names only."""
         s = self.spec(run, port)
         argv = ["docker", "run", "-d", "--name", s["name"], "--ipc", s["ipc_mode"]]
-        count = s["device_requests"][0]["count"]
-        argv += ["--gpus", "all" if count == -1 else str(count)]
+        for d in s["device_requests"]:
+            argv += ["--gpus", "all" if d["count"] == -1 else str(d["count"])]
         for src, v in s["volumes"].items():
             argv += ["-v", f"{src}:{v['bind']}:{v['mode']}"]
         (cport, (host, hport)), *_ = s["ports"].items()
