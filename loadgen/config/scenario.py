@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from loadgen.config.prompts.base import SOURCES, field_choices
+from loadgen.config.search import Search, SearchKind, searched_field
 from loadgen.config.shapes import LoadSpec
 from loadgen.config.shapes.base import SHAPES
 from loadgen.errors import SpecloadError, describe_validation_error
@@ -237,6 +238,9 @@ class Scenario(_Strict):
     sweep: dict[str, list[Any]] | None = Field(
         None, description="load parameter -> values; one phase per combination"
     )
+    search: Search | None = Field(
+        None, description="choose the load levels by measuring: capacity or saturation"
+    )
     num_requests: int | None = Field(None, gt=0)
     duration_s: float | None = Field(None, gt=0)
     warmup_requests: int = Field(0, ge=0)
@@ -283,12 +287,63 @@ class Scenario(_Strict):
                 if not isinstance(values, list) or not values:
                     raise ValueError(f"sweep.{key}: give a non-empty list of values")
             self.phases()  # every combination must validate
+        if self.search is not None:
+            self._check_search(self.search)
         return self
+
+    def _check_search(self, search: Search) -> None:
+        """What a search needs of the rest of the scenario (config/search.py)."""
+        if self.sweep:
+            raise ValueError("search: a scenario has sweep or search, not both")
+        if self.repeats > 1:
+            raise ValueError(
+                "repeats: a search runs each level once and repeats only the probes too close "
+                "to call (search.repeat_close)"
+            )
+        field = searched_field(self.load)
+        if field is None:
+            raise ValueError(
+                f"search: load shape '{self.load.shape}' has no rate or concurrency to search"
+            )
+        if getattr(self.load, "max_concurrency", None) is not None:
+            raise ValueError(
+                "load.max_concurrency: not with a search (requests over the cap would wait in "
+                "the client, outside TTFT, and hide the server's overload)"
+            )
+        if search.kind is SearchKind.SATURATION:
+            if self.load.closed:
+                raise ValueError(
+                    "search: a saturation sweep runs open-loop rates; give a poisson, gamma "
+                    "or constant load"
+                )
+            return
+        if not self.slo.judges_levels():
+            raise ValueError(
+                "slo: a capacity search needs a bound to judge a level by: a percentile "
+                "(ttft_ms: {p: 90, max: 500}) or max_error_rate"
+            )
+        start = float(getattr(self.load, field))
+        if search.max is not None and start > search.max:
+            raise ValueError(
+                f"load.{field}: the search starts at {start:g}, above search.max ({search.max:g})"
+            )
+        if search.min is not None and search.min > start:
+            raise ValueError(
+                f"search.min: {search.min:g} is above the start (load.{field} = {start:g})"
+            )
+        if self.load.closed:
+            for name in ("max", "min"):
+                v = getattr(search, name)
+                if v is not None and v != int(v):
+                    raise ValueError(f"search.{name}: a concurrency; give a whole number")
 
     def phases(self) -> list[Phase]:
         """Expand ``sweep`` into phases (cartesian product, in file order); with ``repeats``,
         each level runs that many times back to back (repeats of one level share a warm
-        server, and their spread says how stable the figure is)."""
+        server, and their spread says how stable the figure is). A search knows no phase in
+        advance: none (its probes are chosen as it runs, loadgen/engine/capacity.py)."""
+        if self.search is not None:
+            return []
         base = self.load.model_dump()
         if not self.sweep:
             combos: list[dict[str, Any]] = [{}]

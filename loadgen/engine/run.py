@@ -26,8 +26,7 @@ import httpx
 
 from loadgen.config.prompts.base import PromptSet, load_prompts
 from loadgen.config.scenario import Scenario
-from loadgen.config.shapes.base import build_schedule
-from loadgen.engine.context import PhasePlan, RunContext
+from loadgen.engine.context import PhaseHost, PhasePlan, PhaseStrategy, RunContext, phase_plan
 from loadgen.engine.driver import InProcess, PhaseDriver, PhaseRun
 from loadgen.engine.host import event_loop_name, host_info
 from loadgen.engine.phase import RequestPlan
@@ -42,7 +41,6 @@ from loadgen.results.files import ResultsDir, slugify
 
 HEALTH_INTERVAL_S = 5.0
 DETAILED_MAX_REQUESTS = 20_000
-PHASE_ID_STRIDE = 1_000_000  # phase k's request ids start at k * this
 _PROMPT_POOL_MAX = 10_000
 _PROMPT_POOL_UNCOUNTED = 1_000  # timed phases: prompts cycle after this many
 
@@ -71,10 +69,13 @@ async def run_scenario_async(
     only_phases: list[str] | None = None,
     tokenizer: str | None = None,
     ray_address: str | None = None,
+    resume: bool = False,
 ) -> RunResult:
     """Run every phase of ``scenario`` (those whose slug is in ``only_phases``, when
     given); ``scenario.workers`` processes share each phase's schedule, as Ray actors on
-    the cluster at ``ray_address`` when given."""
+    the cluster at ``ray_address`` when given. A search (``scenario.search``) chooses its
+    phases as it runs; with ``resume`` it first takes back the probes an interrupted run of
+    the same scenario finished in ``output_dir``."""
     if ray_address:
         from loadgen.engine.workers.ray_actors import require_ray
 
@@ -87,7 +88,7 @@ async def run_scenario_async(
         prompt_set = await asyncio.to_thread(
             load_prompts,
             scenario.prompts,
-            prompts_needed_for(plans),
+            prompts_needed_for(plans) if scenario.search is None else _search_prompts(scenario),
             seed=scenario.seed,
             tokenizer=make_tokenizer(scenario, base_url, model, api_key, tokenizer),
         )
@@ -115,7 +116,7 @@ async def run_scenario_async(
             tokenizer_id=scenario.prompts.tokenizer or tokenizer or model,
         )
         ctx.results.write_run(_run_json(ctx, spec, cli, prompt_set, driver.describe()))
-        return await _run_phases(ctx, plans, driver, health_check)
+        return await _run_phases(ctx, _strategy(ctx, plans, resume), driver, health_check)
     finally:
         await driver.close()
 
@@ -125,17 +126,32 @@ def plan_phases(scenario: Scenario, only_phases: list[str] | None = None) -> lis
     phases = scenario.phases()
     if only_phases is not None:
         phases = [p for p in phases if slugify(p.name) in only_phases]
-    return [
-        PhasePlan(
-            phase=p,
-            slug=slugify(p.name),
-            schedule=build_schedule(
-                p.load, num_requests=p.num_requests, duration_s=p.duration_s, seed=scenario.seed
-            ),
-            first_id=k * PHASE_ID_STRIDE,
-        )
-        for k, p in enumerate(phases)
-    ]
+    return [phase_plan(p, k, scenario.seed) for k, p in enumerate(phases)]
+
+
+class FixedPhases:
+    """The phases of the scenario, listed in advance, one after the other."""
+
+    def __init__(self, plans: list[PhasePlan]) -> None:
+        self.plans = plans
+
+    async def run(self, host: PhaseHost) -> bool:
+        ran = 0
+        for plan in self.plans:
+            if host.ctx.stop.is_set():
+                break
+            await host.run(plan)
+            ran += 1
+        return ran == len(self.plans)
+
+
+def _strategy(ctx: RunContext, plans: list[PhasePlan], resume: bool) -> PhaseStrategy:
+    search = ctx.scenario.search
+    if search is None:
+        return FixedPhases(plans)
+    from loadgen.engine.capacity import CapacityRun
+
+    return CapacityRun(ctx, resume=resume)
 
 
 def prompts_needed_for(plans: list[PhasePlan]) -> int:
@@ -150,6 +166,13 @@ def prompts_needed_for(plans: list[PhasePlan]) -> int:
         )
         need = max(need, (n or _PROMPT_POOL_UNCOUNTED) + plan.phase.warmup_requests)
     return min(max(need, 1), _PROMPT_POOL_MAX)
+
+
+def _search_prompts(scenario: Scenario) -> int:
+    """Prompts a search's probes need: each sends ``num_requests`` (a timed probe cycles
+    through a pool, its count depending on the level the search picks)."""
+    n = scenario.num_requests or _PROMPT_POOL_UNCOUNTED
+    return min(n + scenario.warmup_requests, _PROMPT_POOL_MAX)
 
 
 async def _start_driver(workers: int, ray_address: str | None) -> PhaseDriver:
@@ -206,38 +229,54 @@ def _run_json(
     }
 
 
+class _Host:
+    """The :class:`PhaseHost` of one run: runs each phase, keeps the run's summary.json."""
+
+    def __init__(self, ctx: RunContext, driver: PhaseDriver) -> None:
+        self.ctx = ctx
+        self.driver = driver
+        self.summaries: dict[str, dict[str, Any]] = {}
+
+    async def run(self, plan: PhasePlan, *, listed: bool = True) -> dict[str, Any]:
+        summary = await _run_phase(self.ctx, plan, self.driver)
+        if listed:
+            self.summaries[plan.slug] = summary
+            _write_summary(self.ctx, self.summaries, complete=False)
+        return summary
+
+    def adopt(self, slug: str, summary: dict[str, Any]) -> None:
+        self.summaries[slug] = summary
+
+
 async def _run_phases(
     ctx: RunContext,
-    plans: list[PhasePlan],
+    strategy: PhaseStrategy,
     driver: PhaseDriver,
     health_check: Callable[[], bool] | None,
 ) -> RunResult:
-    """The phases one after the other until done or stopped; summary.json after each."""
+    """The strategy's phases until done or stopped; summary.json after each."""
     loop = asyncio.get_running_loop()
     installed = _install_signal_handlers(loop, ctx.stop)
-    summaries: dict[str, dict[str, Any]] = {}
+    host = _Host(ctx, driver)
     health_task = None
+    finished = False
     try:
         await driver.prepare(ctx)
         if health_check:
             health_task = asyncio.create_task(_watch_health(health_check, ctx.stop))
-        for plan in plans:
-            if ctx.stop.is_set():
-                break
-            summaries[plan.slug] = await _run_phase(ctx, plan, driver)
-            _write_summary(ctx, summaries, complete=False)
+        finished = await strategy.run(host)
     finally:
         ctx.live.stop()
         if health_task:
             health_task.cancel()
         for sig in installed:
             loop.remove_signal_handler(sig)
-    complete = not ctx.stop.is_set() and len(summaries) == len(plans)
-    _write_summary(ctx, summaries, complete=complete)
+    complete = finished and not ctx.stop.is_set()
+    _write_summary(ctx, host.summaries, complete=complete)
     return RunResult(
         ctx.results.root,
         complete,
-        summaries,
+        host.summaries,
         exit_code(complete, ctx.stop.reason),
         ctx.stop.message,
     )

@@ -330,14 +330,19 @@ class MockServer:
             total, finish = completion_length(job.max_tokens, cfg.eos_prob, stop_early, job.rng)
         job.sizes = cfg.plan.sizes(total, job.rng) if total else [0]
         job.finish_reason = finish
+        t_admit = None
         if self._sem is not None:
             self.metrics.waiting += 1
             try:
-                await self._sem.acquire()
+                t_admit = await self._sem.acquire()
             finally:
                 self.metrics.waiting -= 1
         job.start = time.time()  # wall clock first: the schedule base is never before it
-        t_admit = time.monotonic()  # not loop.time(): uvloop's is cached per iteration, in ms
+        now = time.monotonic()  # not loop.time(): uvloop's is cached per iteration, in ms
+        if t_admit is None:
+            t_admit = now
+        else:  # admitted when the slot was due to free (queueing.SlotQueue), maybe just before
+            job.start -= now - t_admit
         self._live[id(job)] = job
         self.metrics.prompt_tokens += job.prompt_tokens
         try:
@@ -350,7 +355,9 @@ class MockServer:
         finally:
             del self._live[id(job)]
             if self._sem is not None:
-                self._sem.release()
+                # due to end at its last chunk's time; sooner if it was cut short
+                due = job.targets[-1] if job.targets else None
+                self._sem.release(None if due is None else min(due, time.monotonic()))
 
     async def _break_off(
         self, job: _Job, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -1,0 +1,140 @@
+"""The capacity search and the saturation sweep against a server of known limit: the mock's
+queueing mode (slots served first come first served, a fixed time per token), whose latency
+percentiles tests/queueing.py computes exactly for the very arrivals each probe sends.
+
+Each search must land within its stated resolution of the computed crossing, in at most
+8 probes, open loop (Poisson) and closed loop (concurrency); a server failing at the lowest
+probe gets "below", one never failing up to the cap gets "at least".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from loadgen.config.scenario import parse_scenario
+from loadgen.engine.run import run_scenario
+from loadgen.mock.process import mock_process
+from tests.queueing import closed_loop_waits, crossing, fifo_waits, poisson_offsets
+
+SLOTS, TOKEN_S, TOKENS = 4, 0.0125, 4  # service S = 50 ms: 80 req/s at most
+SERVICE_S = TOKEN_S * TOKENS
+MOCK = ["--max-num-seqs", str(SLOTS), "--token-ms", str(TOKEN_S * 1e3)]
+
+
+def _scenario(load: dict, search: dict, slo: dict, n: int, warmup: int = 4) -> Any:
+    doc = {
+        "name": "capacity-test",
+        "load": load,
+        "search": {"kind": "capacity", **search},
+        "num_requests": n,
+        "warmup_requests": warmup,
+        "prompts": {"source": "base_prompt", "base_prompt": "w1 w2"},
+        "output_tokens": TOKENS,
+        "slo": slo,
+    }
+    return parse_scenario(doc, "capacity-test")
+
+
+def _search(url: str, out: Path, scenario: Any) -> dict[str, Any]:
+    res = run_scenario(scenario, base_url=url, output_dir=out, progress=False)
+    assert res.complete and res.exit_code == 0
+    doc = json.loads((out / "capacity.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["phases"]) == sorted(p["slug"] for p in doc["probes"])
+    for p in doc["probes"]:  # every probe is a phase on disk, like any other
+        assert (out / p["slug"] / "requests.jsonl").is_file()
+        assert (out / p["slug"] / "summary.json").is_file()
+    return doc
+
+
+def test_open_loop_lands_within_resolution(tmp_path: Path) -> None:
+    """Poisson arrivals, p90 TTFT <= 65 ms. The crossing is computed by running the FIFO
+    queue on the exact schedule a probe of that rate sends (seed 0, 120 requests); repeats
+    are off, since a repeat draws other arrivals (test_capacity_search.py tests those)."""
+    n, bound, res = 120, 0.065, 0.05
+
+    def p90_ttft(rate: float) -> float:
+        waits = fifo_waits(poisson_offsets(rate, n, seed=0), SERVICE_S, SLOTS)
+        return float(np.percentile(waits + TOKEN_S, 90))
+
+    truth = crossing(p90_ttft, bound, 5.0, 200.0)
+    sc = _scenario(
+        {"shape": "poisson", "rate": 30},
+        {"max": 400, "resolution": res, "max_probes": 8, "repeat_close": 0},
+        {"ttft_ms": {"p": 90, "max": bound * 1e3}},
+        n,
+    )
+    with mock_process(MOCK) as url:
+        doc = _search(url, tmp_path, sc)
+    cap = doc["capacity"]
+    probes = [(p["level"], p["verdict"], p["percentiles"]["ttft_ms"]["value_ms"])
+              for p in doc["probes"]]  # fmt: skip
+    print(f"computed crossing {truth:.2f} req/s; found {cap['text']}; probes {probes}")
+    assert doc["stop"] == "resolved" and len(doc["probes"]) <= 8
+    assert cap["kind"] == "estimate" and abs(cap["value"] - truth) <= res * truth
+    assert cap["value"] <= truth <= cap["value"] * (1 + res)
+    for level, verdict, measured in probes:  # each verdict the computed one
+        assert verdict == ("pass" if p90_ttft(level) <= bound else "fail"), (level, measured)
+
+
+def test_closed_loop_lands_on_the_computed_concurrency(tmp_path: Path) -> None:
+    """Concurrency, 3 slots, S = 60 ms, p90 TTFT <= 105 ms (a wait of one service time
+    passes, two fail). Closed-loop clients queue in rounds; the largest concurrency whose
+    p90 TTFT meets the bound is computed by simulating those rounds."""
+    slots, token_s, n, bound = 3, 0.015, 60, 0.105
+
+    def p90_ttft(c: int) -> float:
+        return float(np.percentile(closed_loop_waits(c, n, TOKENS * token_s, slots) + token_s, 90))
+
+    truth = max(c for c in range(1, 40) if p90_ttft(c) <= bound)
+    sc = _scenario(
+        {"shape": "concurrency", "concurrency": 1},
+        {"max": 64, "max_probes": 8},
+        {"ttft_ms": {"p": 90, "max": bound * 1e3}},
+        n,
+    )
+    with mock_process(["--max-num-seqs", str(slots), "--token-ms", str(token_s * 1e3)]) as url:
+        doc = _search(url, tmp_path, sc)
+    cap = doc["capacity"]
+    print(f"computed {truth}; found {cap['text']}; probes "
+          f"{[(p['phase'], p['verdict']) for p in doc['probes']]}")  # fmt: skip
+    assert truth == 6  # ceil((c - slots) / slots) service times of wait at p90
+    assert doc["stop"] == "resolved" and len(doc["probes"]) <= 8
+    assert (cap["value"], cap["high"]) == (truth, truth + 1)
+    assert doc["unit"] == "concurrency" and doc["field"] == "concurrency"
+
+
+@pytest.mark.parametrize(
+    ("bound_ms", "search", "expect"),
+    [
+        # the first token alone takes 12.5 ms: nothing meets 5 ms
+        (5, {"min": 10}, ("below", "below the lowest probe, 10 req/s", [40, 20, 10])),
+        (500, {"max": 40}, ("at_least", "at least 40 req/s", [10, 20, 40])),
+    ],
+)
+def test_below_the_lowest_probe_and_at_least_the_cap(
+    tmp_path: Path, bound_ms: float, search: dict, expect: tuple
+) -> None:
+    kind, text, levels = expect
+    sc = _scenario(
+        {"shape": "poisson", "rate": levels[0]},
+        search,
+        {"ttft_ms": {"p": 90, "max": bound_ms}},
+        20,
+        warmup=1,
+    )
+    with mock_process(MOCK) as url:
+        doc = _search(url, tmp_path, sc)
+    cap = doc["capacity"]
+    assert (
+        cap["kind"] == kind
+        and cap["text"] == text
+        and cap["value"] is (None if kind == "below" else cap["value"])
+    )
+    assert [p["level"] for p in doc["probes"]] == levels
+    assert doc["stop"] == ("below_floor" if kind == "below" else "at_cap")
