@@ -138,3 +138,30 @@ def test_below_the_lowest_probe_and_at_least_the_cap(
     )
     assert [p["level"] for p in doc["probes"]] == levels
     assert doc["stop"] == ("below_floor" if kind == "below" else "at_cap")
+
+
+def test_saturation_sweep_spans_the_servers_own_range(tmp_path: Path) -> None:
+    """One in flight gives 1/S = 20 req/s, 16 in flight the 4 slots' 80 req/s; the rates
+    run evenly between the two, measured, and only they are the run's phases."""
+    doc = {
+        "name": "saturation-test",
+        "load": {"shape": "poisson", "rate": 1},
+        "search": {"kind": "saturation", "levels": 3, "saturation_concurrency": 16},
+        "num_requests": 40,
+        "warmup_requests": 2,
+        "prompts": {"source": "base_prompt", "base_prompt": "w1 w2"},
+        "output_tokens": TOKENS,
+    }
+    with mock_process(MOCK) as url:
+        res = run_scenario(
+            parse_scenario(doc, "s"), base_url=url, output_dir=tmp_path, progress=False
+        )
+    assert res.complete
+    sat = json.loads((tmp_path / "saturation.json").read_text())
+    low = sat["calibration"]["synchronous"]["request_throughput"]
+    high = sat["calibration"]["throughput"]["request_throughput"]
+    assert low == pytest.approx(1 / SERVICE_S, rel=0.15)
+    assert high == pytest.approx(SLOTS / SERVICE_S, rel=0.15)
+    assert sat["rates"] == pytest.approx([low, (low + high) / 2, high], rel=1e-3)
+    assert list(res.phases) == sat["phases"] == [f"rate={r}" for r in sat["rates"]]
+    assert (tmp_path / "calibration" / "throughput" / "requests.jsonl").is_file()

@@ -149,6 +149,12 @@ def _strategy(ctx: RunContext, plans: list[PhasePlan], resume: bool) -> PhaseStr
     search = ctx.scenario.search
     if search is None:
         return FixedPhases(plans)
+    from loadgen.config.search import SearchKind
+
+    if search.kind is SearchKind.SATURATION:
+        from loadgen.engine.saturation import SaturationSweep
+
+        return SaturationSweep(ctx)
     from loadgen.engine.capacity import CapacityRun
 
     return CapacityRun(ctx, resume=resume)
