@@ -165,3 +165,28 @@ def test_saturation_sweep_spans_the_servers_own_range(tmp_path: Path) -> None:
     assert sat["rates"] == pytest.approx([low, (low + high) / 2, high], rel=1e-3)
     assert list(res.phases) == sat["phases"] == [f"rate={r}" for r in sat["rates"]]
     assert (tmp_path / "calibration" / "throughput" / "requests.jsonl").is_file()
+
+
+def test_command_line_search(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m loadgen --search capacity --slo-ttft-p90-ms ...` on any scenario: the
+    answer is the last line printed, and the run directory holds capacity.json."""
+    from loadgen.cli import main
+
+    sc = tmp_path / "s.yaml"
+    sc.write_text(json.dumps({
+        "load": {"shape": "poisson", "rate": 20}, "num_requests": 30,
+        "prompts": {"source": "base_prompt", "base_prompt": "w1 w2"},
+        "output_tokens": TOKENS, "slo": {"ttft_ms": 1000},
+    }))  # fmt: skip
+    with mock_process(MOCK) as url:
+        code = main(["--scenario", str(sc), "--base-url", url, "--output-dir",
+                     str(tmp_path / "out"), "--search", "capacity", "--slo-ttft-p90-ms", "500",
+                     "--max-probes", "2", "--no-progress"])  # fmt: skip
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    assert out[-1] == (
+        "capacity at p90 TTFT <= 500 ms: at least 40 req/s [2 probes; stopped: "
+        "search.max_probes reached]"
+    )
+    doc = json.loads((tmp_path / "out" / "capacity.json").read_text())
+    assert [p["phase"] for p in doc["probes"]] == ["rate=20.0", "rate=40.0"]

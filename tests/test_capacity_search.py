@@ -329,3 +329,65 @@ def test_resume_takes_back_the_finished_probes(tmp_path: Path) -> None:
     _run(ctx, host)  # not resumed: every probe runs again, the earlier ones moved aside
     assert host.ran == names and not host.adopted
     assert len(list((tmp_path / "b" / ".superseded").iterdir())) == 1 + len(names)
+
+
+# --- the command line ------------------------------------------------------------------------
+
+CLOSED = "http://127.0.0.1:9"  # nothing listens: a valid scenario fails only there
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[str]]:
+    from loadgen.cli import main
+
+    code = main([*args, "--base-url", CLOSED, "--output-dir", "/nonexistent/never-written"])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_builtin_capacity_scenario_takes_the_slo_flags() -> None:
+    from loadgen.cli import load_scenario_from_args, parse_args
+
+    args = parse_args(["--scenario", "capacity", "--slo-ttft-p90-ms", "500",
+                       "--slo-tpot-p99.9-ms=20", "--slo-max-error-rate", "0.02"])  # fmt: skip
+    sc = load_scenario_from_args(args)
+    assert sc.search is not None and sc.search.kind == "capacity"
+    assert sc.slo.describe() == "p90 TTFT <= 500 ms, p99.9 TPOT <= 20 ms, errors <= 2%"
+    sat = load_scenario_from_args(parse_args(["--scenario", "saturation", "--levels", "3"]))
+    assert sat.search is not None and sat.search.levels == 3
+    sweep = load_scenario_from_args(parse_args(
+        ["--scenario", "concurrency-sweep", "--search", "capacity", "--slo-e2e-p50-ms", "900",
+         "--search-max", "32", "--max-probes", "6"]))  # fmt: skip
+    assert sweep.sweep is None and sweep.phases() == []
+    assert (sweep.search.max, sweep.search.max_probes) == (32, 6)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--slo-ttft-p100-ms", "500"], "--slo-ttft-p100-ms: must be less than 100"),
+        (["--slo-ttft-p0-ms", "500"], "--slo-ttft-p0-ms: must be greater than 0"),
+        (["--slo-ttft-p90-ms"], "--slo-ttft-p90-ms: expected a bound in ms"),
+        (["--slo-ttft-p90-ms", "0"], "--slo-ttft-p90-ms: must be greater than 0"),
+        (["--slo-foo-p90-ms", "5"], "--slo-foo-p90-ms: unknown metric 'foo'"),
+        (["--slo-ttft-p90-ms", "5", "--slo-ttft-ms", "9"], "ttft is bounded twice"),
+        (["--resolution", "0"], "--resolution: must be greater than 0"),
+        (["--rate", "1000"], "--rate: the search starts at 1000, above search.max (256)"),
+        (["--search-max", "0.5"], "--search-max: load.rate: the search starts at 1, above"),
+        (["--max-probes", "0"], "--max-probes: must be greater than or equal to 1"),
+        (["--levels", "3"], "--levels: not a field of a capacity search"),
+    ],
+)
+def test_bad_flags_are_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str], args: list[str], words: str
+) -> None:
+    code, err = _cli(capsys, "--scenario", "capacity", *args)
+    assert code == 2 and len(err) == 1 and words in err[0], err
+
+
+def test_search_flags_need_a_search(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _cli(capsys, "--scenario", "poisson", "--max-probes", "3")
+    assert code == 2 and err == [
+        "loadgen: error: --max-probes: the scenario has no search: add --search capacity "
+        "(or saturation)"
+    ]
+    code, err = _cli(capsys, "--scenario", "poisson", "--search", "capacity")
+    assert code == 2 and "slo: a capacity search needs a bound" in err[0]

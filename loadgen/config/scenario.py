@@ -9,6 +9,7 @@ order, with its own warmup and its own summary.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Mapping
 from enum import StrEnum
 from importlib import resources
@@ -424,6 +425,15 @@ def parse_scenario(
     except ValidationError as e:
         first = e.errors()[0]
         flag = (flags or {}).get(field_key(first["loc"]))
+        # A check across fields names its fields in its message ("load.rate: ... search.max"):
+        # the flag that set the first of them it names leads the line.
+        named = re.match(r"Value error, (([\w.]+): .*)", first["msg"], re.DOTALL)
+        if flag is None and named and flags:
+            text, key = named.groups()
+            hit = key if key in flags else next((k for k in flags if k in text), None)
+            if hit is not None:
+                shown = text.removeprefix(f"{key}: ") if hit == key else text
+                raise SpecloadError(f"{flags[hit]}: {shown}") from None
         if flag is None:
             raise SpecloadError(describe_validation_error(source, e)) from None
         msg = first["msg"].replace("Input should be", "must be", 1)
