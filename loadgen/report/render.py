@@ -17,6 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loadgen.errors import SpecloadError
+from loadgen.report.capacity import (
+    CapacitySection,
+    capacity_section,
+    section_html,
+    section_markdown,
+)
 from loadgen.report.console import NA, as_flag, as_float
 from loadgen.report.crossover import crossovers
 from loadgen.report.document import Column, ReportData, ReportDoc, build_document
@@ -71,11 +77,13 @@ def write_report(
             fig_paths[scen] = figs.scenario_figures(df[df["scenario"] == scen], scen, out)
 
     data = ReportData(df, runs, resolve_baseline(runs, baseline), crossovers(df), fig_paths)
+    # capacity searches first: the report's headline where there are any
+    cap = capacity_section(runs, data.base_label, out if figures else None)
     _write_csv(df, out / "report.csv")
-    _write_json(data, out / "report.json")
+    _write_json(data, out / "report.json", cap)
     doc = build_document(data)
-    (out / "report.md").write_text(to_markdown(doc))
-    (out / "report.html").write_text(to_html(doc))
+    (out / "report.md").write_text(to_markdown(doc, cap))
+    (out / "report.html").write_text(to_html(doc, cap))
     return out / "report.md"
 
 
@@ -87,7 +95,7 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
     csv_df.to_csv(path, index=False)
 
 
-def _write_json(data: ReportData, path: Path) -> None:
+def _write_json(data: ReportData, path: Path, cap: CapacitySection | None = None) -> None:
     """The rows, the per-repeat values they came from, the runs, crossovers and figures."""
     run_info = [
         {
@@ -108,6 +116,8 @@ def _write_json(data: ReportData, path: Path) -> None:
         "repeats": repeat_rows(data.runs),
         "crossovers": list(data.crossovers),
         "figures": {s: [p.name for p in ps] for s, ps in data.figures.items()},
+        "capacity": [r.as_dict() for r in cap.rows] if cap else [],
+        "saturation": cap.saturation if cap else [],
     }
     path.write_text(json.dumps(_json_safe(doc), indent=2) + "\n")
 
@@ -128,11 +138,14 @@ def _json_safe(value: Any) -> Any:
 # --- Markdown ------------------------------------------------------------------------------
 
 
-def to_markdown(doc: ReportDoc) -> str:
-    """report.md: the tables per scenario and level, then crossovers, stability, figures."""
+def to_markdown(doc: ReportDoc, capacity: CapacitySection | None = None) -> str:
+    """report.md: capacities at the SLO (where searched), the tables per scenario and
+    level, then crossovers, stability, figures."""
     out = [f"# {TITLE}", "", *doc.intro, ""]
     if doc.run_notes:
         out += ["Run notes:", "", *(f"- {n}" for n in doc.run_notes), ""]
+    if capacity:
+        out += section_markdown(capacity)
     out += [doc.how_to_read]
     for scen in doc.scenarios:
         out += [f"## Scenario `{scen.name}`", ""]
@@ -168,9 +181,9 @@ def _md_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> s
 # --- HTML ----------------------------------------------------------------------------------
 
 
-def to_html(doc: ReportDoc) -> str:
-    """report.html, self-contained: crossovers and the prose first, then each scenario's
-    tables with its figures embedded."""
+def to_html(doc: ReportDoc, capacity: CapacitySection | None = None) -> str:
+    """report.html, self-contained: capacities at the SLO (where searched), crossovers and
+    the prose first, then each scenario's tables with its figures embedded."""
     e = html.escape
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
@@ -182,6 +195,8 @@ def to_html(doc: ReportDoc) -> str:
     if doc.run_notes:
         items = "".join(f"<li>{e(n)}</li>" for n in doc.run_notes)
         parts.append(f"<p>Run notes:</p><ul class='note'>{items}</ul>")
+    if capacity:
+        parts += section_html(capacity)
     parts.append(f"<h2>{CROSSOVER_HEADING}</h2><ul>")
     for c in doc.crossovers:
         parts.append(f"<li><code>{e(c.scenario)}</code> <b>{e(c.label)}</b>: ")
