@@ -60,6 +60,7 @@ class RunKwargs(TypedDict, total=False):
     health_check: Callable[[], bool]
     only_phases: list[str]
     tokenizer: str
+    resume: bool
 
 
 class Runner(Protocol):
@@ -94,6 +95,10 @@ def _dump(obj: Any) -> Any:
 
 
 def phase_slugs(scenario: Scenario) -> list[str]:
+    """A scenario's cells: one per phase; a search (which picks its phases as it runs) is
+    one cell named after its kind ('capacity'), done when the search finished."""
+    if scenario.search is not None:
+        return [scenario.search.kind.value]
     return [slugify(p.name) for p in scenario.phases()]
 
 
@@ -414,6 +419,8 @@ def _run_scenario_cells(
     }
     if subset:
         kwargs["only_phases"] = list(todo)
+    if scenario.search is not None:  # a search run again takes back its finished probes
+        kwargs["resume"] = True
     if scenario.prompts.tokenizer is None and (Path(run.server.model) / "tokenizer.json").is_file():
         # The served name may hide the directory; its tokenizer is faster than /tokenize.
         kwargs["tokenizer"] = str(run.server.model)
@@ -451,11 +458,15 @@ def _record_result(
     interrupted = result.exit_code == ExitCode.INTERRUPTED
     phases: dict[str, dict[str, Any]] = dict(result.phases or {})
     done_summaries = {}
+    if scenario.search is not None:  # its one cell stands for the whole search
+        done_summaries = dict(phases) if result.complete else {}
+        phases = {todo[0]: {"complete": result.complete}} if phases else {}
     for slug in todo:
         summary = phases.get(slug)
         if summary is not None and summary.get("complete", result.complete):
             state.mark(label, scenario.name, [slug], DONE)
-            done_summaries[slug] = summary
+            if scenario.search is None:
+                done_summaries[slug] = summary
         elif summary is not None and not interrupted:
             state.mark(label, scenario.name, [slug], FAILED, error=reason or "incomplete")
         else:  # never started, or cut by Ctrl-C: run it next time
