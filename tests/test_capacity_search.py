@@ -391,3 +391,38 @@ def test_search_flags_need_a_search(capsys: pytest.CaptureFixture[str]) -> None:
     ]
     code, err = _cli(capsys, "--scenario", "poisson", "--search", "capacity")
     assert code == 2 and "slo: a capacity search needs a bound" in err[0]
+
+
+def test_two_searches_can_alternate_their_probes(tmp_path: Path) -> None:
+    """begin / probe / end: a driver holding two servers can run their searches' probes in
+    turn (A B B A ...); each search decides as it would alone."""
+    alone = {}
+    for label, truth in (("a", 6.0), ("b", 9.0)):
+        ctx = _ctx(tmp_path / "alone" / label, repeat_close=0)
+        alone[label] = _run(ctx, FakeHost(ctx, truth=truth))
+    runs, hosts, order = {}, {}, []
+    for label, truth in (("a", 6.0), ("b", 9.0)):
+        ctx = _ctx(tmp_path / "paired" / label, repeat_close=0)
+        runs[label], hosts[label] = CapacityRun(ctx), FakeHost(ctx, truth=truth)
+
+    async def main() -> None:
+        for r in runs.values():
+            r.begin()
+        live, k = set(runs), 0
+        while live:
+            for label in ("a", "b") if k % 2 == 0 else ("b", "a"):
+                if label in live:
+                    if await runs[label].probe(hosts[label]):
+                        order.append(label)
+                    else:
+                        live.discard(label)
+            k += 1
+        for r in runs.values():
+            r.end()
+
+    asyncio.run(main())
+    assert order[:4] == ["a", "b", "b", "a"]
+    for label in ("a", "b"):
+        doc = json.loads((tmp_path / "paired" / label / "capacity.json").read_text())
+        assert doc["capacity"] == alone[label]["capacity"] and doc["status"] == "done"
+        assert [p["phase"] for p in doc["probes"]] == [p["phase"] for p in alone[label]["probes"]]

@@ -8,7 +8,7 @@ summary.json, so reports read it like any phase), judges its records against the
 (:mod:`loadgen.results.slo`, pooling the runs of a repeated level), tells the state
 machine, and rewrites ``capacity.json`` (:mod:`loadgen.results.capacity`) after every probe.
 
-The one-probe steps (:meth:`CapacityRun.next_plan`, :meth:`CapacityRun.finish_probe`) are
+The steps (:meth:`CapacityRun.begin`, :meth:`CapacityRun.probe`, :meth:`CapacityRun.end`) are
 public so that a driver holding several servers can interleave their searches' probes.
 
 Phase names are the level's (``rate=4.5``, ``concurrency=6``), ``r2``, ``r3`` for the repeats
@@ -83,24 +83,46 @@ class CapacityRun:
     # --- the run ------------------------------------------------------------------------
 
     async def run(self, host: PhaseHost) -> bool:
+        """The whole search against one server; True unless the run was stopped."""
+        self.begin()
+        try:
+            while await self.probe(host):
+                pass
+        finally:
+            self.end()
+        return self.machine.stop is not SearchStop.STOPPED
+
+    def begin(self) -> None:
+        """Start the search's clock (``max_search_s``) and write capacity.json."""
         self.started = time.monotonic()
         self.write(done=False)
-        try:
-            while (plan := self.next_plan()) is not None:
-                summary = self._take_back(plan, host)
-                if summary is None:
-                    self._clear_dir(plan.slug)
-                    summary = await host.run(plan)
-                if self.ctx.stop.is_set():  # cut short: not a measurement of its level
-                    self._note_cut(plan, summary)
-                    break
-                await self.finish_probe(plan, summary)
-        finally:
-            if self.ctx.stop.is_set():
-                self.machine.halt(SearchStop.STOPPED)
-            self._supersede_rest()
-            self.write(done=True)
-        return self.machine.stop is not SearchStop.STOPPED
+
+    async def probe(self, host: PhaseHost) -> bool:
+        """Run (or take back) the next probe and judge it; False when the search is over.
+
+        One step, so that a driver holding two servers can alternate their searches' probes
+        (baseline, candidate, candidate, baseline, ...) instead of running one after the
+        other: ``begin()`` both, ``probe()`` each in turn until both say False, ``end()``."""
+        plan = self.next_plan()
+        if plan is None:
+            return False
+        summary = self._take_back(plan, host)
+        if summary is None:
+            self._clear_dir(plan.slug)
+            summary = await host.run(plan)
+        if self.ctx.stop.is_set():  # cut short: not a measurement of its level
+            self._note_cut(plan, summary)
+            self.machine.halt(SearchStop.STOPPED)
+            return False
+        await self.finish_probe(plan, summary)
+        return True
+
+    def end(self) -> None:
+        """Close the search: why it stopped, capacity.json final, leftovers moved aside."""
+        if self.ctx.stop.is_set():
+            self.machine.halt(SearchStop.STOPPED)
+        self._supersede_rest()
+        self.write(done=True)
 
     def next_plan(self) -> PhasePlan | None:
         """The next probe's phase, or None when the search is over."""

@@ -355,6 +355,8 @@ def _level_points(doc: dict[str, Any]) -> list[dict[str, Any]]:
     of all its runs pooled (the last run's pooled verdict)."""
     by_level: dict[float, dict[str, Any]] = {}
     for p in doc.get("probes") or []:
+        if not isinstance(p, dict):
+            continue
         level = as_float(p.get("level"))
         if level is None or not p.get("complete"):
             continue
@@ -364,9 +366,12 @@ def _level_points(doc: dict[str, Any]) -> list[dict[str, Any]]:
             g = as_float(p.get("request_throughput"))
         if g is not None:
             entry["goodputs"].append(g)
-        pooled = p.get("pooled") or {}
-        for metric, v in (pooled.get("percentiles") or {}).items():
-            entry["percentiles"][metric] = as_float(v.get("value_ms"))
+        pooled = p.get("pooled") if isinstance(p.get("pooled"), dict) else {}
+        pcts = pooled.get("percentiles") if isinstance(pooled.get("percentiles"), dict) else {}
+        for metric, v in pcts.items():
+            entry["percentiles"][metric] = (
+                as_float(v.get("value_ms")) if isinstance(v, dict) else None
+            )
     out = []
     for level in sorted(by_level):
         e = by_level[level]
