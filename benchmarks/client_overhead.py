@@ -43,6 +43,7 @@ import json
 import math
 import os
 import platform
+import select
 import subprocess
 import sys
 import tempfile
@@ -92,6 +93,26 @@ class Cell:
     @property
     def offered_chunk_rate(self) -> float | None:
         return None if self.rate is None else self.rate * self.output_tokens
+
+    def expected_s(self) -> float:
+        """How long the cell takes when the client keeps up: the schedule's span (open
+        loop) or the waves of a closed loop, plus one request's service time at the mock."""
+        service = (self.ttft_ms + self.output_tokens * self.itl_ms) / 1e3
+        if self.shape == "poisson" and self.rate:
+            return (self.num_requests + self.warmup) / self.rate + service
+        waves = math.ceil((self.num_requests + self.warmup) / max(self.concurrency or 1, 1))
+        return waves * service
+
+
+def cell_bound_s(cell: Cell, factor: float, floor_s: float) -> float:
+    """The wall time after which a cell is stopped and recorded as not held: a client that
+    falls behind its schedule would otherwise run on for minutes (a 2,000 req/s step once
+    ran past 8 minutes on a 16-core host), and the step after it could never hold anyway."""
+    return max(floor_s, factor * cell.expected_s())
+
+
+class CellTimeout(Exception):
+    """A worker did not answer a cell within its bound."""
 
 
 @dataclass
@@ -465,12 +486,23 @@ class Worker:
             raise RuntimeError(f"{self.client} worker died (see the log)")
         return json.loads(line)
 
-    def run(self, cell: Cell, url: str, out: Path) -> dict[str, Any]:
-        assert self.proc.stdin is not None
+    def run(self, cell: Cell, url: str, out: Path, bound_s: float) -> dict[str, Any]:
+        """The worker's answer for ``cell``; CellTimeout (and the worker killed) when it has
+        not answered within ``bound_s``."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
         msg = {"cell": asdict(cell), "url": url, "out": str(out)}
         self.proc.stdin.write(json.dumps(msg) + "\n")
         self.proc.stdin.flush()
+        wait = None if math.isinf(bound_s) else bound_s
+        ready, _, _ = select.select([self.proc.stdout], [], [], wait)
+        if not ready:
+            self.kill()
+            raise CellTimeout(f"no answer within {bound_s:.0f} s")
         return self._read()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
     def close(self) -> None:
         if self.proc.stdin:
@@ -508,7 +540,7 @@ def proc_cpu_s(pid: int) -> float | None:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_cell(w: Worker, cell: Cell, work: Path) -> CellResult:
+def run_cell(w: Worker, cell: Cell, work: Path, bound_s: float = math.inf) -> CellResult:
     out = work / f"{cell.name}-{w.client}"
     log = work / f"{cell.name}-{w.client}.truth.jsonl"
     proc, url = start_mock_process(
@@ -516,13 +548,22 @@ def run_cell(w: Worker, cell: Cell, work: Path) -> CellResult:
          "--model", MODEL]
     )  # fmt: skip
     t0 = time.monotonic()
+    res = CellResult(cell, w.client)
     try:
-        ans = w.run(cell, url, out)
+        ans = w.run(cell, url, out, bound_s)
         mock_cpu = proc_cpu_s(proc.pid)
+    except CellTimeout as e:
+        res.stats = {
+            "error": f"not held: {e} (the client fell behind its schedule)",
+            "timed_out": True,
+            "bound_s": round(bound_s, 1),
+            "worst_p99_ms": None,
+            "cell_wall_s": round(time.monotonic() - t0, 2),
+        }
+        return res
     finally:
         stop_mock_process(proc)  # closes (flushes) the log
     wall = time.monotonic() - t0
-    res = CellResult(cell, w.client)
     if "error" in ans:
         res.stats = {"error": ans["error"], "worst_p99_ms": None}
         return res
@@ -624,7 +665,12 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     def both(cell: Cell, k: int) -> list[CellResult]:
         # rotate who goes first, so a burst of background load hits each client alike
         order = clients[k % len(clients) :] + clients[: k % len(clients)]
-        got = [run_cell(workers[c], cell, work) for c in order]
+        bound = cell_bound_s(cell, args.cell_bound_factor, args.cell_bound_floor_s)
+        got = []
+        for c in order:
+            got.append(run_cell(workers[c], cell, work, bound))
+            if got[-1].stats.get("timed_out"):
+                workers[c] = Worker(c, log)  # the timed-out one was killed
         for r in got:
             print(f"{cell.name:<28} {r.client:<8} {_brief(r.stats)}", flush=True)
         return got
@@ -894,6 +940,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid-seconds", type=float, default=6.0, help="cap at the mock's pace")
     ap.add_argument("--grid-min-requests", type=int, default=8)
     ap.add_argument("--grid-max-chunks", type=int, default=300_000)
+    ap.add_argument(
+        "--cell-bound-factor",
+        type=float,
+        default=4.0,
+        help="a cell still running after this many times its expected time is stopped and "
+        "recorded as not held",
+    )
+    ap.add_argument("--cell-bound-floor-s", type=float, default=60.0, help="the bound's minimum")
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args.worker)

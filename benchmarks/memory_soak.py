@@ -210,8 +210,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "name": args.name,
         "command": " ".join(["python", *sys.argv]),
-        "loadgen_command": " ".join(["python", *cmd[1:]]),
-        "loadgen_repo": str(args.repo),
+        # the scratch folder's name says nothing about the run: shown as <tmp>
+        "loadgen_command": " ".join(["python", *cmd[1:]]).replace(str(work), "<tmp>"),
+        "loadgen_repo": Path(args.repo).resolve().name,  # a checkout's name, not its path
         "loadgen_commit": args.repo_commit or git_commit(args.repo),
         "machine": mach,
         "mock": " ".join(mock_args),

@@ -26,6 +26,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Long because it declares every flag in one place, in --help order: one line each.
     p = ArgParser(
         prog="python -m loadgen",
         description=(
@@ -61,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--input-tokens", type=int, help="prompt length for random prompts (tokens)")
     g.add_argument(
         "--output-tokens", type=int, help="max_tokens per request (exact with ignore_eos)"
+    )
+    g.add_argument(
+        "--lengths",
+        choices=["fixed", "natural"],
+        help="fixed: exactly --output-tokens per request (ignore_eos); natural: the model "
+        "stops where it stops, --output-tokens caps it",
     )
     g.add_argument("--endpoint", choices=["completions", "chat"], help="API to call")
     g.add_argument("--seed", type=int, help="seed for arrivals and prompts")
@@ -255,6 +262,8 @@ def scenario_overrides(doc: Any, args: argparse.Namespace) -> tuple[dict[str, An
         value = getattr(args, dest)
         if value is not None and value is not False:
             out[key], flags[key] = value, _flag(dest)
+    if args.lengths is not None:
+        out["ignore_eos"], flags["ignore_eos"] = args.lengths == "fixed", "--lengths"
     if args.num_requests is not None and args.duration is None:
         out["duration_s"] = None  # a count replaces the scenario's duration, and vice versa
     if args.duration is not None and args.num_requests is None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from loadgen.errors import ArgParser, SpecloadError, run_cli
 from server_launch.backends.base import BackendKind
+from server_launch.capabilities import PerRequestMetrics
 
 DEFAULT_BACKEND = BackendKind.DOCKER
 DEFAULT_HEALTH_TIMEOUT_S = 1200.0
@@ -107,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
         "'python -m vllm.entrypoints.openai.api_server'",
     )
     p.add_argument(
+        "--per-request-metrics",
+        choices=[m.value for m in PerRequestMetrics],
+        default=PerRequestMetrics.AUTO.value,
+        help="local backend: start vLLM with --enable-per-request-metrics and "
+        "--per-request-spec-decode-metrics (summary; 'detailed' adds per-step arrays) where "
+        "its own --help lists them, so every record carries the server's TTFT and the "
+        "request's acceptance (default %(default)s; off: never)",
+    )
+    p.add_argument(
         "--only",
         nargs="+",
         metavar="LABEL",
@@ -168,8 +178,12 @@ def _main(argv: list[str]) -> int:
         _print_plan(matrix, backend, args.port, out)
         return 0
 
+    from loadgen.config.prompts.base import check_prompts
     from server_launch.sweep import run_sweep
 
+    for run in matrix.runs:  # a missing prompt suite fails before any server starts
+        for sc in run.scenarios:
+            check_prompts(sc.prompts)
     result = run_sweep(
         matrix,
         backend=backend,
@@ -211,7 +225,7 @@ def _make_backend(kind: BackendKind, args: argparse.Namespace, matrix_image: str
                 raise SpecloadError(f"--vllm-cmd: {e}") from None
             if not cmd:
                 raise SpecloadError("--vllm-cmd: empty command")
-        return LocalBackend(cmd)
+        return LocalBackend(cmd, per_request=PerRequestMetrics(args.per_request_metrics))
     from server_launch.backends.docker import DEFAULT_IMAGE, DockerBackend
 
     return DockerBackend(image=args.image or matrix_image or DEFAULT_IMAGE, gpus=args.gpus)

@@ -117,7 +117,11 @@ def vllm_draft(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFa
         "num_speculative_tokens": 3,
     }
     log = tmp_path_factory.mktemp("vllm") / "draft.log"
-    yield from _serve(tiny_models["tiny-llama"], ["--speculative-config", json.dumps(spec)], log)
+    # Each response carries the server's own figures for it (server TTFT, the request's
+    # acceptance): what per-request acceptance is measured from.
+    per_request = ["--enable-per-request-metrics", "--per-request-spec-decode-metrics", "summary"]
+    args = ["--speculative-config", json.dumps(spec), *per_request]
+    yield from _serve(tiny_models["tiny-llama"], args, log)
 
 
 def cpu_matrix(name: str, model_dir: Path, specs: list[dict], scenarios: list[dict]) -> dict:

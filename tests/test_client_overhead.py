@@ -182,3 +182,32 @@ def test_byte_scan_leaves_odd_payloads_to_json(payload: bytes) -> None:
     from loadgen.http.sse import _scan_chunk
 
     assert _scan_chunk(payload) is None
+
+
+def test_cell_bound_grows_with_the_schedule() -> None:
+    fast = co.Cell("ramp", "poisson", 16, 100, 2.0, 5.0, rate=1000.0)
+    slow = co.Cell("ramp", "poisson", 16, 100, 2.0, 5.0, rate=10.0)
+    closed = co.Cell("grid", "concurrency", 512, 64, 2.0, 5.0, concurrency=8)
+    assert slow.expected_s() == pytest.approx(108 / 10 + 0.037)
+    assert closed.expected_s() == pytest.approx(9 * (5 + 512 * 2) / 1e3)
+    assert co.cell_bound_s(fast, 4.0, 60.0) == 60.0  # the floor
+    assert co.cell_bound_s(slow, 4.0, 1.0) == pytest.approx(4 * slow.expected_s())
+
+
+def test_a_cell_past_its_bound_is_not_held_and_its_worker_is_killed(tmp_path: Path) -> None:
+    """A client that falls behind its schedule must not run on: the cell ends at its bound,
+    is recorded as not held, and the stuck worker is gone."""
+    import subprocess
+
+    w = object.__new__(co.Worker)  # a worker that never answers
+    w.client = "loadgen-raw"
+    w.proc = subprocess.Popen(
+        ["sleep", "60"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    cell = co.Cell("ramp", "poisson", 16, 4, 2.0, 5.0, rate=100.0, warmup=0)
+    res = co.run_cell(w, cell, tmp_path, bound_s=0.5)
+    assert res.stats["timed_out"] is True
+    assert res.stats["error"].startswith("not held")
+    assert not co.holds(res.stats, 1e9)
+    assert res.stats["cell_wall_s"] < 10
+    assert w.proc.poll() is not None  # killed

@@ -302,14 +302,17 @@ def test_copy_heavy_prompts_carry_text_to_copy():
 
 
 def test_sources_are_registered_and_say_whether_they_need_a_path():
-    assert set(SOURCES) == {"random", "base_prompt", "jsonl", "sharegpt", "builtin"}
+    suites = {"specbench", "mt_bench", "humaneval", "instructcoder", "speed_bench"}
+    assert set(SOURCES) == {"random", "base_prompt", "jsonl", "sharegpt", "builtin", *suites}
     assert {n for n, s in SOURCES.items() if s.needs_path} == {"jsonl", "sharegpt"}
+    assert {n for n, s in SOURCES.items() if s.needs_data} == suites
     for name in ("jsonl", "sharegpt"):
         with pytest.raises(ValidationError, match=f"prompts.path is required for source '{name}'"):
             PromptSpec(source=name)
     with pytest.raises(
         ValidationError,
-        match="Input should be 'base_prompt', 'builtin', 'jsonl', 'random' or 'sharegpt'",
+        match="Input should be 'base_prompt', 'builtin', 'humaneval', 'instructcoder', 'jsonl', "
+        "'mt_bench', 'random', 'sharegpt', 'specbench' or 'speed_bench'",
     ):
         PromptSpec(source="zipf")
 

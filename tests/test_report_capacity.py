@@ -95,6 +95,6 @@ def test_report_leads_with_capacity_per_configuration(tmp_path: Path) -> None:
     assert (out / "cap_capacity.png").stat().st_size > 10_000
     assert "data:image/png;base64," in (out / "report.html").read_text()
     assert "Capacity at the SLO" in (out / "report.html").read_text()
-    rows = json.loads((out / "report.json").read_text())["capacity"]
+    rows = json.loads((out / "report.json").read_text())["capacity"]["rows"]
     assert [r["label"] for r in rows] == ["none", "draft-k3"]  # the baseline first
     assert {r["label"]: r["gain"] for r in rows}["draft-k3"] == pytest.approx(draft.gain.value)

@@ -25,6 +25,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from loadgen.results.files import read_records
 from server_launch.matrix import load_matrix
 from tests.conftest import REPO, cpu_matrix, free_port
 
@@ -187,6 +188,15 @@ def test_good_configs_ran_against_real_servers(sweep: SimpleNamespace) -> None:
     # vLLM served the draft: its speculative-decoding counters moved
     good = json.loads((sweep.dir / GOOD / SCENARIO / "summary.json").read_text())
     assert all(ph["spec_decode_num_drafts"] > 0 for ph in good["phases"].values())
+    # server_launch found the per-request flags in this vLLM's --help and turned them on:
+    # every response carried the server's figures, the draft's its acceptance too
+    for label in (BASE, GOOD):
+        assert "--enable-per-request-metrics" in sweep.state["runs"][label]["command"]
+        for lv in LEVELS:
+            recs = list(read_records(sweep.dir / label / SCENARIO / lv / "requests.jsonl"))
+            assert all(r.server_metrics and r.server_metrics["queue_time_ms"] >= 0 for r in recs)
+            spec = [r.server_metrics.get("speculative_decoding") for r in recs]
+            assert all(s is not None for s in spec) == (label == GOOD)
     assert "none" in (sweep.dir / "matrix.yaml").read_text()
 
 

@@ -178,6 +178,20 @@ def test_draft_model_speculation_fills_acceptance(vllm_draft: VllmServer, tmp_pa
     rates = flat["spec_decode_per_position_acceptance_rates"]
     assert len(rates) == 3 and all(0.0 <= x <= 1.0 for x in rates)
     assert json.loads((out / "run.json").read_text())["label"] == "draft_model-k3"
+    # Per request: vLLM's own figures in every record, whose accepted draft tokens add up
+    # to the server's counter over the measured window (scraped after the warmup and after
+    # the last response), and whose engine-side TTFT is inside the client's.
+    spec = [(r.server_metrics or {}).get("speculative_decoding") for r in measured]
+    assert all(s is not None and s["num_spec_tokens"] == 3 for s in spec), spec
+    accepted = sum(s["num_accepted_draft_tokens"] for s in spec)
+    assert accepted == flat["spec_decode_accepted_tokens"] == flat["request_accepted_tokens"]
+    assert sum(s["num_draft_tokens"] for s in spec) == flat["spec_decode_draft_tokens"]
+    for r in measured:
+        server_ttft_s = r.server_metrics["time_to_first_token_ms"] / 1e3
+        assert 0 < server_ttft_s <= r.ttft_s, (server_ttft_s, r.ttft_s)
+    assert flat["num_request_acceptance"] == N
+    assert 1.0 <= flat["median_request_acceptance_length"] <= 4.0
+    assert flat["median_client_minus_server_ttft_ms"] > 0
 
 
 def test_raw_transport_exact_tokens(vllm_plain: VllmServer, tmp_path: Path) -> None:
@@ -202,3 +216,40 @@ def test_raw_transport_exact_tokens(vllm_plain: VllmServer, tmp_path: Path) -> N
         assert flat["total_output_tokens"] == N * OUT_TOKENS
         run = json.loads((out / "run.json").read_text())
         assert run["loadgen"]["transport"] == "raw" and run["scenario"]["transport"] == "raw"
+
+
+def test_multi_turn_against_vllm(vllm_plain: VllmServer, tmp_path: Path) -> None:
+    """Two two-turn conversations through vLLM's chat template: turn 2 carries turn 1 and
+    the model's answer (its prompt grows by both), and the phase reads the prefix cache."""
+    suite = tmp_path / "question.jsonl"
+    rows = [
+        {"question_id": i, "category": c, "turns": [f"Tell me about {c}.", "Say more."]}
+        for i, c in enumerate(("rivers", "bridges"))
+    ]
+    suite.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scen = tmp_path / "mt.yaml"
+    doc = {
+        "endpoint": "chat",
+        "load": {"shape": "concurrency", "concurrency": 2},
+        "num_requests": 2,
+        "prompts": {"source": "specbench", "path": str(suite)},
+        "multi_turn": {"think_time_s": 0.05},
+        "output_tokens": 8,
+        "ignore_eos": True,
+    }
+    scen.write_text(json.dumps(doc))
+    out = tmp_path / "mt"
+    p = run_loadgen("--scenario", str(scen), "--base-url", vllm_plain.url,
+                    "--output-dir", str(out), "--no-progress")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    flat, records = _phase(out)
+    assert len(records) == 4 and all(r.ok for r in records)
+    turns = {(r.conversation, r.turn): r for r in records}
+    for c in {r.conversation for r in records}:
+        first, second = turns[(c, 1)], turns[(c, 2)]
+        assert first.category == second.category and first.output_tokens == 8
+        # the history (turn 1 and its 8-token answer) is in turn 2's prompt
+        assert second.prompt_tokens >= first.prompt_tokens + 8
+        assert second.sent_s - first.end_s >= 0.05
+    assert set(flat["by_turn"]) == {"1", "2"}
+    assert flat["prefix_cache_queries"] is not None and flat["prefix_cache_queries"] > 0

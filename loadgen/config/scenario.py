@@ -74,6 +74,20 @@ class PromptSpec(_Strict):
     tokenizer: str | None = Field(
         None, description="tokenizer directory; default: the server's /tokenize endpoint"
     )
+    dataset: str | None = Field(
+        None,
+        description="suites: a Hugging Face dataset name or local dataset directory, read "
+        "with the 'datasets' extra (instead of path)",
+    )
+    split: str | None = Field(
+        None, description="suites with dataset: the split (default: the suite's)"
+    )
+    subset: str | None = Field(
+        None, description="suites: the dataset config, or speed_bench's file (qualitative, ...)"
+    )
+    categories: list[str] | None = Field(
+        None, min_length=1, description="suites: keep only rows of these categories"
+    )
     prefix_tokens: int = Field(0, ge=0, description="random: a shared prefix of this many tokens")
     range_ratio: float = Field(0.0, ge=0, lt=1, description="random: input length +- this ratio")
     sampling: Literal["vllm", "uniform"] = Field(
@@ -91,8 +105,15 @@ class PromptSpec(_Strict):
 
     @model_validator(mode="after")
     def _needs_path(self) -> PromptSpec:
-        if SOURCES[self.source].needs_path and not self.path:
+        source = SOURCES[self.source]
+        if source.needs_path and not self.path:
             raise ValueError(f"prompts.path is required for source '{self.source}'")
+        if source.needs_data and not (self.path or self.dataset):
+            raise ValueError(
+                f"prompts.path or prompts.dataset is required for source '{self.source}'"
+            )
+        if self.path and self.dataset:
+            raise ValueError("prompts.path and prompts.dataset: give one, not both")
         return self
 
 
@@ -216,6 +237,26 @@ class SLO(_Strict):
         return ", ".join(parts) or "no level SLO"
 
 
+MAX_TURNS = 999  # a turn's request id is conversation id * 1000 + turn
+
+
+class MultiTurn(_Strict):
+    """Replay whole conversations as a user would: turn k's request carries the earlier
+    turns and the model's actual answers to them, sent a think time after the previous
+    answer ended. A conversation is the unit the load counts: ``num_requests`` and
+    ``warmup_requests`` count conversations, ``concurrency`` conversations in flight, and
+    an open-loop arrival starts one. Needs ``endpoint: chat`` (the history is a message
+    list the server's chat template renders). Every turn asks for ``output_tokens``."""
+
+    think_time_s: float = Field(
+        0.0, ge=0, le=3600, description="pause between an answer's last byte and the next turn"
+    )
+    think_time: Literal["fixed", "exponential"] = Field(
+        "fixed", description="exactly think_time_s, or exponential with that mean (seeded)"
+    )
+    max_turns: int = Field(MAX_TURNS, ge=1, le=MAX_TURNS, description="turns kept per conversation")
+
+
 # --- scenario and phases -----------------------------------------------------------------
 
 
@@ -249,6 +290,9 @@ class Scenario(_Strict):
         1, ge=1, le=100, description="run each phase this many times, back to back"
     )
     prompts: PromptSpec = PromptSpec()
+    multi_turn: MultiTurn | None = Field(
+        None, description="replay whole conversations (the prompt source's turns)"
+    )
     output_tokens: int = Field(128, gt=0)
     ignore_eos: bool = True
     temperature: float = Field(0.0, ge=0)
@@ -279,6 +323,8 @@ class Scenario(_Strict):
     def _check(self) -> Scenario:
         if self.num_requests is None and self.duration_s is None:
             raise ValueError("set num_requests or duration_s")
+        if self.multi_turn is not None and self.endpoint != "chat":
+            raise ValueError("multi_turn: needs endpoint: chat (the history is sent as messages)")
         if self.sweep:
             for key, values in self.sweep.items():
                 if key == "shape" or key not in type(self.load).model_fields:
@@ -337,6 +383,13 @@ class Scenario(_Strict):
                 v = getattr(search, name)
                 if v is not None and v != int(v):
                     raise ValueError(f"search.{name}: a concurrency; give a whole number")
+
+    @property
+    def output_lengths(self) -> Literal["fixed", "natural"]:
+        """``fixed``: every request generates exactly its max_tokens (``ignore_eos``);
+        ``natural``: the model stops where it stops, max_tokens only caps it. Every summary
+        and report says which, since latency per request depends on it."""
+        return "fixed" if self.ignore_eos else "natural"
 
     def phases(self) -> list[Phase]:
         """Expand ``sweep`` into phases (cartesian product, in file order); with ``repeats``,

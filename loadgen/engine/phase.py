@@ -17,6 +17,12 @@ from typing import Protocol
 
 from loadgen.config.prompts.base import Prompt
 from loadgen.config.shapes.base import Schedule
+from loadgen.engine.conversation import (
+    ConversationPlan,
+    assistant_message,
+    turn_request_id,
+    user_message,
+)
 from loadgen.engine.stop import ErrorBudget, StopReason, StopSignal
 from loadgen.http.base import Clock, RequestSettings, make_transport
 from loadgen.results.records import ErrorKind, RequestRecord
@@ -48,6 +54,7 @@ class RequestPlan:
     id_prefix: str  # a request's x-request-id is f"{id_prefix}-{request id}"
     transport: str = "raw"  # a loadgen.http.base registry name, as the scenario says
     spin_s: float = 0.0  # the scenario's spin_ms, in seconds
+    conversations: ConversationPlan | None = None  # multi-turn replay: a "request" is one
 
 
 @dataclass
@@ -96,6 +103,8 @@ class PhaseRunner:
         self.output_tokens = plan.output_tokens
         self.id_prefix = plan.id_prefix
         self.spin_s = plan.spin_s
+        self.conversations = plan.conversations
+        self._deadline: float | None = None  # multi-turn: no turn starts after it
         self.clock = clock
         self.writer = writer
         self.sinks = sinks
@@ -133,6 +142,8 @@ class PhaseRunner:
                 self._ids = iter(measured_ids)
             if start is None:
                 start = self.clock()
+            if schedule.duration_s:
+                self._deadline = start + schedule.duration_s
             if schedule.closed:
                 assert schedule.concurrency is not None
                 deadline = start + schedule.duration_s if schedule.duration_s else None
@@ -221,6 +232,9 @@ class PhaseRunner:
     async def _one(self, scheduled: float, *, warmup: bool) -> None:
         rid = next(self._ids)
         prompt = self.prompts[rid % len(self.prompts)]
+        if self.conversations is not None:
+            await self._conversation(rid, prompt, scheduled, warmup=warmup)
+            return
         max_tokens = prompt.output_tokens or self.output_tokens
         rec = RequestRecord(
             request_id=rid,
@@ -230,6 +244,8 @@ class PhaseRunner:
             prompt_tokens=prompt.input_tokens,
             warmup=warmup,
             worker=self.worker,
+            category=prompt.category,
+            source_row=prompt.row,
         )
         self._sent += not warmup
         cancelled = False
@@ -243,6 +259,53 @@ class PhaseRunner:
             self._finish(rec)
         if cancelled:
             raise asyncio.CancelledError
+
+    async def _conversation(
+        self, cid: int, prompt: Prompt, scheduled: float, *, warmup: bool
+    ) -> None:
+        """Conversation ``cid``'s turns, one after another (see
+        :mod:`loadgen.engine.conversation`): each carries the history so far, and is
+        scheduled a think time after the previous answer's last byte (its dispatch lag is
+        how late the client was against that)."""
+        plan = self.conversations
+        assert plan is not None
+        turns = plan.turns(prompt)
+        thinks = plan.think_times(cid, len(turns) - 1)
+        history: list[dict[str, str]] = []
+        end = scheduled  # the previous answer's last byte (before turn 1: unused)
+        for k, text in enumerate(turns, start=1):
+            if k > 1:
+                scheduled = end + thinks[k - 2]
+                await self._sleep_until(scheduled)
+                if self.stop.is_set() or (self._deadline and self.clock() >= self._deadline):
+                    return
+            history.append(user_message(text))
+            rid = turn_request_id(cid, k)
+            rec = RequestRecord(
+                request_id=rid,
+                phase=self.phase_name,
+                scheduled_s=scheduled,
+                sent_s=scheduled,
+                prompt_tokens=prompt.input_tokens if k == 1 else None,
+                warmup=warmup,
+                worker=self.worker,
+                category=prompt.category,
+                source_row=prompt.row,
+                conversation=cid,
+                turn=k,
+            )
+            self._sent += not warmup
+            reply: list[str] = []
+            try:
+                await self._transport.send_request(
+                    rec, list(history), self.output_tokens, f"{self.id_prefix}-{rid}", reply
+                )
+            finally:  # a cancel (the run stopping) still writes the record, then propagates
+                self._finish(rec)
+            if rec.error is not None or not reply or rec.end_s is None:
+                return  # the next turn would need the answer that never came
+            history.append(assistant_message(reply[0]))
+            end = rec.end_s
 
     def _finish(self, rec: RequestRecord) -> None:
         self.writer.write(rec)

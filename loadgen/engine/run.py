@@ -24,9 +24,10 @@ from typing import Any
 
 import httpx
 
-from loadgen.config.prompts.base import PromptSet, load_prompts
+from loadgen.config.prompts.base import PromptSet, check_prompts, load_prompts
 from loadgen.config.scenario import Scenario
 from loadgen.engine.context import PhaseHost, PhasePlan, PhaseStrategy, RunContext, phase_plan
+from loadgen.engine.conversation import ConversationPlan
 from loadgen.engine.driver import InProcess, PhaseDriver, PhaseRun
 from loadgen.engine.host import event_loop_name, host_info
 from loadgen.engine.phase import RequestPlan
@@ -80,6 +81,7 @@ async def run_scenario_async(
         from loadgen.engine.workers.ray_actors import require_ray
 
         require_ray()
+    check_prompts(scenario.prompts)  # a missing prompt suite fails before the server is asked
     info = await probe_server(base_url, api_key)
     model = resolve_model(model or scenario.model, info.models, base_url)
     plans = plan_phases(scenario, only_phases)
@@ -104,6 +106,9 @@ async def run_scenario_async(
                 id_prefix=f"specload-{os.getpid()}-{int(origin_wall)}",
                 transport=scenario.transport,
                 spin_s=scenario.spin_ms / 1e3,
+                conversations=None
+                if scenario.multi_turn is None
+                else ConversationPlan.of(scenario.multi_turn, scenario.seed),
             ),
             results=ResultsDir(output_dir),
             clock=now_clock(origin_perf),
@@ -323,9 +328,10 @@ async def _run_phase(ctx: RunContext, plan: PhasePlan, driver: PhaseDriver) -> d
     spec = None
     before = scraped.get("before")
     if before is not None and after is not None:
-        spec = server_metrics.spec_decode_delta(
-            server_metrics.parse_prometheus(before), server_metrics.parse_prometheus(after)
-        )
+        parsed_before = server_metrics.parse_prometheus(before)
+        parsed_after = server_metrics.parse_prometheus(after)
+        spec = server_metrics.spec_decode_delta(parsed_before, parsed_after)
+        extra.update(server_metrics.prefix_cache_delta(parsed_before, parsed_after))
     summary = ran.summary.summary(
         duration_s=ran.duration_s,
         slo=ctx.scenario.slo,
@@ -352,6 +358,8 @@ def _phase_extra(ctx: RunContext) -> dict[str, Any]:
         "tokenizer_id": ctx.tokenizer_id,
         "scenario": ctx.scenario.name,
         "server_version": ctx.server.version,
+        "output_lengths": ctx.scenario.output_lengths,
+        "prompt_source": ctx.scenario.prompts.source,
     }
 
 

@@ -30,6 +30,8 @@ from loadgen.errors import describe_exception, one_line
 from loadgen.results.records import ErrorKind, RequestRecord
 
 Endpoint = Literal["completions", "chat"]
+# A prompt as sent: the text, or a chat's messages ({"role": ..., "content": ...}).
+Prompt = str | list[dict[str, str]]
 TransportName = Literal["httpx", "raw"]
 Clock = Callable[[], float]
 MAX_ERROR_CHARS = 300  # a record's error message is one line of at most this many
@@ -66,7 +68,9 @@ class RequestSettings:
             **auth_headers(self.api_key),
         }
 
-    def body(self, prompt: str, max_tokens: int) -> dict[str, Any]:
+    def body(self, prompt: Prompt, max_tokens: int) -> dict[str, Any]:
+        """The request's JSON; ``prompt`` is the text, or for chat the whole message list
+        (a multi-turn replay's history)."""
         body: dict[str, Any] = {
             "model": self.model,
             "max_tokens": max_tokens,
@@ -78,7 +82,9 @@ class RequestSettings:
             body["ignore_eos"] = True
         if self.top_p is not None:
             body["top_p"] = self.top_p
-        if self.endpoint == "chat":
+        if isinstance(prompt, list):
+            body["messages"] = prompt
+        elif self.endpoint == "chat":
             body["messages"] = [{"role": "user", "content": prompt}]
         else:
             body["prompt"] = prompt
@@ -114,9 +120,16 @@ class Transport(Protocol):
         """Open the prefilled slots' connections, so measured requests don't pay for it."""
 
     async def send_request(
-        self, record: RequestRecord, prompt: str, max_tokens: int, request_id: str
+        self,
+        record: RequestRecord,
+        prompt: Prompt,
+        max_tokens: int,
+        request_id: str,
+        reply: list[str] | None = None,
     ) -> RequestRecord:
-        """Send one streaming request and fill ``record``; never raises except on cancel."""
+        """Send one streaming request and fill ``record``; never raises except on cancel.
+        ``reply``: when given, the generated text of a successful request is appended to
+        it (a multi-turn replay's next turn needs the answer)."""
 
     async def aclose(self) -> None:
         """Close every connection."""

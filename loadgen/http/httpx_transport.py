@@ -19,12 +19,13 @@ from loadgen.errors import describe_exception
 from loadgen.http.base import (
     MAX_ERROR_CHARS,
     Clock,
+    Prompt,
     RequestFailed,
     RequestSettings,
     describe_failure,
     tls_context,
 )
-from loadgen.http.sse import fail, parse_partial, parse_stream
+from loadgen.http.sse import fail, parse_partial, parse_stream, response_text
 from loadgen.results.records import RequestRecord
 
 
@@ -72,7 +73,12 @@ class HttpxTransport:
         await asyncio.gather(*(one(c) for c in self._free))
 
     async def send_request(
-        self, record: RequestRecord, prompt: str, max_tokens: int, request_id: str
+        self,
+        record: RequestRecord,
+        prompt: Prompt,
+        max_tokens: int,
+        request_id: str,
+        reply: list[str] | None = None,
     ) -> RequestRecord:
         client = self._take()
         try:
@@ -85,6 +91,7 @@ class HttpxTransport:
                 self._clock,
                 request_id,
                 self._parse_lock,
+                reply,
             )
         finally:
             self._give_back(client, healthy=record.error is None)
@@ -113,14 +120,16 @@ async def send_request(
     client: httpx.AsyncClient,
     settings: RequestSettings,
     record: RequestRecord,
-    prompt: str,
+    prompt: Prompt,
     max_tokens: int,
     clock: Clock,
     request_id: str,
     parse_lock: asyncio.Lock | None = None,
+    reply: list[str] | None = None,
 ) -> RequestRecord:
     """Send one streaming request and fill ``record`` in place. Never raises except on cancel.
-    ``parse_lock``: one per transport, so finished streams are parsed one at a time."""
+    ``parse_lock``: one per transport, so finished streams are parsed one at a time;
+    ``reply``: the generated text is appended to it when the request succeeded."""
     reads: list[tuple[float, bytes]] = []
     body = json.dumps(settings.body(prompt, max_tokens)).encode()
     headers = settings.headers(request_id)
@@ -153,6 +162,8 @@ async def send_request(
         record.end_s = clock()
         parsed = True
         await parse_stream(record, reads, lock=parse_lock)
+        if reply is not None and record.error is None:
+            reply.append(response_text(reads))
     except (asyncio.CancelledError, Exception) as e:
         cancelled = isinstance(e, asyncio.CancelledError)
         if cancelled and parsed:  # the stream was whole and its parse finished: it stands

@@ -40,13 +40,14 @@ from urllib.parse import urlsplit
 from loadgen.errors import SpecloadError, one_line
 from loadgen.http.base import (
     Clock,
+    Prompt,
     RequestFailed,
     RequestSettings,
     auth_headers,
     describe_failure,
     tls_context,
 )
-from loadgen.http.sse import fail, parse_partial, parse_stream
+from loadgen.http.sse import fail, parse_partial, parse_stream, response_text
 from loadgen.results.records import RequestRecord
 
 CONNECT_TIMEOUT_MAX_S = 30.0  # as the httpx path: min(this, request_timeout_s)
@@ -406,7 +407,12 @@ class RawTransport:
         await asyncio.gather(*(one() for _ in range(self._want - len(self._free))))
 
     async def send_request(
-        self, record: RequestRecord, prompt: str, max_tokens: int, request_id: str
+        self,
+        record: RequestRecord,
+        prompt: Prompt,
+        max_tokens: int,
+        request_id: str,
+        reply: list[str] | None = None,
     ) -> RequestRecord:
         s = self._settings
         clock = self._clock
@@ -453,6 +459,8 @@ class RawTransport:
                 record.end_s = conn.end_t
                 parsed = True
                 await parse_stream(record, conn.reads, lock=self._parse_lock)
+                if reply is not None and record.error is None:
+                    reply.append(response_text(conn.reads))
         # Everything, a bug included: it must cost one record, not the run.
         except (asyncio.CancelledError, Exception) as e:
             cancelled = isinstance(e, asyncio.CancelledError)

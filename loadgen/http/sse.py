@@ -145,6 +145,8 @@ def _fill_steps(
                     fail(record, e.kind, str(e))
                     return False
                 continue
+        if not has_choices and _METRICS_KEY in payload:
+            take_server_metrics(record, payload)
         if finish:
             record.finish_reason = finish
         if new_total is not None:
@@ -172,6 +174,50 @@ def _fill_steps(
     if record.chunk_times:
         record.first_token_s = record.chunk_times[0]
     return done
+
+
+# vLLM's per-request figures ride on the final usage-only chunk (``choices: []``) under
+# "metrics". A key pattern cannot occur inside a JSON string (quotes are escaped there).
+_METRICS_KEY = b'"metrics":{'
+
+
+def take_server_metrics(record: RequestRecord, payload: bytes) -> None:
+    """Keep the ``metrics`` object of the chunk ``payload`` as the server sent it (vLLM
+    --enable-per-request-metrics / --per-request-spec-decode-metrics); once per request, so
+    the second JSON parse of that one chunk costs nothing that matters."""
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        return
+    metrics = obj.get("metrics") if isinstance(obj, dict) else None
+    if isinstance(metrics, dict):
+        record.server_metrics = metrics
+
+
+def response_text(reads: list[tuple[float, bytes]]) -> str:
+    """The generated text of a whole stream, its chunks' text joined: what a multi-turn
+    replay sends back as the assistant's turn. A separate pass (the accounting parse keeps
+    no text), made only for the requests that need it."""
+    parts: list[str] = []
+    for _, payload in _iter_events(reads):
+        if payload == b"[DONE]":
+            break
+        try:
+            obj = json.loads(payload)
+        except ValueError:
+            continue
+        choices = obj.get("choices") if isinstance(obj, dict) else None
+        if choices and isinstance(choices[0], dict):
+            parts.append(_content_text(choices[0]))
+    return "".join(parts)
+
+
+def _content_text(choice: dict[str, Any]) -> str:
+    """A choice's answer text (a reasoning model's reasoning is not part of the answer)."""
+    if "text" in choice:
+        return choice.get("text") or ""
+    delta = choice.get("delta") or {}
+    return delta.get("content") or ""
 
 
 class _BadChunk(Exception):

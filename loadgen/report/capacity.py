@@ -23,7 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from loadgen.report.console import NA, as_float
 from loadgen.report.load import Run
@@ -86,14 +86,26 @@ class CapacityRow:
 
 @dataclass
 class CapacitySection:
-    """What the report shows of capacity searches: rows per scenario, figures, saturation."""
+    """What the report shows of capacity searches: rows per scenario, figures, saturation.
+    A report :class:`~loadgen.report.document.Section` that leads the report."""
 
+    key: ClassVar[str] = "capacity"  # its report.json key
     rows: list[CapacityRow] = field(default_factory=list)
-    figures: dict[str, Path] = field(default_factory=dict)
+    by_scenario: dict[str, Path] = field(default_factory=dict)  # scenario -> its figure
+    figures: list[Path] = field(default_factory=list)
     saturation: list[str] = field(default_factory=list)  # one line per saturation sweep
 
     def __bool__(self) -> bool:
         return bool(self.rows or self.saturation)
+
+    def markdown(self) -> str:
+        return "\n".join(section_markdown(self))
+
+    def html(self) -> str:
+        return "\n".join(section_html(self))
+
+    def as_json(self) -> dict[str, Any]:
+        return {"rows": [r.as_dict() for r in self.rows], "saturation": self.saturation}
 
 
 def capacity_section(
@@ -134,7 +146,8 @@ def capacity_section(
                 row.gain = gain(row.capacity, base.capacity)
                 row.headline = headline(row.label, row.gain, row.capacity.unit, row.slo_text)
         if out_dir is not None:
-            section.figures[scen] = capacity_figure(rows, scen, out_dir)
+            section.by_scenario[scen] = capacity_figure(rows, scen, out_dir)
+            section.figures.append(section.by_scenario[scen])
     return section
 
 
@@ -243,8 +256,8 @@ def section_markdown(section: CapacitySection) -> list[str]:
         out += [f"- **{r.headline}**" for r in rows if r.headline]
         if any(r.headline for r in rows):
             out.append("")
-        if scen in section.figures:
-            fig = section.figures[scen]
+        if scen in section.by_scenario:
+            fig = section.by_scenario[scen]
             out += [f"![{scen}: capacity]({fig.name})", ""]
     if section.rows:
         out += [HOW_TO_READ, ""]
@@ -272,8 +285,8 @@ def section_html(section: CapacitySection) -> list[str]:
         lines = "".join(f"<li><b>{e(r.headline)}</b></li>" for r in rows if r.headline)
         if lines:
             parts.append(f"<ul>{lines}</ul>")
-        if scen in section.figures:
-            fig = section.figures[scen]
+        if scen in section.by_scenario:
+            fig = section.by_scenario[scen]
             data = base64.b64encode(fig.read_bytes()).decode("ascii")
             parts.append(f"<figure><img alt='{e(fig.stem)}' src='data:image/png;base64,{data}'>")
             parts.append(f"<figcaption>{e(fig.stem)}</figcaption></figure>")

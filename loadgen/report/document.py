@@ -9,9 +9,9 @@ content.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from loadgen.report.console import (
     NA,
@@ -165,6 +165,22 @@ class ReportDoc:
     crossovers: list[CrossoverLine]
     stability: list[str]  # a Markdown section; empty when no level was repeated
     figures: Mapping[str, Sequence[Path]]  # scenario -> PNGs; empty without figures
+    # Sections other report modules add (loadgen.report.workload, ...), after the tables.
+    sections: list[Section] = field(default_factory=list)
+    # ... and those that lead, before them (loadgen.report.capacity: the headline answer).
+    leading: list[Section] = field(default_factory=list)
+
+
+class Section(Protocol):
+    """A part of the report that a report module builds: Markdown (and its figures) after
+    the main tables, and its own key in report.json."""
+
+    key: str
+    figures: list[Path]
+
+    def markdown(self) -> str: ...
+
+    def as_json(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)

@@ -12,26 +12,22 @@ import base64
 import html
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loadgen.errors import SpecloadError
-from loadgen.report.capacity import (
-    CapacitySection,
-    capacity_section,
-    section_html,
-    section_markdown,
-)
+from loadgen.report.capacity import capacity_section
 from loadgen.report.console import NA, as_flag, as_float
 from loadgen.report.crossover import crossovers
 from loadgen.report.document import Column, ReportData, ReportDoc, build_document
 from loadgen.report.load import find_runs
 from loadgen.report.mini_markdown import markdown_to_html
 from loadgen.report.tables import DEFAULT_BASELINE, build_tables, repeat_rows, resolve_baseline
+from loadgen.report.workload import WorkloadSection, acceptance_scatter, build_section
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 TITLE = "Speculative decoding load report"
 CROSSOVER_HEADING = "Crossover: where speculation stops paying off"
@@ -77,25 +73,65 @@ def write_report(
             fig_paths[scen] = figs.scenario_figures(df[df["scenario"] == scen], scen, out)
 
     data = ReportData(df, runs, resolve_baseline(runs, baseline), crossovers(df), fig_paths)
-    # capacity searches first: the report's headline where there are any
-    cap = capacity_section(runs, data.base_label, out if figures else None)
-    _write_csv(df, out / "report.csv")
-    _write_json(data, out / "report.json", cap)
     doc = build_document(data)
-    (out / "report.md").write_text(to_markdown(doc, cap))
-    (out / "report.html").write_text(to_html(doc, cap))
+    # capacity searches first: the report's headline where there are any
+    capacity = capacity_section(runs, data.base_label, out if figures else None)
+    if capacity:
+        doc.leading.append(capacity)
+    workload = _workload_section(data, out, figures)
+    doc.intro.extend(workload.lengths)  # every report says whether lengths were fixed
+    doc.sections.append(workload)
+    for name, write in OUTPUTS.items():
+        (out / name).write_text(write(data, doc))
     return out / "report.md"
 
 
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
+# --- the output formats: one writer each, registered by the file it writes -------------
+
+Writer = Callable[[ReportData, ReportDoc], str]
+OUTPUTS: dict[str, Writer] = {}  # file name -> its writer, in the order they are written
+
+
+def output(name: str) -> Callable[[Writer], Writer]:
+    """Register a writer of one report file (a new output format is one more of these)."""
+
+    def deco(fn: Writer) -> Writer:
+        if name in OUTPUTS:
+            raise ValueError(f"report output '{name}' registered twice")
+        OUTPUTS[name] = fn
+        return fn
+
+    return deco
+
+
+def _workload_section(data: ReportData, out: Path, figures: bool) -> WorkloadSection:
+    """By category, by turn, the lengths and the acceptance scatters
+    (:mod:`loadgen.report.workload`); the tables also go to CSV files beside report.csv."""
+    import pandas as pd
+
+    section = build_section(data.runs, data.base_label)
+    for name, rows in (("categories", section.categories), ("turns", section.turns)):
+        if rows:
+            pd.DataFrame(rows).to_csv(out / f"report_{name}.csv", index=False)
+    if figures:
+        for scen in dict.fromkeys(r.scenario for r in data.runs):
+            path = acceptance_scatter(data.runs, scen, out)
+            if path is not None:
+                section.figures.append(path)
+    return section
+
+
+@output("report.csv")
+def csv_text(data: ReportData, _doc: ReportDoc) -> str:
     """The tidy table; list cells (per-position acceptance, repeat phases) as JSON."""
-    csv_df = df.copy()
+    csv_df = data.df.copy()
     for col in ("acceptance_per_position", "repeat_phases"):
         csv_df[col] = [json.dumps(v) if isinstance(v, list) else "" for v in csv_df[col]]
-    csv_df.to_csv(path, index=False)
+    return csv_df.to_csv(index=False)
 
 
-def _write_json(data: ReportData, path: Path, cap: CapacitySection | None = None) -> None:
+@output("report.json")
+def json_text(data: ReportData, report: ReportDoc) -> str:
     """The rows, the per-repeat values they came from, the runs, crossovers and figures."""
     run_info = [
         {
@@ -116,10 +152,10 @@ def _write_json(data: ReportData, path: Path, cap: CapacitySection | None = None
         "repeats": repeat_rows(data.runs),
         "crossovers": list(data.crossovers),
         "figures": {s: [p.name for p in ps] for s, ps in data.figures.items()},
-        "capacity": [r.as_dict() for r in cap.rows] if cap else [],
-        "saturation": cap.saturation if cap else [],
     }
-    path.write_text(json.dumps(_json_safe(doc), indent=2) + "\n")
+    for section in [*report.leading, *report.sections]:
+        doc[section.key] = section.as_json()
+    return json.dumps(_json_safe(doc), indent=2) + "\n"
 
 
 def _json_safe(value: Any) -> Any:
@@ -138,14 +174,26 @@ def _json_safe(value: Any) -> Any:
 # --- Markdown ------------------------------------------------------------------------------
 
 
-def to_markdown(doc: ReportDoc, capacity: CapacitySection | None = None) -> str:
-    """report.md: capacities at the SLO (where searched), the tables per scenario and
+@output("report.md")
+def markdown_text(_data: ReportData, doc: ReportDoc) -> str:
+    return "\n".join([to_markdown(doc), *(s.markdown() for s in doc.sections)])
+
+
+@output("report.html")
+def html_text(_data: ReportData, doc: ReportDoc) -> str:
+    extra = "".join(
+        markdown_to_html(s.markdown()) + "".join(_html_figures(s.figures)) for s in doc.sections
+    )
+    return to_html(doc).replace("</body></html>", extra + "</body></html>")
+
+
+def to_markdown(doc: ReportDoc) -> str:
+    """report.md: the leading sections (capacity at the SLO), the tables per scenario and
     level, then crossovers, stability, figures."""
     out = [f"# {TITLE}", "", *doc.intro, ""]
     if doc.run_notes:
         out += ["Run notes:", "", *(f"- {n}" for n in doc.run_notes), ""]
-    if capacity:
-        out += section_markdown(capacity)
+    out += [s.markdown() for s in doc.leading]
     out += [doc.how_to_read]
     for scen in doc.scenarios:
         out += [f"## Scenario `{scen.name}`", ""]
@@ -181,9 +229,9 @@ def _md_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> s
 # --- HTML ----------------------------------------------------------------------------------
 
 
-def to_html(doc: ReportDoc, capacity: CapacitySection | None = None) -> str:
-    """report.html, self-contained: capacities at the SLO (where searched), crossovers and
-    the prose first, then each scenario's tables with its figures embedded."""
+def to_html(doc: ReportDoc) -> str:
+    """report.html, self-contained: the leading sections (capacity at the SLO), crossovers
+    and the prose first, then each scenario's tables with its figures embedded."""
     e = html.escape
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
@@ -195,8 +243,9 @@ def to_html(doc: ReportDoc, capacity: CapacitySection | None = None) -> str:
     if doc.run_notes:
         items = "".join(f"<li>{e(n)}</li>" for n in doc.run_notes)
         parts.append(f"<p>Run notes:</p><ul class='note'>{items}</ul>")
-    if capacity:
-        parts += section_html(capacity)
+    for section in doc.leading:  # its own HTML where it has one (tables, embedded figures)
+        html_of = getattr(section, "html", None)
+        parts.append(html_of() if html_of else markdown_to_html(section.markdown()))
     parts.append(f"<h2>{CROSSOVER_HEADING}</h2><ul>")
     for c in doc.crossovers:
         parts.append(f"<li><code>{e(c.scenario)}</code> <b>{e(c.label)}</b>: ")

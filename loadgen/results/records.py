@@ -61,6 +61,16 @@ class RequestRecord:
     error_kind: ErrorKind | None = None
     warmup: bool = False
     worker: int = 0
+    # What was asked: the prompt suite's category and row, and in a multi-turn replay the
+    # conversation (its id) and the turn (1-based) this request was.
+    category: str | None = None
+    source_row: str | None = None
+    conversation: int | None = None
+    turn: int | None = None
+    # The server's own figures for this request, as the response's ``metrics`` object
+    # carried them (vLLM --enable-per-request-metrics: server TTFT, queue time, ...;
+    # --per-request-spec-decode-metrics: ``speculative_decoding``, the acceptance).
+    server_metrics: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:

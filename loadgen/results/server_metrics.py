@@ -35,6 +35,9 @@ SPEC_DRAFT_TOKENS = "vllm:spec_decode_num_draft_tokens_total"
 SPEC_ACCEPTED = "vllm:spec_decode_num_accepted_tokens_total"
 SPEC_ACCEPTED_PER_POS = "vllm:spec_decode_num_accepted_tokens_per_pos_total"
 
+PREFIX_QUERIES = "vllm:prefix_cache_queries_total"  # prompt tokens looked up
+PREFIX_HITS = "vllm:prefix_cache_hits_total"  # of which found in the prefix cache
+
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
 KV_USAGE = "vllm:kv_cache_usage_perc"
@@ -457,3 +460,29 @@ def summarize_sample_file(path: str | Path) -> dict[str, Any]:
         if isinstance(row, dict):
             rows.append(row)
     return summarize_samples(rows)
+
+
+# --- prefix caching ------------------------------------------------------------------------
+
+
+def prefix_cache_delta(
+    before: Mapping[Sample, float], after: Mapping[Sample, float]
+) -> dict[str, float | None]:
+    """The prefix cache over one window: prompt tokens looked up, those found, and the hit
+    rate (hits / queries; None when the server exports neither counter or saw no query).
+    A multi-turn replay's later turns resend the conversation so far, which is what the
+    cache can serve."""
+    out: dict[str, float | None] = {
+        "prefix_cache_queries": None,
+        "prefix_cache_hits": None,
+        "prefix_cache_hit_rate": None,
+    }
+    q0, q1 = metric_sum(before, PREFIX_QUERIES), metric_sum(after, PREFIX_QUERIES)
+    h0, h1 = metric_sum(before, PREFIX_HITS), metric_sum(after, PREFIX_HITS)
+    if q0 is None or q1 is None or h0 is None or h1 is None:
+        return out
+    queries, hits = _delta(q0, q1), _delta(h0, h1)
+    out["prefix_cache_queries"] = queries
+    out["prefix_cache_hits"] = hits
+    out["prefix_cache_hit_rate"] = hits / queries if queries > 0 else None
+    return out

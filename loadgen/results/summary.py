@@ -62,6 +62,7 @@ from loadgen.results.stats import (
     total_token_throughput,
     ttft_s,
 )
+from loadgen.results.workload import WorkloadColumns
 
 # --- load description -----------------------------------------------------------------------
 
@@ -102,19 +103,22 @@ class _RequestColumns:
         self._failed_by_kind: Counter[str] = Counter()
         # sizes of the summary's per-chunk sample arrays, so they are allocated once
         self._sizes = _SampleSizes()
+        self._workload = WorkloadColumns()  # output lengths, server figures, groups
 
     def __len__(self) -> int:
         return len(self._sent)
 
     def nbytes(self) -> int:
         """Bytes held in the typed arrays (what grows with the request count)."""
-        return sum(len(a) * a.itemsize for a in vars(self).values() if isinstance(a, array))
+        arrays = [*vars(self).values(), *vars(self._workload).values()]
+        return sum(len(a) * a.itemsize for a in arrays if isinstance(a, array))
 
     def add(self, r: RequestRecord) -> None:
         """Take one record (warmup records are ignored)."""
         if r.warmup:
             return
         i = len(self._sent)
+        self._workload.add(r, i)
         ttft, e2e = ttft_s(r), e2e_s(r)
         self._rid.append(r.request_id)
         self._sent.append(r.sent_s)
@@ -195,6 +199,11 @@ class _RequestColumns:
         gauges = dict(server_gauges or {})
         for k in GAUGE_SUMMARY_KEYS:
             s[k] = gauges.get(k)
+        has_tpot = c.ok & (c.out > 1) & ~np.isnan(c.ttft) & ~np.isnan(c.e2e)
+        tpot = np.full(c.n, np.nan)
+        tpot[has_tpot] = (c.e2e[has_tpot] - c.ttft[has_tpot]) / (c.out[has_tpot] - 1)
+        prompt = np.where(c.prompt > 0, c.prompt, np.nan)
+        s.update(self._workload.summary(c.ok, c.out, prompt, c.ttft, tpot))
         s["complete"] = True
         if extra:
             s.update(extra)

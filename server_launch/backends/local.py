@@ -29,6 +29,7 @@ from server_launch.backends.base import (
     server_flags,
     tail_file,
 )
+from server_launch.capabilities import PerRequestMetrics, local_help_text, per_request_flags
 
 if TYPE_CHECKING:
     from server_launch.matrix import ServerRun
@@ -77,10 +78,12 @@ class LocalBackend:
         *,
         host: str = "127.0.0.1",
         stop_grace_s: float = STOP_GRACE_S,
+        per_request: PerRequestMetrics = PerRequestMetrics.OFF,
     ) -> None:
         self._prefix = list(vllm_cmd) if vllm_cmd else None
         self.host = host
         self.stop_grace_s = stop_grace_s
+        self.per_request = per_request
 
     def prefix(self) -> list[str]:
         if self._prefix is None:
@@ -88,7 +91,23 @@ class LocalBackend:
         return list(self._prefix)
 
     def command(self, run: ServerRun, port: int) -> list[str]:
-        return [*self.prefix(), "--model", run.server.model, *server_flags(run, port, self.host)]
+        return [
+            *self.prefix(),
+            "--model",
+            run.server.model,
+            *server_flags(run, port, self.host),
+            *self.per_request_flags(run),
+        ]
+
+    def per_request_flags(self, run: ServerRun) -> list[str]:
+        """The per-request metrics flags this server's own --help lists (none when off)."""
+        if self.per_request is PerRequestMetrics.OFF:
+            return []
+        help_text = local_help_text(tuple(self.prefix()))
+        speculative = run.spec.speculative_config() is not None
+        return per_request_flags(
+            help_text, run.server.extra_args, self.per_request, speculative=speculative
+        )
 
     def environment(self, run: ServerRun) -> dict[str, str]:
         """Ours plus the matrix's ``env``. VLLM_CPU_KVCACHE_SPACE is left to the matrix:

@@ -8,7 +8,12 @@ its line below, and its test.
 from loadgen.config.prompts import (  # noqa: F401  (registers each source)
     base_prompt,
     builtin,
+    humaneval,
+    instructcoder,
     jsonl,
+    mt_bench,
     random_tokens,
     sharegpt,
+    specbench,
+    speed_bench,
 )

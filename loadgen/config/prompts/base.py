@@ -29,9 +29,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Prompt:
-    text: str  # the prompt (for chat it becomes one user message)
+    text: str  # the prompt (for chat it becomes one user message); a conversation's 1st turn
     input_tokens: int | None  # counted by the tokenizer when known (specials included)
     output_tokens: int | None = None  # per-prompt output length override, else scenario's
+    category: str | None = None  # the suite's category (SpecBench "coding", MT-Bench "math")
+    row: str | None = None  # where it came from: "question.jsonl:17", "dataset[test]:3"
+    # A conversation's user turns in order (turns[0] == text) when it has more than one:
+    # a multi-turn replay sends them one after another with the model's answers between.
+    turns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,10 +61,12 @@ class PromptSet:
 
 class PromptSource:
     """A way to make prompts. Subclasses set ``name`` (the scenario's ``prompts.source``),
-    ``needs_path`` when ``prompts.path`` is required, and implement :meth:`load`."""
+    ``needs_path`` when ``prompts.path`` is required (``needs_data`` when ``prompts.path`` or
+    ``prompts.dataset`` is), and implement :meth:`load`."""
 
     name: ClassVar[str]
     needs_path: ClassVar[bool] = False
+    needs_data: ClassVar[bool] = False
     # Fields of PromptSpec this source reads whose value is one of a fixed set.
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}
 
@@ -67,6 +74,10 @@ class PromptSource:
     def load(cls, spec: PromptSpec, n: int, *, seed: int, tokenizer: Tokenizer | None) -> PromptSet:
         """``n`` prompts (n > 0), one per request, cycled when the source has fewer."""
         raise NotImplementedError
+
+    @classmethod
+    def check(cls, spec: PromptSpec) -> None:
+        """Fail early (before any server is asked or started) when the data is absent."""
 
 
 SOURCES: dict[str, type[PromptSource]] = {}
@@ -94,6 +105,14 @@ def load_prompts(spec: PromptSpec, n: int, *, seed: int, tokenizer: Tokenizer | 
     if source is None:
         raise SpecloadError(f"prompts.source: unknown source '{spec.source}'")
     return source.load(spec, n, seed=seed, tokenizer=tokenizer)
+
+
+def check_prompts(spec: PromptSpec) -> None:
+    """The source's early check that its data is there (a SpecloadError saying how to get
+    it): run before the server is probed, so a missing suite costs no server start."""
+    source = SOURCES.get(spec.source)
+    if source is not None:
+        source.check(spec)
 
 
 # --- helpers the sources share -----------------------------------------------------------

@@ -25,7 +25,8 @@ SHAREGPT_MAX_TOTAL = 2048
 @register
 class SharegptSource(PromptSource):
     """``prompts.path``: a ShareGPT JSON list; each conversation's first human turn is a
-    prompt, and the reply's token count its output length."""
+    prompt, and the reply's token count its output length. Its human turns, in order, are
+    the conversation a multi-turn replay sends."""
 
     name = "sharegpt"
     needs_path = True
@@ -54,20 +55,21 @@ def sharegpt_prompts(
     if not isinstance(data, list):
         raise SpecloadError(f"prompts.path: {path}: ShareGPT file must be a JSON list")
     pairs: list[tuple[str, str | None]] = []
+    convs: list[tuple[tuple[str, ...], str]] = []  # (human turns, row label), as pairs
     skipped = 0
-    for entry in data:
+    for k, entry in enumerate(data, start=1):
         pair = _sharegpt_pair(entry)
         if pair is None:
             skipped += 1
         else:
             pairs.append(pair)
+            convs.append((human_turns(entry), _row_label(path, k, entry)))
     if not pairs:
         raise SpecloadError(f"prompts.path: {path}: no conversation with a human turn")
     rng = np.random.default_rng(seed)
     visit = [int(i) for i in rng.permutation(len(pairs))]
     if tokenizer is None:
-        items = [(pairs[i][0], None) for i in visit]
-        chosen = [Prompt(t, None, None) for t, _ in items[:n]]
+        chosen = [_prompt(pairs[i][0], None, None, convs[i]) for i in visit[:n]]
         return _cycle_prompts(chosen, n, rng, SharegptSource.name, skipped)
     extra = num_special_tokens_to_add(tokenizer)
     chosen = []
@@ -85,7 +87,7 @@ def sharegpt_prompts(
             ):
                 skipped += 1
                 continue
-            chosen.append(Prompt(pairs[i][0], p_len, r_len))
+            chosen.append(_prompt(pairs[i][0], p_len, r_len, convs[i]))
         if len(chosen) >= n:
             break
     if not chosen:
@@ -110,6 +112,33 @@ def _sharegpt_pair(entry: Any) -> tuple[str, str | None] | None:
             reply = value if isinstance(value, str) else None
         return text, reply
     return None
+
+
+def _prompt(
+    text: str, p_len: int | None, r_len: int | None, conv: tuple[tuple[str, ...], str]
+) -> Prompt:
+    turns, label = conv
+    return Prompt(text, p_len, r_len, row=label, turns=turns if len(turns) > 1 else ())
+
+
+def human_turns(entry: dict[str, Any]) -> tuple[str, ...]:
+    """A conversation's human turns in order, from the first; it stops at the first turn
+    that is not a non-empty string (what follows would answer a turn never sent)."""
+    out: list[str] = []
+    for turn in entry["conversations"]:
+        if not isinstance(turn, dict) or turn.get("from") not in ("human", "user"):
+            continue
+        text = turn.get("value")
+        if not isinstance(text, str) or not text.strip():
+            break
+        out.append(text)
+    return tuple(out)
+
+
+def _row_label(path: Path, k: int, entry: dict[str, Any]) -> str:
+    ident = entry.get("id")
+    label = f"{path.name}:{k}"
+    return f"{label} ({ident})" if isinstance(ident, (str, int)) else label
 
 
 def _cycle_prompts(
