@@ -17,6 +17,7 @@ from loadgen.config.scenario import (
     read_yaml,
     resolve_path,
 )
+from loadgen.config.search import SearchKind
 from loadgen.config.shapes.base import SHAPES, shape_class
 from loadgen.errors import ArgParser, SpecloadError, run_cli
 from loadgen.http.base import check_api_key, check_base_url
@@ -118,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="open loop: spin the last MS milliseconds before each send instead of trusting "
         "the loop's timer (late by up to ~1 ms); costs CPU, for a client with a spare core",
     )
+    _slo_flags(p)
+    _search_flags(p)
     p.add_argument(
         "--api-key-env",
         metavar="VAR",
@@ -140,6 +143,114 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no live progress bar")
     p.add_argument("--list-scenarios", action="store_true", help="list built-in scenarios and exit")
     return p
+
+
+def _slo_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "SLOs (any of these replaces the scenario's slo: block)",
+        "--slo-METRIC-pP-ms MS bounds the P-th percentile of METRIC (ttft, tpot, itl: per "
+        "token, e2e) over a load level: e.g. --slo-ttft-p90-ms 500 --slo-tpot-p90-ms 20. "
+        "A level meets the SLO when every such percentile is within its bound and its error "
+        "rate within --slo-max-error-rate: what a capacity search looks for.",
+    )
+    per_request = {"itl": "longest inter-chunk gap"}
+    for metric in SLO_METRICS:
+        g.add_argument(
+            f"--slo-{metric}-ms",
+            type=float,
+            metavar="MS",
+            help=f"bound on each request's {per_request.get(metric, metric.upper())} (goodput)",
+        )
+    g.add_argument(
+        "--slo-max-error-rate",
+        type=float,
+        metavar="F",
+        help="a level fails the SLO when more than this fraction of its requests failed",
+    )
+
+
+def _search_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "searches (docs/capacity.md)",
+        "--search capacity finds the highest load meeting the SLO, starting at the "
+        "scenario's rate (or concurrency): doubling, then bisecting; --search saturation runs "
+        "rates spread between the server's measured low and maximum throughput.",
+    )
+    g.add_argument("--search", choices=[k.value for k in SearchKind], help="search the load")
+    g.add_argument("--search-max", type=float, metavar="X", help="capacity: the highest level")
+    g.add_argument(
+        "--search-min", type=float, metavar="X", help="capacity: the lowest level probed"
+    )
+    g.add_argument(
+        "--resolution",
+        type=float,
+        metavar="F",
+        help="capacity: stop when the failing level is within F of the passing one (0.05)",
+    )
+    g.add_argument("--max-probes", type=int, metavar="N", help="capacity: probes at most")
+    g.add_argument("--max-search-s", type=float, metavar="S", help="start no probe after S s")
+    g.add_argument(
+        "--repeat-close", type=int, metavar="N", help="capacity: reruns of a too-close probe"
+    )
+    g.add_argument("--levels", type=int, metavar="N", help="saturation: rates to run")
+    g.add_argument(
+        "--saturation-concurrency",
+        type=int,
+        metavar="N",
+        help="saturation: requests in flight that measure the maximum throughput",
+    )
+
+
+SLO_METRICS: dict[str, str] = {
+    "ttft": "ttft_ms",
+    "tpot": "tpot_ms",
+    "itl": "itl_ms",
+    "e2e": "e2e_ms",
+}
+_SLO_PERCENTILE = re.compile(r"--slo-([A-Za-z0-9]+)-p([^=]*)-ms")
+# search flags: argparse dest -> the search field they set
+SEARCH_FLAGS: dict[str, str] = {
+    "search_max": "max",
+    "search_min": "min",
+    "resolution": "resolution",
+    "max_probes": "max_probes",
+    "max_search_s": "max_search_s",
+    "repeat_close": "repeat_close",
+    "levels": "levels",
+    "saturation_concurrency": "saturation_concurrency",
+}
+
+
+def split_slo_percentiles(argv: list[str]) -> tuple[list[str], list[tuple[str, str, str, str]]]:
+    """Take the ``--slo-METRIC-pP-ms VALUE`` flags (argparse cannot declare them: P is any
+    percentile) out of ``argv``: the rest, and (flag, field, P, value) for each."""
+    rest: list[str] = []
+    found: list[tuple[str, str, str, str]] = []
+    it = iter(argv)
+    for arg in it:
+        flag, eq, value = arg.partition("=")
+        m = _SLO_PERCENTILE.fullmatch(flag)
+        if m is None or arg == "--":
+            rest.append(arg)
+            continue
+        metric, pct = m.group(1).lower(), m.group(2)
+        if metric not in SLO_METRICS:
+            known = ", ".join(SLO_METRICS)
+            raise SpecloadError(f"{flag}: unknown metric '{m.group(1)}' (one of {known})")
+        if not eq:
+            value = next(it, "")
+        if not value or value.startswith("--"):
+            raise SpecloadError(f"{flag}: expected a bound in ms")
+        found.append((flag, SLO_METRICS[metric], pct, value))
+    return rest, found
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The flags, ``--slo-METRIC-pP-ms`` included (as ``slo_percentiles``)."""
+    rest, percentiles = split_slo_percentiles(argv)
+    args = build_parser().parse_args(rest)
+    args.slo_percentiles = percentiles
+    return args
 
 
 # Flags that set one scenario field: argparse dest -> the field's dotted key. The flag is
@@ -185,6 +296,8 @@ def scenario_overrides(doc: Any, args: argparse.Namespace) -> tuple[dict[str, An
         out["duration_s"] = None  # a count replaces the scenario's duration, and vice versa
     if args.duration is not None and args.num_requests is None:
         out["num_requests"] = None
+    _slo_overrides(args, out, flags)
+    _search_overrides(doc, args, out, flags)
     load = doc.get("load") if isinstance(doc.get("load"), dict) else {}
     shape = shape_class(load.get("shape"))
     if shape is None:  # an unknown shape: the scenario's validation reports it
@@ -208,6 +321,50 @@ def scenario_overrides(doc: Any, args: argparse.Namespace) -> tuple[dict[str, An
     return out, flags
 
 
+def _slo_overrides(args: argparse.Namespace, out: dict[str, Any], flags: dict[str, str]) -> None:
+    """The SLO flags as one ``slo`` block replacing the scenario's: mixing a file's bounds
+    with the command line's would judge levels by an SLO nobody wrote down whole."""
+    slo: dict[str, Any] = {}
+    for metric, key in SLO_METRICS.items():
+        value = getattr(args, f"slo_{metric}_ms", None)
+        if value is not None:
+            slo[key] = value
+            flags[f"slo.{key}"] = flags[f"slo.{key}.max"] = _flag(f"slo_{metric}_ms")
+    for flag, key, pct, value in getattr(args, "slo_percentiles", []):
+        if key in slo:
+            raise SpecloadError(f"{flag}: {key.removesuffix('_ms')} is bounded twice")
+        slo[key] = {"p": pct, "max": value}
+        for k in (f"slo.{key}", f"slo.{key}.p", f"slo.{key}.max"):
+            flags[k] = flag
+    if args.slo_max_error_rate is not None:
+        slo["max_error_rate"] = args.slo_max_error_rate
+        flags["slo.max_error_rate"] = "--slo-max-error-rate"
+    if slo:
+        out["slo"] = slo
+
+
+def _search_overrides(
+    doc: dict[str, Any], args: argparse.Namespace, out: dict[str, Any], flags: dict[str, str]
+) -> None:
+    """``--search KIND`` makes the scenario a search (its sweep goes: the search picks the
+    levels); the other search flags set fields of the scenario's search or that one."""
+    has_search = isinstance(doc.get("search"), dict)
+    if args.search is not None:
+        out["search.kind"], flags["search.kind"] = args.search, "--search"
+        if doc.get("sweep") is not None:
+            out["sweep"] = None
+        has_search = True
+    for dest, field in SEARCH_FLAGS.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if not has_search:
+            raise SpecloadError(
+                f"{_flag(dest)}: the scenario has no search: add --search capacity (or saturation)"
+            )
+        out[f"search.{field}"], flags[f"search.{field}"] = value, _flag(dest)
+
+
 def load_scenario_from_args(args: argparse.Namespace) -> Scenario:
     path = resolve_path(args.scenario)
     doc = read_yaml(path)
@@ -216,7 +373,7 @@ def load_scenario_from_args(args: argparse.Namespace) -> Scenario:
 
 
 def run_main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.list_scenarios:
         for name in sorted(list_scenarios()):
             print(name)
@@ -267,6 +424,7 @@ def run_main(argv: list[str]) -> int:
         print_summary_table(result.phases)
     except ImportError:
         pass
+    _print_search(out)
     state = "complete" if result.complete else f"INCOMPLETE ({result.stop_reason})"
     print(f"results: {out} [{state}]", file=sys.stderr)
     return result.exit_code
@@ -281,6 +439,20 @@ def default_output_dir(scenario: Scenario) -> Path:
         k += 1
         out = base.with_name(f"{base.name}-{k}")
     return out
+
+
+def _print_search(out: Path) -> None:
+    """A capacity search's answer, in one line under the table."""
+    from loadgen.results.capacity import read_capacity
+
+    doc = read_capacity(out)
+    if doc is None or not isinstance(doc.get("capacity"), dict):
+        return
+    why = doc.get("stop_text") or "not finished"
+    print(
+        f"capacity at {doc.get('slo_text')}: {doc['capacity'].get('text')} "
+        f"[{len(doc.get('probes') or [])} probes; stopped: {why}]"
+    )
 
 
 def _dispatch(argv: list[str]) -> int:

@@ -95,6 +95,10 @@ def _dump(obj: Any) -> Any:
 
 
 def phase_slugs(scenario: Scenario) -> list[str]:
+    """A scenario's cells: one per phase; a search (which picks its phases as it runs) is
+    one cell named after its kind ('capacity'), done when the search finished."""
+    if scenario.search is not None:
+        return [scenario.search.kind.value]
     return [slugify(p.name) for p in scenario.phases()]
 
 
@@ -455,11 +459,15 @@ def _record_result(
     interrupted = result.exit_code == ExitCode.INTERRUPTED
     phases: dict[str, dict[str, Any]] = dict(result.phases or {})
     done_summaries = {}
+    if scenario.search is not None:  # its one cell stands for the whole search
+        done_summaries = dict(phases) if result.complete else {}
+        phases = {todo[0]: {"complete": result.complete}} if phases else {}
     for slug in todo:
         summary = phases.get(slug)
         if summary is not None and summary.get("complete", result.complete):
             state.mark(label, scenario.name, [slug], DONE)
-            done_summaries[slug] = summary
+            if scenario.search is None:
+                done_summaries[slug] = summary
         elif summary is not None and not interrupted:
             state.mark(label, scenario.name, [slug], FAILED, error=reason or "incomplete")
         else:  # never started, or cut by Ctrl-C: run it next time

@@ -9,7 +9,9 @@ order, with its own warmup and its own summary.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Mapping
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -19,13 +21,16 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from loadgen.config.prompts.base import SOURCES, field_choices
+from loadgen.config.search import Search, SearchKind, searched_field
 from loadgen.config.shapes import LoadSpec
 from loadgen.config.shapes.base import SHAPES
 from loadgen.errors import SpecloadError, describe_validation_error
@@ -112,13 +117,124 @@ class PromptSpec(_Strict):
         return self
 
 
-class SLO(_Strict):
-    """Goodput counts the requests that meet every SLO given here (milliseconds)."""
+class SLOMetric(StrEnum):
+    """The latencies an SLO can bound: the ``slo:`` field names, in ms."""
 
-    ttft_ms: float | None = Field(None, gt=0)
-    tpot_ms: float | None = Field(None, gt=0)
-    itl_ms: float | None = Field(None, gt=0)
-    e2e_ms: float | None = Field(None, gt=0)
+    TTFT = "ttft_ms"
+    TPOT = "tpot_ms"
+    ITL = "itl_ms"
+    E2E = "e2e_ms"
+
+    @property
+    def title(self) -> str:
+        return _METRIC_TITLES[self]
+
+
+_METRIC_TITLES = {
+    SLOMetric.TTFT: "TTFT",
+    SLOMetric.TPOT: "TPOT",
+    SLOMetric.ITL: "ITL",
+    SLOMetric.E2E: "E2E",
+}
+
+
+class SLOBound(_Strict):
+    """One latency SLO of ``max`` ms. Written as a bare number (``ttft_ms: 500``) it bounds
+    each request, for goodput, as it always has. With a percentile (``ttft_ms: {p: 90,
+    max: 500}``) it also judges a load level: the level meets it when the p-th percentile
+    over the level's requests is at most ``max`` (what a capacity search looks for)."""
+
+    p: float | None = Field(None, gt=0, lt=100, description="percentile a level is judged at")
+    max: float = Field(gt=0, description="the bound, in ms")
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # The per-request form dumps as the number it was written as, so run.json and the
+        # scenario dumps of existing runs keep their shape.
+        return self.max if self.p is None else handler(self)
+
+    def describe(self, metric: SLOMetric) -> str:
+        """'p90 TTFT <= 500 ms' (or 'TTFT <= 500 ms' per request)."""
+        where = f"p{_pct(self.p)} " if self.p is not None else ""
+        return f"{where}{metric.title} <= {self.max:g} ms"
+
+
+def _pct(p: float) -> str:
+    return f"{p:g}"
+
+
+class SLO(_Strict):
+    """Service-level objectives, in ms.
+
+    Goodput counts the requests that meet every bound given here (a percentile bound's
+    ``max`` bounds each request too, except ITL, whose percentile is over tokens, not
+    requests). A load level *meets the SLO* when every percentile bound holds over its
+    requests and its error rate is at most ``max_error_rate``: the capacity search's
+    verdict (:mod:`loadgen.results.slo`).
+    """
+
+    ttft_ms: SLOBound | None = None
+    tpot_ms: SLOBound | None = None
+    itl_ms: SLOBound | None = Field(
+        None,
+        description="per request: its longest inter-chunk gap; with p: the p-th percentile of "
+        "per-token ITL",
+    )
+    e2e_ms: SLOBound | None = None
+    max_error_rate: float | None = Field(
+        None, ge=0, le=1, description="a level fails when more of its requests failed"
+    )
+
+    @field_validator("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", mode="before")
+    @classmethod
+    def _number_or_bound(cls, value: Any) -> Any:
+        """A number (or numeric text) is the per-request form, a mapping the full one."""
+        if value is None or isinstance(value, dict | SLOBound):
+            return value
+        if isinstance(value, int | float | str) and not isinstance(value, bool):
+            return {"max": value}
+        raise PydanticCustomError(
+            "slo_bound", "give a bound in ms (a number) or {p: PERCENTILE, max: MS}"
+        )
+
+    def bounds(self) -> dict[SLOMetric, SLOBound]:
+        """The latency bounds given, in field order."""
+        out = {}
+        for m in SLOMetric:
+            b = getattr(self, m.value)
+            if b is not None:
+                out[m] = b
+        return out
+
+    def percentile_bounds(self) -> dict[SLOMetric, SLOBound]:
+        """The bounds that judge a level (those with a percentile)."""
+        return {m: b for m, b in self.bounds().items() if b.p is not None}
+
+    def request_limits(self) -> tuple[float | None, float | None, float | None, float | None]:
+        """Each request's bounds for goodput, ms: (TTFT, TPOT, longest ITL gap, E2E).
+
+        A plain number keeps its meaning; a percentile bound's ``max`` bounds each request
+        too, except ITL's (a percentile over tokens says nothing about one request's stall).
+        """
+        t, tp, i, e = (getattr(self, m.value) for m in SLOMetric)
+        itl = i.max if i is not None and i.p is None else None
+        return (
+            None if t is None else t.max,
+            None if tp is None else tp.max,
+            itl,
+            None if e is None else e.max,
+        )
+
+    def judges_levels(self) -> bool:
+        """Whether a load level can be judged: a percentile bound or an error rate is set."""
+        return bool(self.percentile_bounds()) or self.max_error_rate is not None
+
+    def describe(self) -> str:
+        """'p90 TTFT <= 500 ms, p90 TPOT <= 20 ms, errors <= 1%': what a level must meet."""
+        parts = [b.describe(m) for m, b in self.percentile_bounds().items()]
+        if self.max_error_rate is not None:
+            parts.append(f"errors <= {100 * self.max_error_rate:g}%")
+        return ", ".join(parts) or "no level SLO"
 
 
 MAX_TURNS = 999  # a turn's request id is conversation id * 1000 + turn
@@ -163,6 +279,9 @@ class Scenario(_Strict):
     load: LoadSpec
     sweep: dict[str, list[Any]] | None = Field(
         None, description="load parameter -> values; one phase per combination"
+    )
+    search: Search | None = Field(
+        None, description="choose the load levels by measuring: capacity or saturation"
     )
     num_requests: int | None = Field(None, gt=0)
     duration_s: float | None = Field(None, gt=0)
@@ -246,7 +365,55 @@ class Scenario(_Strict):
                 if not isinstance(values, list) or not values:
                     raise ValueError(f"sweep.{key}: give a non-empty list of values")
             self.phases()  # every combination must validate
+        if self.search is not None:
+            self._check_search(self.search)
         return self
+
+    def _check_search(self, search: Search) -> None:
+        """What a search needs of the rest of the scenario (config/search.py)."""
+        if self.sweep:
+            raise ValueError("search: a scenario has sweep or search, not both")
+        if self.repeats > 1:
+            raise ValueError(
+                "repeats: a search runs each level once and repeats only the probes too close "
+                "to call (search.repeat_close)"
+            )
+        field = searched_field(self.load)
+        if field is None:
+            raise ValueError(
+                f"search: load shape '{self.load.shape}' has no rate or concurrency to search"
+            )
+        if getattr(self.load, "max_concurrency", None) is not None:
+            raise ValueError(
+                "load.max_concurrency: not with a search (requests over the cap would wait in "
+                "the client, outside TTFT, and hide the server's overload)"
+            )
+        if search.kind is SearchKind.SATURATION:
+            if self.load.closed:
+                raise ValueError(
+                    "search: a saturation sweep runs open-loop rates; give a poisson, gamma "
+                    "or constant load"
+                )
+            return
+        if not self.slo.judges_levels():
+            raise ValueError(
+                "slo: a capacity search needs a bound to judge a level by: a percentile "
+                "(ttft_ms: {p: 90, max: 500}) or max_error_rate"
+            )
+        start = float(getattr(self.load, field))
+        if search.max is not None and start > search.max:
+            raise ValueError(
+                f"load.{field}: the search starts at {start:g}, above search.max ({search.max:g})"
+            )
+        if search.min is not None and search.min > start:
+            raise ValueError(
+                f"search.min: {search.min:g} is above the start (load.{field} = {start:g})"
+            )
+        if self.load.closed:
+            for name in ("max", "min"):
+                v = getattr(search, name)
+                if v is not None and v != int(v):
+                    raise ValueError(f"search.{name}: a concurrency; give a whole number")
 
     @property
     def output_lengths(self) -> Literal["fixed", "natural"]:
@@ -258,7 +425,10 @@ class Scenario(_Strict):
     def phases(self) -> list[Phase]:
         """Expand ``sweep`` into phases (cartesian product, in file order); with ``repeats``,
         each level runs that many times back to back (repeats of one level share a warm
-        server, and their spread says how stable the figure is)."""
+        server, and their spread says how stable the figure is). A search knows no phase in
+        advance: none (its probes are chosen as it runs, loadgen/engine/capacity.py)."""
+        if self.search is not None:
+            return []
         base = self.load.model_dump()
         if not self.sweep:
             combos: list[dict[str, Any]] = [{}]
@@ -343,6 +513,15 @@ def parse_scenario(
     except ValidationError as e:
         first = e.errors()[0]
         flag = (flags or {}).get(field_key(first["loc"]))
+        # A check across fields names its fields in its message ("load.rate: ... search.max"):
+        # the flag that set the first of them it names leads the line.
+        named = re.match(r"Value error, (([\w.]+): .*)", first["msg"], re.DOTALL)
+        if flag is None and named and flags:
+            text, key = named.groups()
+            hit = key if key in flags else next((k for k in flags if k in text), None)
+            if hit is not None:
+                shown = text.removeprefix(f"{key}: ") if hit == key else text
+                raise SpecloadError(f"{flags[hit]}: {shown}") from None
         if flag is None:
             raise SpecloadError(describe_validation_error(source, e)) from None
         msg = first["msg"].replace("Input should be", "must be", 1)

@@ -30,8 +30,7 @@ import httpx
 from loadgen.config.prompts.base import PromptSet, check_prompts, load_prompts
 from loadgen.config.prompts.tokenizers import Tokenizer
 from loadgen.config.scenario import Scenario
-from loadgen.config.shapes.base import build_schedule
-from loadgen.engine.context import PhasePlan, RunContext
+from loadgen.engine.context import PhaseHost, PhasePlan, PhaseStrategy, RunContext, phase_plan
 from loadgen.engine.conversation import ConversationPlan
 from loadgen.engine.driver import InProcess, PhaseDriver, PhaseRun
 from loadgen.engine.host import event_loop_name, host_info
@@ -60,7 +59,6 @@ from loadgen.results.files import (
 T = TypeVar("T")
 HEALTH_INTERVAL_S = 5.0
 DETAILED_MAX_REQUESTS = 20_000
-PHASE_ID_STRIDE = 1_000_000  # phase k's request ids start at k * this
 _PROMPT_POOL_MAX = 10_000
 _PROMPT_POOL_UNCOUNTED = 1_000  # timed phases: prompts cycle after this many
 
@@ -93,9 +91,11 @@ async def run_scenario_async(
 ) -> RunResult:
     """Run every phase of ``scenario`` (those whose slug is in ``only_phases``, when
     given); ``scenario.workers`` processes share each phase's schedule, as Ray actors on
-    the cluster at ``ray_address`` when given. ``existing`` says what to do with an
-    ``output_dir`` that already holds files: refuse (the default), overwrite the previous
-    run, or resume (the sweep: the phases about to run must have no results yet)."""
+    the cluster at ``ray_address`` when given. A search (``scenario.search``) chooses its
+    phases as it runs. ``existing`` says what to do with an ``output_dir`` that already
+    holds files: refuse (the default), overwrite the previous run, or resume (the sweep: the
+    phases about to run must have no results yet; a search takes back the probes an
+    interrupted run of it finished there)."""
     existing = Existing(existing)
     check_base_url(base_url)  # no credentials in it: it is written to run.json
     if api_key is not None:
@@ -128,7 +128,8 @@ async def run_scenario_async(
                 output_dir, existing, stop, progress, info, label, tokenizer,
             )  # fmt: skip
             ctx.results.write_run(_run_json(ctx, spec, cli, prompt_set, driver.describe()))
-            return await _run_phases(ctx, plans, driver, health_check)
+            strategy = _strategy(ctx, plans, resume=existing is Existing.RESUME)
+            return await _run_phases(ctx, strategy, driver, health_check)
         finally:
             await driver.close()
     finally:
@@ -149,7 +150,7 @@ def _prepare_prompts(
     prompt_tokenizer = make_tokenizer(scenario, base_url, model, api_key, tokenizer)
     prompt_set = load_prompts(
         scenario.prompts,
-        prompts_needed_for(plans),
+        prompts_needed_for(plans) if scenario.search is None else _search_prompts(scenario),
         seed=scenario.seed,
         tokenizer=prompt_tokenizer,
     )
@@ -252,17 +253,38 @@ def plan_phases(scenario: Scenario, only_phases: list[str] | None = None) -> lis
     phases = scenario.phases()
     if only_phases is not None:
         phases = [p for p in phases if slugify(p.name) in only_phases]
-    return [
-        PhasePlan(
-            phase=p,
-            slug=slugify(p.name),
-            schedule=build_schedule(
-                p.load, num_requests=p.num_requests, duration_s=p.duration_s, seed=scenario.seed
-            ),
-            first_id=k * PHASE_ID_STRIDE,
-        )
-        for k, p in enumerate(phases)
-    ]
+    return [phase_plan(p, k, scenario.seed) for k, p in enumerate(phases)]
+
+
+class FixedPhases:
+    """The phases of the scenario, listed in advance, one after the other."""
+
+    def __init__(self, plans: list[PhasePlan]) -> None:
+        self.plans = plans
+
+    async def run(self, host: PhaseHost) -> bool:
+        ran = 0
+        for plan in self.plans:
+            if host.ctx.stop.is_set():
+                break
+            await host.run(plan)
+            ran += 1
+        return ran == len(self.plans)
+
+
+def _strategy(ctx: RunContext, plans: list[PhasePlan], *, resume: bool) -> PhaseStrategy:
+    search = ctx.scenario.search
+    if search is None:
+        return FixedPhases(plans)
+    from loadgen.config.search import SearchKind
+
+    if search.kind is SearchKind.SATURATION:
+        from loadgen.engine.saturation import SaturationSweep
+
+        return SaturationSweep(ctx)
+    from loadgen.engine.capacity import CapacityRun
+
+    return CapacityRun(ctx, resume=resume)
 
 
 def prompts_needed_for(plans: list[PhasePlan]) -> int:
@@ -277,6 +299,13 @@ def prompts_needed_for(plans: list[PhasePlan]) -> int:
         )
         need = max(need, (n or _PROMPT_POOL_UNCOUNTED) + plan.phase.warmup_requests)
     return min(max(need, 1), _PROMPT_POOL_MAX)
+
+
+def _search_prompts(scenario: Scenario) -> int:
+    """Prompts a search's probes need: each sends ``num_requests`` (a timed probe cycles
+    through a pool, its count depending on the level the search picks)."""
+    n = scenario.num_requests or _PROMPT_POOL_UNCOUNTED
+    return min(n + scenario.warmup_requests, _PROMPT_POOL_MAX)
 
 
 async def _start_driver(workers: int, ray_address: str | None) -> PhaseDriver:
@@ -335,40 +364,58 @@ def _run_json(
     }
 
 
+class _Host:
+    """The :class:`PhaseHost` of one run: runs each phase, keeps the run's summary.json.
+    A full disk stops the run (the records so far stay on disk)."""
+
+    def __init__(self, ctx: RunContext, driver: PhaseDriver) -> None:
+        self.ctx = ctx
+        self.driver = driver
+        self.summaries: dict[str, dict[str, Any]] = {}
+
+    async def run(self, plan: PhasePlan, *, listed: bool = True) -> dict[str, Any]:
+        try:
+            summary = await _run_phase(self.ctx, plan, self.driver)
+            if listed:
+                self.summaries[plan.slug] = summary
+                _write_summary(self.ctx, self.summaries, complete=False)
+        except ResultsUnwritable as e:
+            self.ctx.stop.set(StopReason.RESULTS_UNWRITABLE, _unwritable(e))
+            return {}
+        return summary
+
+    def adopt(self, slug: str, summary: dict[str, Any]) -> None:
+        self.summaries[slug] = summary
+
+
 async def _run_phases(
     ctx: RunContext,
-    plans: list[PhasePlan],
+    strategy: PhaseStrategy,
     driver: PhaseDriver,
     health_check: Callable[[], bool] | None,
 ) -> RunResult:
-    """The phases one after the other until done or stopped; summary.json after each."""
-    summaries: dict[str, dict[str, Any]] = {}
+    """The strategy's phases until done or stopped; summary.json after each."""
+    host = _Host(ctx, driver)
     health_task = None
+    finished = False
     try:
         await driver.prepare(ctx)
         if health_check:
             health_task = asyncio.create_task(_watch_health(health_check, ctx.stop))
-        for plan in plans:
-            if ctx.stop.is_set():
-                break
-            try:
-                summaries[plan.slug] = await _run_phase(ctx, plan, driver)
-                _write_summary(ctx, summaries, complete=False)
-            except ResultsUnwritable as e:  # disk full: the records so far stay on disk
-                ctx.stop.set(StopReason.RESULTS_UNWRITABLE, _unwritable(e))
+        finished = await strategy.run(host)
     finally:
         ctx.live.stop()
         if health_task:
             health_task.cancel()
-    complete = not ctx.stop.is_set() and len(summaries) == len(plans)
+    complete = finished and not ctx.stop.is_set()
     try:
-        _write_summary(ctx, summaries, complete=complete)
+        _write_summary(ctx, host.summaries, complete=complete)
     except ResultsUnwritable as e:
         ctx.stop.set(StopReason.RESULTS_UNWRITABLE, _unwritable(e))
     return RunResult(
         ctx.results.root,
         complete,
-        summaries,
+        host.summaries,
         exit_code(complete, ctx.stop.reason),
         ctx.stop.message,
     )

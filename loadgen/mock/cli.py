@@ -37,12 +37,24 @@ def build_arg_parser() -> ArgParser:
     a("--default-max-tokens", type=int, default=d.default_max_tokens)
     a("--ttft-ms", type=float, default=d.ttft_ms, help="admission -> first chunk")
     a("--itl-ms", type=float, default=d.itl_ms, help="delay between chunks")
+    a(
+        "--token-ms",
+        type=float,
+        default=d.token_ms,
+        help="ms per output token on top (a chunk of k tokens waits k times this); with "
+        "--max-num-seqs, a queue of known service time (loadgen/mock/queueing.py)",
+    )
     a("--tokens-per-chunk", default=d.tokens_per_chunk, help="N | k1,k2,... | spec:K:P")
     a("--num-spec-tokens", type=int, default=None, help="K for spec-decode metrics")
     a("--jitter-ms", type=float, default=d.jitter_ms, help="uniform +- per chunk")
     a("--eos-prob", type=float, default=d.eos_prob, help="per-token stop unless ignore_eos")
     a("--seed", type=int, default=d.seed)
-    a("--max-num-seqs", type=int, default=d.max_num_seqs, help="0 = unlimited")
+    a(
+        "--max-num-seqs",
+        type=int,
+        default=d.max_num_seqs,
+        help="slots; more requests wait, first come first served (0 = unlimited)",
+    )
     a("--kv-capacity-tokens", type=int, default=d.kv_capacity_tokens)
     a("--fail-status", type=int, default=d.fail_status, help="500|429|503|400")
     a("--fail-rate", default=d.fail_rate, help="probability or every:N")

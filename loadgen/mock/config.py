@@ -24,6 +24,7 @@ class MockConfig:
     default_max_tokens: int = 16  # when the request names no max_tokens
     ttft_ms: float = 0.0
     itl_ms: float = 0.0
+    token_ms: float = 0.0  # per output token, on top: the queueing mode's service time
     tokens_per_chunk: str = "1"
     num_spec_tokens: int | None = None  # K for the metrics; default: from tokens_per_chunk
     jitter_ms: float = 0.0
@@ -54,7 +55,7 @@ class MockConfig:
             parse_rate(self.stall_rate, "--stall-rate"),
             parse_rate(self.malformed_rate, "--malformed-rate"),
         )
-        for name in ("ttft_ms", "itl_ms", "jitter_ms"):
+        for name in ("ttft_ms", "itl_ms", "token_ms", "jitter_ms"):
             if getattr(self, name) < 0:
                 raise SpecloadError(f"--{name.replace('_', '-')}: must be >= 0")
         for name in ("max_num_seqs", "port"):

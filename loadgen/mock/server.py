@@ -10,7 +10,8 @@ the hot path.
 Timing model (on ``time.monotonic``; the log holds ``time.time``): the request is
 "received" (the log's ``recv``) when its head has arrived, before any parsing, and
 "admitted" when its body is read and a ``--max-num-seqs`` slot frees (at once by
-default). From admission the chunks follow an absolute schedule (``chunks.chunk_times``),
+default; first come, first served: ``queueing``). From admission the chunks follow an
+absolute schedule (``chunks.chunk_times``, plus ``--token-ms`` per token: ``queueing``),
 so sleep overshoot never accumulates. The logged time of a chunk is taken right after
 ``writer.write()`` + ``await writer.drain()``: drain returns at once unless the socket
 buffer is full, so this is the moment the bytes were handed to the kernel, which is the
@@ -41,6 +42,7 @@ from loadgen.mock.http11 import (
     sse_raw,
 )
 from loadgen.mock.prometheus import MockMetrics, render_metrics
+from loadgen.mock.queueing import SlotQueue, add_token_time
 from loadgen.mock.responses import (
     completion_body,
     error_body,
@@ -87,9 +89,7 @@ class MockServer:
         self._n = 0  # inference request counter (1-based after increment)
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[Any]] = set()
-        self._sem = (
-            asyncio.Semaphore(self.config.max_num_seqs) if self.config.max_num_seqs else None
-        )
+        self._sem = SlotQueue(self.config.max_num_seqs) if self.config.max_num_seqs else None
         self._log: TextIO | None = None
         self._flusher: asyncio.Task[None] | None = None
         self.port = 0
@@ -330,26 +330,34 @@ class MockServer:
             total, finish = completion_length(job.max_tokens, cfg.eos_prob, stop_early, job.rng)
         job.sizes = cfg.plan.sizes(total, job.rng) if total else [0]
         job.finish_reason = finish
+        t_admit = None
         if self._sem is not None:
             self.metrics.waiting += 1
             try:
-                await self._sem.acquire()
+                t_admit = await self._sem.acquire()
             finally:
                 self.metrics.waiting -= 1
         job.start = time.time()  # wall clock first: the schedule base is never before it
-        t_admit = time.monotonic()  # not loop.time(): uvloop's is cached per iteration, in ms
+        now = time.monotonic()  # not loop.time(): uvloop's is cached per iteration, in ms
+        if t_admit is None:
+            t_admit = now
+        else:  # admitted when the slot was due to free (queueing.SlotQueue), maybe just before
+            job.start -= now - t_admit
         self._live[id(job)] = job
         self.metrics.prompt_tokens += job.prompt_tokens
         try:
             ttft, itl, jit = cfg.ttft_ms / 1e3, cfg.itl_ms / 1e3, cfg.jitter_ms / 1e3
             job.targets = chunk_times(t_admit, len(job.sizes), ttft, itl, jit, job.rng)
+            job.targets = add_token_time(job.targets, job.sizes, cfg.token_ms / 1e3)
             if job.stream:
                 return await self._stream(job, req, reader, writer)
             return await self._whole(job, req, reader, writer)
         finally:
             del self._live[id(job)]
             if self._sem is not None:
-                self._sem.release()
+                # due to end at its last chunk's time; sooner if it was cut short
+                due = job.targets[-1] if job.targets else None
+                self._sem.release(None if due is None else min(due, time.monotonic()))
 
     async def _break_off(
         self, job: _Job, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

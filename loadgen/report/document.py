@@ -167,6 +167,8 @@ class ReportDoc:
     figures: Mapping[str, Sequence[Path]]  # scenario -> PNGs; empty without figures
     # Sections other report modules add (loadgen.report.workload, ...), after the tables.
     sections: list[Section] = field(default_factory=list)
+    # ... and those that lead, before them (loadgen.report.capacity: the headline answer).
+    leading: list[Section] = field(default_factory=list)
 
 
 class Section(Protocol):

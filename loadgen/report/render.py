@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loadgen.errors import SpecloadError
+from loadgen.report.capacity import capacity_section
 from loadgen.report.console import NA, as_flag, as_float
 from loadgen.report.crossover import crossovers
 from loadgen.report.document import Column, ReportData, ReportDoc, build_document
@@ -73,6 +74,10 @@ def write_report(
 
     data = ReportData(df, runs, resolve_baseline(runs, baseline), crossovers(df), fig_paths)
     doc = build_document(data)
+    # capacity searches first: the report's headline where there are any
+    capacity = capacity_section(runs, data.base_label, out if figures else None)
+    if capacity:
+        doc.leading.append(capacity)
     workload = _workload_section(data, out, figures)
     doc.intro.extend(workload.lengths)  # every report says whether lengths were fixed
     doc.sections.append(workload)
@@ -148,7 +153,7 @@ def json_text(data: ReportData, report: ReportDoc) -> str:
         "crossovers": list(data.crossovers),
         "figures": {s: [p.name for p in ps] for s, ps in data.figures.items()},
     }
-    for section in report.sections:
+    for section in [*report.leading, *report.sections]:
         doc[section.key] = section.as_json()
     return json.dumps(_json_safe(doc), indent=2) + "\n"
 
@@ -183,10 +188,12 @@ def html_text(_data: ReportData, doc: ReportDoc) -> str:
 
 
 def to_markdown(doc: ReportDoc) -> str:
-    """report.md: the tables per scenario and level, then crossovers, stability, figures."""
+    """report.md: the leading sections (capacity at the SLO), the tables per scenario and
+    level, then crossovers, stability, figures."""
     out = [f"# {TITLE}", "", *doc.intro, ""]
     if doc.run_notes:
         out += ["Run notes:", "", *(f"- {n}" for n in doc.run_notes), ""]
+    out += [s.markdown() for s in doc.leading]
     out += [doc.how_to_read]
     for scen in doc.scenarios:
         out += [f"## Scenario `{scen.name}`", ""]
@@ -223,8 +230,8 @@ def _md_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> s
 
 
 def to_html(doc: ReportDoc) -> str:
-    """report.html, self-contained: crossovers and the prose first, then each scenario's
-    tables with its figures embedded."""
+    """report.html, self-contained: the leading sections (capacity at the SLO), crossovers
+    and the prose first, then each scenario's tables with its figures embedded."""
     e = html.escape
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
@@ -236,6 +243,9 @@ def to_html(doc: ReportDoc) -> str:
     if doc.run_notes:
         items = "".join(f"<li>{e(n)}</li>" for n in doc.run_notes)
         parts.append(f"<p>Run notes:</p><ul class='note'>{items}</ul>")
+    for section in doc.leading:  # its own HTML where it has one (tables, embedded figures)
+        html_of = getattr(section, "html", None)
+        parts.append(html_of() if html_of else markdown_to_html(section.markdown()))
     parts.append(f"<h2>{CROSSOVER_HEADING}</h2><ul>")
     for c in doc.crossovers:
         parts.append(f"<li><code>{e(c.scenario)}</code> <b>{e(c.label)}</b>: ")

@@ -307,23 +307,24 @@ def peak_output_and_concurrency(
 
 
 def slo_given(slo: SLO | None) -> bool:
-    """Whether any SLO is set (vllm reports request_goodput None without --goodput)."""
-    return slo is not None and any(
-        v is not None for v in (slo.ttft_ms, slo.tpot_ms, slo.itl_ms, slo.e2e_ms)
-    )
+    """Whether any per-request bound is set (vllm reports request_goodput None without
+    --goodput). A percentile ITL bound judges levels only, so it alone gives no goodput."""
+    return slo is not None and any(v is not None for v in slo.request_limits())
 
 
 def meets_slo(slo: SLO, *, ttft: float, tpot: float | None, max_itl: float, e2e: float) -> bool:
-    """Whether one completed request meets every SLO set (all inputs in seconds).
+    """Whether one completed request meets every per-request bound (inputs in seconds;
+    the bounds are :meth:`SLO.request_limits`).
 
     As vllm: a value equal to its SLO passes; TPOT of a request with <= 1 output token
     counts as 0. vllm has no ITL SLO; ours bounds the request's longest inter-chunk gap
     (the worst stall its reader saw), which per-token averaging would hide.
     """
+    ttft_ms, tpot_ms, itl_ms, e2e_ms = slo.request_limits()
     checks = (
-        (slo.ttft_ms, ttft),
-        (slo.tpot_ms, 0.0 if tpot is None else tpot),
-        (slo.itl_ms, max_itl),
-        (slo.e2e_ms, e2e),
+        (ttft_ms, ttft),
+        (tpot_ms, 0.0 if tpot is None else tpot),
+        (itl_ms, max_itl),
+        (e2e_ms, e2e),
     )
     return all(limit is None or value * 1000.0 <= limit for limit, value in checks)
