@@ -39,7 +39,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from loadgen.errors import SpecloadError
 
@@ -122,12 +129,15 @@ class PairedSettings(BaseModel):
     )
     warmup: WarmupSettings = Field(default_factory=WarmupSettings)
 
+    @field_validator("min_repeats")
+    @classmethod
+    def _even(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError(f"must be even (whole A B | B A blocks), got {value}")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> PairedSettings:
-        if self.min_repeats % 2:
-            raise ValueError(
-                f"min_repeats must be even (whole A B | B A blocks), got {self.min_repeats}"
-            )
         if self.max_repeats < self.min_repeats:
             raise ValueError(f"max_repeats ({self.max_repeats}) < min_repeats")
         return self

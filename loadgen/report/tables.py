@@ -388,9 +388,10 @@ def _verdict_columns(
     mine = next((p for p in levels if p.candidate == run.label and p.baseline == base_label), None)
     if mine is not None:
         return _paired_columns(row, mine)
-    if levels:  # the baseline of paired levels: its probes over every candidate's pairs
-        row["pairs"] = sum(p.pairs for p in levels)
-        _warmup_columns(row, [p.warmup.get(run.label) for p in levels])
+    if levels:  # the baseline of paired levels (one per group; candidates of a group share it)
+        by_dir = {p.path: p for p in levels}.values()
+        row["pairs"] = sum(p.pairs for p in by_dir)
+        _warmup_columns(row, [p.warmup.get(run.label) for p in by_dir])
         return []
     if base is None or is_base:
         return []
