@@ -63,6 +63,17 @@ class LevelOutcome:
     intervals: dict[str, dict[str, SpeedupInterval]] = dataclasses.field(default_factory=dict)
 
 
+# Each round draws its own prompts (and arrival times), the same for every server of the
+# round: with one seed for all, every phase after a server's first would find its prompts in
+# vLLM's prefix cache and skip most of its prefill, which no real workload does.
+ROUND_SEED = 7919
+WARMUP_SEED = 104_729
+
+
+def reseeded(scenario: Scenario, offset: int) -> Scenario:
+    return scenario.model_copy(update={"seed": scenario.seed + offset})
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -223,7 +234,7 @@ class LevelRun:
             for r in balanced_order(k, todo):
                 entry = info[r.label]
                 out = self.dir / "warmup" / f"{r.label}-w{entry['windows'] + 1:02d}"
-                p, ended = self._probe(r, scen, out)
+                p, ended = self._probe(r, reseeded(scen, WARMUP_SEED + entry["windows"]), out)
                 entry["windows"] += 1
                 entry["seconds"] = round(entry["seconds"] + p.duration_s, 3)
                 values = _probe_metrics(p)
@@ -255,9 +266,10 @@ class LevelRun:
             order = balanced_order(k, self.residents)
             rnd: dict[str, Any] = {"index": k + 1, "order": [r.label for r in order], "probes": {}}
             rounds.append(rnd)
+            scen = reseeded(self.scenario, ROUND_SEED * (k + 1))
             for r in order:
                 out = self.dir / f"round-{k + 1:02d}" / r.label
-                p, ended = self._probe(r, self.scenario, out)
+                p, ended = self._probe(r, scen, out)
                 rnd["probes"][r.label] = {**p.to_json(self.dir), "metrics": _probe_metrics(p)}
                 if ended is not None:
                     rounds.pop()  # a round without all its probes is no pair

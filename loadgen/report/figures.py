@@ -333,10 +333,13 @@ _CI_PANELS = {
 
 
 def speedup_interval_figure(df: pd.DataFrame, out: Path) -> Path | None:
-    """Each speedup against load, one line per config, with its 95% interval as error
-    bars: a filled marker where the verdict is faster or slower, hollow where the interval
-    includes 1.0 (can't tell). None when no row has an interval."""
+    """Each speedup against load, one line per paired config, with its 95% interval as
+    error bars: a filled marker where the verdict is faster or slower, hollow where the
+    interval includes 1.0 (can't tell). None without paired rows."""
     spec = df[~df["is_baseline"].astype(bool)]
+    if "pairing" not in spec.columns or not (spec["pairing"] == "paired").any():
+        return None  # unpaired reports keep the figures they had
+    spec = spec[spec["pairing"] == "paired"]
     panels = [
         col
         for col in _CI_PANELS
