@@ -45,6 +45,9 @@ from loadgen.engine.run import run_scenario
 from loadgen.results.server_metrics import parse_prometheus, series
 
 ITL_HIST = "vllm:inter_token_latency_seconds"
+# a scrape's row is stamped when the request is sent; vLLM renders the page a few ms later
+# (the H100 runs: every stream's stalled gap begins 2-3 ms after the stamp)
+RENDER_S = 0.005
 
 
 def pct(xs: list[float], q: float) -> float | None:
@@ -130,11 +133,19 @@ def run_loadgen(args: argparse.Namespace, out: Path, gauges_s: float, seed: int)
         for t0, t1 in itertools.pairwise(ct):
             gaps.append(1e3 * (t1 - t0))
             spans.append((t0, t1))
+    # the closed loop's dispatch: from a request's end to the next request's send
+    ends = sorted(r["end_s"] for r in recs if r.get("end_s"))
+    sends = sorted(r["sent_s"] for r in recs)
+    dispatch = []
+    for e in ends:
+        nxt = next((s for s in sends if s >= e), None)
+        if nxt is not None:
+            dispatch.append(1e3 * (nxt - e))
     scrapes = []
     samples = out / phase / "server_samples.jsonl"
     if samples.exists():
         scrapes = [json.loads(x)["t"] for x in samples.read_text().splitlines() if x.strip()]
-    return {"gaps": gaps, "spans": spans, "scrapes": scrapes}
+    return {"gaps": gaps, "spans": spans, "scrapes": scrapes, "dispatch_ms": dispatch}
 
 
 def run_bench(args: argparse.Namespace, out: Path, seed: int) -> dict:
@@ -168,7 +179,7 @@ async def _witness(args: argparse.Namespace, seed: int) -> dict:
     server, client = [], []
 
     async def one(c: httpx.AsyncClient) -> None:
-        ids = [rng.randrange(100, 30000) for _ in range(args.input_tokens)]
+        ids = [rng.randrange(100, 4000) for _ in range(args.input_tokens)]  # any vocabulary
         body = {
             "model": args.model, "prompt": ids, "max_tokens": args.output_tokens,
             "ignore_eos": True, "stream": True,
@@ -221,12 +232,14 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict:
             results[kind] = r
             row = _row(kind, r["gaps"], hist_quantiles(before, after))
             row["rep"] = rep + 1
+            if r.get("dispatch_ms"):
+                row["dispatch_p50_ms"] = pct(r["dispatch_ms"], 0.5)
             runs.append(row)
             print(json.dumps({k: v for k, v in row.items()}), file=sys.stderr)
         no_gauge_p99 = pct(results["loadgen-no-gauges"]["gaps"], 0.99)
         g = results["loadgen-gauges"]
         long = [s for gap, s in zip(g["gaps"], g["spans"], strict=True) if gap > no_gauge_p99]
-        hit = sum(1 for t0, t1 in long if any(t0 <= t <= t1 for t in g["scrapes"]))
+        hit = sum(1 for t0, t1 in long if any(t0 <= t + RENDER_S <= t1 for t in g["scrapes"]))
         for row in runs:
             if row["rep"] == rep + 1 and row["client"] == "loadgen-gauges":
                 row["gaps_over_nogauge_p99"] = len(long)
@@ -250,8 +263,8 @@ def markdown(res: dict, args: argparse.Namespace) -> str:
         f"{res['machine']['loadavg_at_start']}. Command: `{res['command']}`.",
         "",
         "| rep | client | gaps | p50 ITL ms | p99 ITL ms | mean ms | server p50 | server p99 "
-        "| server mean | long gaps at a scrape |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| server mean | long gaps at a scrape | end to next send p50 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["runs"]:
         hit = (
@@ -263,7 +276,7 @@ def markdown(res: dict, args: argparse.Namespace) -> str:
         lines.append(
             f"| {r['rep']} | {r['client']} | {r['gaps']} | {f(r['p50_ms'])} | {f(r['p99_ms'])} "
             f"| {f(r['mean_ms'])} | {f(r.get('server_p50_ms'))} | {f(r.get('server_p99_ms'))} "
-            f"| {f(r.get('server_mean_ms'))} | {hit} |"
+            f"| {f(r.get('server_mean_ms'))} | {hit} | {f(r.get('dispatch_p50_ms'))} |"
         )
     w = res["witness"]
     if w["server_mean_itl_ms"]:
@@ -285,6 +298,56 @@ def markdown(res: dict, args: argparse.Namespace) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def agreement_table(root: Path) -> str:
+    """The same reading of an earlier ``benchmarks/gpu/agreement.sh`` run (its raw.tgz
+    unpacked at ``root``): per loadgen run, p99 ITL with every gap, without each request's
+    last gap, and without those and the gaps that span a /metrics scrape (the sampler's
+    stamp plus RENDER_S), against the bench run of the same repeat; and the
+    closed loop's end-to-next-send latency."""
+    lines = [
+        "| config | c | rep | loadgen p99 | w/o last gaps | w/o last and scrape gaps "
+        "| bench p99 | gaps at a scrape | end to next send p50 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run_dir in sorted(d for d in root.glob("*/c*/loadgen-r*") if d.is_dir()):
+        phases = [p for p in run_dir.iterdir() if (p / "requests.jsonl").is_file()]
+        bench = run_dir.parent / f"bench-{run_dir.name.split('-')[1]}.json"
+        if not phases or not bench.is_file():
+            continue
+        ph = phases[0]
+        recs = [json.loads(x) for x in (ph / "requests.jsonl").read_text().splitlines() if x]
+        scr = [json.loads(x)["t"] for x in (ph / "server_samples.jsonl").read_text().splitlines()]
+        every, no_last, clean, at_scrape = [], [], [], 0
+        for r in recs:
+            if r.get("warmup") or r.get("error"):
+                continue
+            ct = r["chunk_times"]
+            for i in range(1, len(ct)):
+                g = 1e3 * (ct[i] - ct[i - 1])
+                hit = any(ct[i - 1] <= t + RENDER_S <= ct[i] for t in scr)
+                every.append(g)
+                at_scrape += hit
+                if i < len(ct) - 1:
+                    no_last.append(g)
+                    if not hit:
+                        clean.append(g)
+        ends = sorted(r["end_s"] for r in recs if r.get("end_s"))
+        sends = sorted(r["sent_s"] for r in recs)
+        disp = [1e3 * (n - e) for e in ends if (n := next((x for x in sends if x >= e), None))]
+        b = json.loads(bench.read_text())
+        cfg, c = run_dir.parent.parent.name, run_dir.parent.name[1:]
+
+        def f(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:.2f}"
+
+        lines.append(
+            f"| {cfg} | {c} | {run_dir.name[-2:]} | {f(pct(every, 0.99))} "
+            f"| {f(pct(no_last, 0.99))} | {f(pct(clean, 0.99))} | {f(b.get('p99_itl_ms'))} "
+            f"| {at_scrape} of {len(every)} ({len(scr)} scrapes) | {f(pct(disp, 0.5))} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _start_cpu_server(model: str, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -328,7 +391,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gauges-s", type=float, default=1.0)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--name", default="scrape_stall")
+    p.add_argument(
+        "--from-agreement",
+        type=Path,
+        metavar="DIR",
+        help="read an unpacked benchmarks/gpu/agreement.sh raw.tgz instead of measuring",
+    )
     args = p.parse_args(argv)
+    if args.from_agreement:
+        print(agreement_table(args.from_agreement), end="")
+        return 0
     proc = None
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)

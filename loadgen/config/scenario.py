@@ -148,12 +148,12 @@ class Scenario(_Strict):
         "httpx's CPU per chunk) or httpx",
     )
     server_gauges_s: float = Field(
-        1.0,
+        0.0,
         ge=0,
         le=3600,
         description="sample the server's /metrics gauges every S seconds during each phase "
-        "(0: off). Each scrape stalls vLLM's API server for milliseconds, which shows in "
-        "the streams' tail ITL (docs/metrics.md)",
+        "(default 0: off). Each scrape stalls vLLM's API server for milliseconds, which "
+        "shows in every stream's tail ITL (docs/metrics.md)",
     )
     spin_ms: float = Field(
         0.0,
