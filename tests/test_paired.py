@@ -49,7 +49,7 @@ def mock_matrix(
         "repeats": repeats,  # the sequential sweep's; a paired level's repeats are its pairs
         "num_requests": 6,
         "prompts": {"source": "base_prompt"},
-        "output_tokens": 24,
+        "output_tokens": 16,
         "ignore_eos": True,
     }
     if levels:
@@ -141,7 +141,7 @@ def test_paired_mock_pair_under_drift_reports_1_10x_and_sequential_is_biased(
         FAST: ["--itl-ms", str(ITL_FAST), "--ttft-ms", "20"],
     }
     drift = f"linear:{LINEAR},step:{STEP}@{step_at}"
-    settings = {"min_repeats": 4, "max_repeats": 10, "warmup": {"windows": 2, "max_windows": 3}}
+    settings = {"min_repeats": 4, "max_repeats": 8, "warmup": {"windows": 2, "max_windows": 3}}
     paired = run_sweep(
         load_matrix(_write(tmp_path, mock_matrix(paired=settings, repeats=3))),
         backend=MockBackend(flags, drift, origin),
