@@ -100,7 +100,7 @@ class PairedState:
             "resumed": previous is not None,
             "pairing": plan.to_json(),
             "matrix": _dump(matrix),
-            "active": list(groups) if previous is None else [group_id(g) for g in plan.groups],
+            "active": [group_id(g) for g in plan.groups],  # what this invocation runs
             "runs": {lb: old_runs.get(lb, {"status": PENDING}) for lb in runs},
             "groups": groups,
         }
@@ -175,6 +175,7 @@ class PairedSweep:
         self.health_deadline_s, self.port = health_deadline_s, port
         self.port_free_wait_s = port_free_wait_s
         self.failed_runs: list[str] = []
+        self.baseline_failed: str | None = None
 
     def run(self) -> None:
         """Every group; KeyboardInterrupt (Ctrl-C, SIGTERM) passes through, servers stopped."""
@@ -184,11 +185,17 @@ class PairedSweep:
                 if self.state.group_done(gid):
                     self.say(f"[{gid}] all levels done, skipping")
                     continue
+                if self.baseline_failed:  # nothing left to compare with
+                    self.state.fail_rest(gid, self.baseline_failed)
+                    continue
                 try:
                     self._group(servers, gid, cands)
                 finally:
                     for c in cands:
                         servers.stop(c)
+        if not self.baseline_failed:
+            done = all(self.state.group_done(group_id(g)) for g in self.plan.groups)
+            self.state.set_run(self.baseline, DONE if done else "incomplete")
 
     def _start(self, servers: CoResident, cands: list[str]) -> list[Resident] | None:
         """The baseline (started again if it is not up) and the group's candidates, healthy;
@@ -206,9 +213,11 @@ class PairedSweep:
         except ServerStartError as e:
             failed = getattr(e, "failed_label", labels[-1])
             self._failure(failed, "start", str(e), e.log_tail)
+            if failed == self.baseline:
+                self.baseline_failed = f"baseline '{failed}' failed to start: {e}"
             self.say(f"[{failed}] server failed: {e} (see {self.dir / failed / 'failed.json'})")
-            for label in labels:
-                servers.stop(label)
+            for label in cands if failed != self.baseline else labels:
+                servers.stop(label)  # a healthy baseline stays up for the next group
             return None
         for label in labels:
             self.state.set_run(label, "running")
@@ -223,8 +232,7 @@ class PairedSweep:
     def _group(self, servers: CoResident, gid: str, cands: list[str]) -> None:
         residents = self._start(servers, cands)
         if residents is None:
-            self.state.fail_rest(gid, f"a server of group {gid} failed to start")
-            self.failed_runs.append(gid)
+            self.state.fail_rest(gid, self.baseline_failed or f"a server of {gid} failed to start")
             return
         by_label = {r.label: r for r in residents}
         for sc in _group_scenarios(self.runs, self.baseline, cands):

@@ -506,3 +506,86 @@ def test_level_interleaves_three_servers_flags_jit_and_settles(tmp_path: Path) -
     assert rows[FAST]["jit_phases"] == 1 and "kernel compilation" in rows[FAST]["note"]
     assert rows["k5"]["tpot_speedup_verdict"] == "slower" and rows["k5"]["settled"] is True
     assert rows[BASE]["pairing"] == "paired" and rows[BASE]["warmup_windows"] == 3
+
+
+# --- servers that fail to start (fake backend and runner, no processes) --------------------
+
+
+class _FailingBackend:
+    name = "fake"
+
+    def __init__(self, fail: set[str]) -> None:
+        self.fail, self.starts = fail, []
+
+    def command(self, run: Any, port: int) -> list[str]:
+        return ["fake", run.label, str(port)]
+
+    def start(self, run: Any, port: int, log_path: Path) -> Any:
+        from server_launch.backends.base import ServerStartError
+
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text("fake\n")
+        self.starts.append(run.label)
+        h = _Handle()
+        if run.label in self.fail:
+
+            def refuse(deadline_s: float) -> None:
+                h.alive = False
+                raise ServerStartError("vLLM server exited with code 1", "CUDA out of memory")
+
+            h.wait_healthy = refuse  # type: ignore[method-assign]
+        return h
+
+
+def _fake_runner(scenario: Any, **kw: Any) -> Any:
+    from loadgen.engine.run import RunResult
+    from loadgen.errors import ExitCode
+    from loadgen.results.files import ResultsDir
+
+    slug = kw["only_phases"][0]
+    value = 10.0 if kw["label"] == BASE else 8.0
+    summary = {"phase": slug, "complete": True, "completed": 4, "p50_tpot_ms": value,
+               "output_throughput": 100.0 / value, "p50_e2el_ms": 20 * value}  # fmt: skip
+    out = ResultsDir(kw["output_dir"])
+    out.write_run({"scenario": scenario.model_dump(mode="json"), "label": kw["label"]})
+    out.write_summary(
+        complete=True, scenario=scenario.name, label=kw["label"], phases={slug: summary}
+    )
+    return RunResult(kw["output_dir"], True, {slug: summary}, ExitCode.OK)
+
+
+def test_a_candidate_that_cannot_start_fails_its_group_and_the_next_runs(
+    tmp_path: Path,
+) -> None:
+    doc = mock_matrix(paired={"min_repeats": 2, "max_repeats": 2, "warmup": {"max_windows": 2}})
+    doc["specs"] = [
+        {"method": "none"},
+        {"method": "ngram", "num_speculative_tokens": 5, "label": "bad"},
+        {"method": "ngram", "num_speculative_tokens": 3, "label": FAST},
+    ]
+    m = load_matrix(_write(tmp_path, doc))
+    backend = _FailingBackend({"bad"})
+    out = tmp_path / "sweep"
+    res = run_sweep(m, backend=backend, output_dir=out, runner=_fake_runner, report=False,
+                    progress=False, port=free_port_pair())  # fmt: skip
+    assert backend.starts == [BASE, "bad", FAST]  # the baseline started once, kept up
+    assert not res.complete and res.failed_runs == ["bad"]
+    state = json.loads((out / "sweep.json").read_text())
+    assert state["groups"]["bad"]["scenarios"][SCENARIO]["concurrency=2"]["status"] == "failed"
+    assert state["groups"][FAST]["scenarios"][SCENARIO]["concurrency=2"]["status"] == "done"
+    assert state["runs"]["bad"]["status"] == "failed"
+    assert state["runs"][BASE]["status"] == "incomplete"  # not every group has its levels
+    failed = json.loads((out / "bad" / "failed.json").read_text())
+    assert failed["stage"] == "start" and "CUDA out of memory" in failed["log_tail"]
+
+    # the baseline itself cannot start: every group fails, after one attempt
+    backend = _FailingBackend({BASE})
+    out = tmp_path / "sweep2"
+    res = run_sweep(m, backend=backend, output_dir=out, runner=_fake_runner, report=False,
+                    progress=False, port=free_port_pair())  # fmt: skip
+    assert backend.starts == [BASE, "bad"]  # started side by side, then both given up
+    state = json.loads((out / "sweep.json").read_text())
+    for gid in ("bad", FAST):
+        cell = state["groups"][gid]["scenarios"][SCENARIO]["concurrency=2"]
+        assert cell["status"] == "failed" and "baseline 'none' failed to start" in cell["error"]
+    assert res.cells == {"done": 0, "failed": 2, "pending": 0}
