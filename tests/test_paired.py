@@ -589,3 +589,25 @@ def test_a_candidate_that_cannot_start_fails_its_group_and_the_next_runs(
         cell = state["groups"][gid]["scenarios"][SCENARIO]["concurrency=2"]
         assert cell["status"] == "failed" and "baseline 'none' failed to start" in cell["error"]
     assert res.cells == {"done": 0, "failed": 2, "pending": 0}
+
+
+def test_unpaired_report_says_unpaired_and_single_runs_not_significant(tmp_path: Path) -> None:
+    """A sequential sweep's report keeps its tables and says how it was measured."""
+    from loadgen.report.load import find_runs
+    from loadgen.report.render import write_report
+    from loadgen.report.tables import build_tables
+    from tests.test_report import CONFIGS, _write_run
+
+    root = tmp_path / "sweep"
+    for label in CONFIGS:
+        _write_run(root, label)
+    df = build_tables(find_runs([root]))
+    assert set(df["pairing"]) == {"unpaired"} and df["pairs"].isna().all()
+    spec = df[~df["is_baseline"]]
+    assert set(spec["tpot_speedup_verdict"]) == {"not significant"}
+    assert spec["tpot_speedup_ci_lo"].isna().all()
+    md = write_report([root], figures=False).read_text()
+    assert "**Unpaired** (one server after the other)" in md
+    assert "they are **not significant**" in md
+    assert "[unpaired, one run per level: not significant]" in md
+    assert "## How to read a paired comparison" not in md
