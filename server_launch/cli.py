@@ -161,6 +161,9 @@ def _main(argv: list[str]) -> int:
     if (args.image is not None or args.gpus is not None) and kind is not BackendKind.DOCKER:
         flag = "--image" if args.image is not None else "--gpus"
         raise SpecloadError(f"{flag}: only for --backend docker")
+    from server_launch.pairing import plan_pairing, restrict
+
+    plan = plan_pairing(matrix, kind.value)  # before anything starts: misfits are errors here
     if args.only:
         labels = [r.label for r in matrix.runs]
         unknown = [x for x in args.only if x not in labels]
@@ -168,16 +171,19 @@ def _main(argv: list[str]) -> int:
             raise SpecloadError(
                 f"--only: no configuration labelled '{unknown[0]}' (have: {', '.join(labels)})"
             )
-        matrix = matrix.model_copy(
-            update={"runs": [r for r in matrix.runs if r.label in args.only]}
-        )
+        if plan.paired:
+            plan = restrict(plan, args.only)
+        else:
+            matrix = matrix.model_copy(
+                update={"runs": [r for r in matrix.runs if r.label in args.only]}
+            )
     if args.resume and args.output_dir is None:
         raise SpecloadError("--resume: give the --output-dir of the sweep to resume")
     backend = _make_backend(kind, args, matrix.image)
     out = args.output_dir or _default_output_dir(matrix.name)
 
     if args.dry_run:
-        _print_plan(matrix, backend, args.port, out)
+        _print_plan(matrix, backend, args.port, out, plan)
         return 0
 
     from loadgen.config.prompts.base import check_prompts
@@ -196,6 +202,7 @@ def _main(argv: list[str]) -> int:
         matrix_path=args.matrix,
         progress=not args.no_progress,
         report=not args.no_report,
+        pairing=plan,
     )
     c = result.cells
     state = (
@@ -233,7 +240,9 @@ def _make_backend(kind: BackendKind, args: argparse.Namespace, matrix_image: str
     return DockerBackend(image=args.image or matrix_image or DEFAULT_IMAGE, gpus=args.gpus)
 
 
-def _print_plan(matrix, backend, port: int, out: Path) -> None:
+def _print_plan(matrix, backend, port: int, out: Path, plan) -> None:
+    from server_launch.paired_sweep import level_slugs
+    from server_launch.pairing import group_id, resident_run
     from server_launch.sweep import phase_slugs
 
     n_cells = 0
@@ -241,6 +250,23 @@ def _print_plan(matrix, backend, port: int, out: Path) -> None:
         f"matrix {matrix.name}: {len(matrix.runs)} server configuration(s), "
         f"backend {backend.name}, output {out}"
     )
+    print(plan.reason)
+    if plan.paired:
+        runs = {r.label: resident_run(r, plan) for r in matrix.runs}
+        print(f"\n[{plan.baseline}] baseline, up for the whole sweep")
+        print("  " + shlex.join(backend.command(runs[plan.baseline], port)))
+        for group in plan.groups:
+            print(f"\n[{group_id(group)}] beside {plan.baseline}, levels interleaved A B | B A")
+            for i, label in enumerate(group, start=1):
+                print("  " + shlex.join(backend.command(runs[label], port + i)))
+            names = {s.name for c in group for s in runs[c].scenarios}
+            for sc in runs[plan.baseline].scenarios:
+                if sc.name in names:
+                    slugs = level_slugs(sc)
+                    n_cells += len(slugs)
+                    print(f"  {sc.name}: {', '.join(slugs)}")
+        print(f"\n{n_cells} level(s), each warmed up then measured in pairs")
+        return
     for run in matrix.runs:
         print(f"\n[{run.label}]")
         print("  " + shlex.join(backend.command(run, port)))

@@ -36,6 +36,9 @@ are errors)::
     overrides:                 # applied to every scenario; dotted keys or nested
       num_requests: 8          #   mappings (merged key by key, except load and sweep,
       prompts.input_tokens: 32 #   which replace the scenario's whole value)
+    paired:                    # baseline and candidates served side by side, phases
+      mode: auto               #   interleaved (server_launch/pairing.py, docs/paired.md);
+      memory_share: 0.45       #   false: one server after the other
 
 Original format (the seed experiment's README documents it; detected by its keys):
 ``speculative_models`` x ``num_speculative_tokens_list`` x ``batch_size_list`` runs, each
@@ -71,6 +74,7 @@ from loadgen.config.scenario import Scenario, load_scenario, parse_scenario, rea
 from loadgen.errors import SpecloadError, describe_validation_error
 from server_launch.backends.base import BackendKind
 from server_launch.dummy_models import canonical_name, make_model
+from server_launch.pairing import PairedField, PairedSettings
 from server_launch.specs import LABEL_RE, SpecConfig, expand_specs
 
 # Any of these keys marks a file as the original experiment's config.yaml.
@@ -150,6 +154,7 @@ class Matrix(BaseModel):
     dummy_models: dict[str, str] = Field(
         default_factory=dict, description="model directory -> dummy model name to generate"
     )
+    paired: PairedSettings | None = None  # None: the original format, always sequential
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -181,6 +186,7 @@ def load_matrix(
         backend=file.backend,
         image=file.image,
         dummy_models=models.made,
+        paired=file.paired_settings(),
     )
 
 
@@ -252,6 +258,10 @@ class MatrixFile(BaseModel):
     def server_runs(self, source: Path, models: _Models) -> list[ServerRun]:
         """The file's runs, in the order the sweep runs them."""
 
+    def paired_settings(self) -> PairedSettings | None:
+        """The ``paired:`` section; None where the format has none (always sequential)."""
+        return None
+
 
 class ServerSection(ServerOptions):
     """The native format's ``server:``; its model may be given at top level instead."""
@@ -291,6 +301,10 @@ class NativeMatrixFile(MatrixFile):
     specs: Annotated[list[Annotated[SpecEntry, AsMapping]], Field(min_length=1)]
     scenarios: Annotated[list[ScenarioRef], Field(min_length=1)]
     overrides: Annotated[dict[str, Any], AsMapping] | None = None
+    paired: PairedField = Field(default_factory=PairedSettings)
+
+    def paired_settings(self) -> PairedSettings | None:
+        return self.paired
 
     def server_runs(self, source: Path, models: _Models) -> list[ServerRun]:
         server = models.server(self._server_options(source))

@@ -37,6 +37,8 @@ from server_launch.backends.base import (
     install_signal_handlers,
     wait_port_free,
 )
+from server_launch.paired_sweep import check_resume
+from server_launch.pairing import PairingPlan, plan_pairing
 
 if TYPE_CHECKING:
     from loadgen.config.scenario import Scenario
@@ -246,20 +248,41 @@ def run_sweep(
     report: bool = True,
     log: Callable[[str], None] | None = None,
     port_free_wait_s: float = 15.0,
+    pairing: PairingPlan | None = None,
 ) -> SweepResult:
-    """Run every server configuration of ``matrix``; see the module docstring."""
-    runner = runner or _default_runner
+    """Run every server configuration of ``matrix``: paired where ``pairing`` (default:
+    ``plan_pairing``'s decision) says so (paired_sweep.py), else one server after the other
+    (the module docstring)."""
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     output_dir = Path(output_dir)
+    plan = pairing if pairing is not None else plan_pairing(matrix, backend.name)
     previous = prepare_sweep_dir(output_dir, resume)
+    check_resume(previous, plan, output_dir)
+    say(plan.reason)
+    if plan.paired:
+        if matrix_path is not None and not (output_dir / "matrix.yaml").exists():
+            shutil.copyfile(matrix_path, output_dir / "matrix.yaml")
+        _prepare_models(matrix, say)
+        return _run_paired(
+            matrix,
+            plan,
+            backend=backend,
+            output_dir=output_dir,
+            previous=previous,
+            runner=runner,
+            health_deadline_s=health_deadline_s,
+            port=port,
+            progress=progress,
+            report=report,
+            say=say,
+            port_free_wait_s=port_free_wait_s,
+        )
+    runner = runner or _default_runner
     if matrix_path is not None and not (output_dir / "matrix.yaml").exists():
         shutil.copyfile(matrix_path, output_dir / "matrix.yaml")
-    if getattr(matrix, "dummy_models", None):
-        from server_launch.matrix import prepare_models
-
-        for d in prepare_models(matrix):
-            say(f"dummy model ready: {d}")
+    _prepare_models(matrix, say)
     state = SweepState.create(output_dir / "sweep.json", matrix, backend.name, previous)
+    state.doc["pairing"] = plan.to_json()
     state.save()
     install_signal_handlers()
 
@@ -302,6 +325,74 @@ def run_sweep(
     state.doc["status"] = "interrupted" if interrupted else status
     state.save()
     result = SweepResult(output_dir, complete, interrupted, counts, failed_runs)
+    if report and not interrupted:
+        result.report = _write_report(output_dir, say)
+    return result
+
+
+def _prepare_models(matrix: Matrix, say: Callable[[str], None]) -> None:
+    if getattr(matrix, "dummy_models", None):
+        from server_launch.matrix import prepare_models
+
+        for d in prepare_models(matrix):
+            say(f"dummy model ready: {d}")
+
+
+def _run_paired(
+    matrix: Matrix,
+    plan: PairingPlan,
+    *,
+    backend: ServerBackend,
+    output_dir: Path,
+    previous: dict[str, Any] | None,
+    runner: Runner | None,
+    health_deadline_s: float,
+    port: int,
+    progress: bool,
+    report: bool,
+    say: Callable[[str], None],
+    port_free_wait_s: float,
+) -> SweepResult:
+    """The paired sweep (paired_sweep.py), with the sequential sweep's ending: state,
+    counts, exit code, report."""
+    from server_launch.paired_sweep import FAILED as P_FAILED
+    from server_launch.paired_sweep import PENDING as P_PENDING
+    from server_launch.paired_sweep import PairedState, PairedSweep
+
+    state = PairedState.create(output_dir / "sweep.json", matrix, plan, backend.name, previous)
+    state.save()
+    install_signal_handlers()
+    sweep = PairedSweep(
+        matrix,
+        plan,
+        backend=backend,
+        state=state,
+        sweep_dir=output_dir,
+        runner=runner,
+        health_deadline_s=health_deadline_s,
+        port=port,
+        progress=progress,
+        say=say,
+        port_free_wait_s=port_free_wait_s,
+    )
+    interrupted = False
+    try:
+        sweep.run()
+    except KeyboardInterrupt as e:
+        interrupted = True
+        say(f"interrupted ({e or 'SIGINT'}): servers stopped, state saved in {state.path}")
+    except SpecloadError as e:
+        state.doc["status"] = "failed"
+        state.doc["error"] = str(e)
+        state.save()
+        raise
+    counts = state.counts()
+    complete = counts.get(P_FAILED, 0) == 0 and counts.get(P_PENDING, 0) == 0
+    status = "complete" if complete else "incomplete"
+    state.doc["status"] = "interrupted" if interrupted else status
+    state.save()
+    failed = list(dict.fromkeys(sweep.failed_runs))
+    result = SweepResult(output_dir, complete, interrupted, counts, failed)
     if report and not interrupted:
         result.report = _write_report(output_dir, say)
     return result
@@ -391,6 +482,25 @@ def _run_server(
             handle.stop()
 
 
+def run_kwargs(
+    run: ServerRun, scenario: Scenario, handle: ServerHandle, out: Path, progress: bool
+) -> RunKwargs:
+    """What loadgen's ``run_scenario`` is given to run ``scenario`` against ``run``'s server
+    (the caller adds ``health_check`` and ``only_phases``)."""
+    kwargs: RunKwargs = {
+        "base_url": handle.base_url,
+        "output_dir": out,
+        "model": getattr(run.server, "served_model_name", None) or None,
+        "label": run.label,
+        "spec": run.spec.speculative_config(),
+        "progress": progress,
+    }
+    if scenario.prompts.tokenizer is None and (Path(run.server.model) / "tokenizer.json").is_file():
+        # The served name may hide the directory; its tokenizer is faster than /tokenize.
+        kwargs["tokenizer"] = str(run.server.model)
+    return kwargs
+
+
 def _run_scenario_cells(
     run: ServerRun,
     scenario: Scenario,
@@ -408,23 +518,13 @@ def _run_scenario_cells(
     subset = len(todo) < len(phase_slugs(scenario))
     previous = _previous_phases(out) if subset else {}
     _supersede(out, todo)
-    kwargs: RunKwargs = {
-        "base_url": handle.base_url,
-        "output_dir": out,
-        "model": getattr(run.server, "served_model_name", None) or None,
-        "label": label,
-        "spec": run.spec.speculative_config(),
-        "progress": progress,
-        "health_check": health_check,
-        # A scenario directory is re-run phase by phase (their partial data moved aside
-        # above), so it may hold the other phases' results: loadgen must not refuse it.
-        "existing": "resume",
-    }
+    kwargs = run_kwargs(run, scenario, handle, out, progress)
+    kwargs["health_check"] = health_check
+    # A scenario directory is re-run phase by phase (their partial data moved aside above),
+    # so it may hold the other phases' results: loadgen must not refuse it.
+    kwargs["existing"] = "resume"
     if subset:
         kwargs["only_phases"] = list(todo)
-    if scenario.prompts.tokenizer is None and (Path(run.server.model) / "tokenizer.json").is_file():
-        # The served name may hide the directory; its tokenizer is faster than /tokenize.
-        kwargs["tokenizer"] = str(run.server.model)
     say(f"[{label}] scenario {scenario.name}: {len(todo)} phase(s)")
     try:
         result = runner(scenario, **kwargs)

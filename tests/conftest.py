@@ -124,10 +124,18 @@ def vllm_draft(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFa
     yield from _serve(tiny_models["tiny-llama"], args, log)
 
 
-def cpu_matrix(name: str, model_dir: Path, specs: list[dict], scenarios: list[dict]) -> dict:
+def cpu_matrix(
+    name: str,
+    model_dir: Path,
+    specs: list[dict],
+    scenarios: list[dict],
+    paired: bool | dict[str, Any] = False,
+) -> dict:
     """A local-backend sweep matrix on the tiny CPU models: the server block every real-vLLM
-    sweep test shares (small context, two sequences, 1 GiB of KV cache)."""
+    sweep test shares (small context, two sequences, 1 GiB of KV cache). Sequential (one
+    server after the other) unless ``paired`` says otherwise: paired is the matrix default."""
     return {
+        "paired": paired,
         "name": name,
         "backend": "local",
         "model": "tiny-llama",

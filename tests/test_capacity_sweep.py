@@ -25,6 +25,7 @@ MATRIX: dict[str, Any] = {
     "backend": "local",
     "model": "mock-model",
     "server": {"max_model_len": 512},
+    "paired": False,  # one search per configuration, one server after the other
     "specs": [{"method": "none"}, {"method": "ngram", "num_speculative_tokens": 3}],
     "scenarios": [
         {

@@ -27,6 +27,8 @@ MATRIX = {
     "model": "org/model",
     "server": {"max_model_len": 512},
     "specs": [{"method": "none"}, {"method": "ngram", "num_speculative_tokens": 3}],
+    # the sequential sweep, one server after the other (tests/test_paired.py: paired)
+    "paired": False,
     "scenarios": [
         {
             "name": "sweep3",

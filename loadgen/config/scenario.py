@@ -324,6 +324,14 @@ class Scenario(_Strict):
         description="HTTP client: raw (minimal asyncio HTTP/1.1, the default: ~1/3 of "
         "httpx's CPU per chunk) or httpx",
     )
+    server_gauges_s: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="sample the server's /metrics gauges every S seconds during each phase "
+        "(default 0: off). Each scrape stalls vLLM's API server for milliseconds, which "
+        "shows in every stream's tail ITL (docs/metrics.md)",
+    )
     spin_ms: float = Field(
         0.0,
         ge=0,

@@ -449,10 +449,12 @@ async def _run_phase(ctx: RunContext, plan: PhasePlan, driver: PhaseDriver) -> d
             scraped["before"] = await _scrape(ctl, base_url, pdir / "metrics_before.prom")
 
         ctx.live.start_phase(plan.phase.name, plan.total)
+        every = ctx.scenario.server_gauges_s
         sampler = server_metrics.GaugeSampler(
-            ctl, base_url, pdir / "server_samples.jsonl", clock=ctx.clock, keep_rows=False
-        )
-        async with sampler:
+            ctl, base_url, pdir / "server_samples.jsonl", clock=ctx.clock, keep_rows=False,
+            interval_s=every or 1.0,
+        )  # fmt: skip
+        async with sampler if every else contextlib.nullcontext():
             ran = await driver.run(ctx, plan, measure_start)
         ctx.live.stop()
         after = await _scrape(ctl, base_url, pdir / "metrics_after.prom")
@@ -471,7 +473,7 @@ async def _run_phase(ctx: RunContext, plan: PhasePlan, driver: PhaseDriver) -> d
         load=plan.phase.load,
         extra=_summary_extra(ctx, plan, ran, extra),
         spec_decode=spec,
-        server_gauges=sampler.stats.summary(),
+        server_gauges=sampler.stats.summary() if every else None,
         # Per-request lists (ttfts, itls, ...) as vllm saves them, up to a size where
         # summary.json stays readable; requests.jsonl has them all anyway.
         detailed=len(ran.summary) <= DETAILED_MAX_REQUESTS,

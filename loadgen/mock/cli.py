@@ -72,6 +72,8 @@ def build_arg_parser() -> ArgParser:
         action="store_true",
         help="SO_REUSEPORT: start several mocks on one --port; the kernel spreads connections",
     )
+    a("--drift", default=d.drift, help="speed over time: linear:R and/or step:F@S")
+    a("--drift-origin", type=float, default=None, help="time.time() of the drift's t=0")
     return p
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 
 from loadgen.errors import SpecloadError
 from loadgen.mock.chunks import ChunkPlan, parse_tokens_per_chunk
+from loadgen.mock.drift import Drift, parse_drift
 from loadgen.mock.faults import STATUS_FAULTS, FaultPlan, parse_rate
 
 
@@ -43,9 +44,12 @@ class MockConfig:
     log_flush_s: float = 0.2
     loop: str = "auto"  # auto (uvloop if importable) | asyncio | uvloop
     reuse_port: bool = False  # SO_REUSEPORT: several mock processes share one port
+    drift: str = "none"  # speed over time: linear:R and/or step:F@S (loadgen.mock.drift)
+    drift_origin: float | None = None  # time.time() of the drift's t = 0; default: start
     plan: ChunkPlan = field(init=False, repr=False)
     faults: FaultPlan = field(init=False, repr=False)
     spec_k: int = field(init=False, repr=False)
+    drift_plan: Drift = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.plan = parse_tokens_per_chunk(self.tokens_per_chunk)
@@ -74,6 +78,7 @@ class MockConfig:
         if self.log_flush_s <= 0:
             raise SpecloadError("--log-flush-s: must be > 0")
         self.faults = FaultPlan(rates, self.fail_status, self.empty, self.no_usage)
+        self.drift_plan = parse_drift(self.drift)
         self.spec_k = self._spec_k()
 
     def _spec_k(self) -> int:

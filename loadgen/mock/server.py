@@ -94,6 +94,7 @@ class MockServer:
         self._flusher: asyncio.Task[None] | None = None
         self.port = 0
         self.created = int(time.time())
+        self.drift_origin = self.config.drift_origin or time.time()
 
     @property
     def url(self) -> str:
@@ -347,6 +348,8 @@ class MockServer:
         self.metrics.prompt_tokens += job.prompt_tokens
         try:
             ttft, itl, jit = cfg.ttft_ms / 1e3, cfg.itl_ms / 1e3, cfg.jitter_ms / 1e3
+            slow = cfg.drift_plan.factor(job.start - self.drift_origin)  # 1.0 without drift
+            ttft, itl = ttft * slow, itl * slow
             job.targets = chunk_times(t_admit, len(job.sizes), ttft, itl, jit, job.rng)
             job.targets = add_token_time(job.targets, job.sizes, cfg.token_ms / 1e3)
             if job.stream:

@@ -85,6 +85,18 @@ def fmt_speedup_range(value: Any, lo: Any, hi: Any, stable: Any) -> str:
     return f"{text} ({as_float(lo):.2f}-{as_float(hi):.2f}) {'stable' if flag else 'unstable'}"
 
 
+def fmt_verdict(value: Any, lo: Any, hi: Any, verdict: Any) -> str:
+    """'1.10x [1.07-1.13] faster': a speedup, its 95% interval and what that says;
+    '1.10x (not significant)' without an interval; the speedup alone without a verdict."""
+    text = fmt_speedup(value)
+    if text == NA or not isinstance(verdict, str) or verdict == "n/a":
+        return text
+    if as_float(lo) is None or as_float(hi) is None:
+        return f"{text} ({verdict})"
+    shown = "can't tell" if verdict == "can't tell" else verdict
+    return f"{text} [{as_float(lo):.2f}-{as_float(hi):.2f}] {shown}"
+
+
 def as_flag(value: Any) -> bool | None:
     """True / False, or None for a missing flag (None, NaN: pandas fills gaps with NaN)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):

@@ -25,6 +25,7 @@ from loadgen.report.console import (
     fmt_speedup,
     fmt_speedup_range,
     fmt_spread,
+    fmt_verdict,
 )
 from loadgen.report.load import Run
 
@@ -82,8 +83,38 @@ _REPEAT_COLUMNS: dict[str, Column] = {
 }
 
 
-def table_columns(repeated: bool) -> list[Column]:
-    """The per-level table's columns; with repeats, their count and spreads too."""
+def _verdict_column(header: str, col: str) -> Column:
+    """A speedup with its 95% interval and verdict where the row has them (paired rows;
+    unpaired rows keep the range over repeats)."""
+
+    def cell(r: Row) -> str:
+        if r.get("pairing") == "paired" and not r["is_baseline"]:
+            return fmt_verdict(r[col], r[f"{col}_ci_lo"], r[f"{col}_ci_hi"], r[f"{col}_verdict"])
+        if f"{col}_lo" in r:
+            return fmt_speedup_range(r[col], r[f"{col}_lo"], r[f"{col}_hi"], r[f"{col}_stable"])
+        return fmt_speedup(r[col])
+
+    return Column(header, cell, speedup=col)
+
+
+# A paired report's table: the pairs each level took, and every speedup with its interval.
+_PAIRED_TABLE: list[Column] = [
+    _TABLE[0],
+    Column("pairs", lambda r: fmt_int(r["pairs"])),
+    *_TABLE[1:10],
+    _verdict_column("TPOT speedup", "tpot_speedup"),
+    _verdict_column("ITL speedup", "itl_speedup"),
+    _verdict_column("E2E speedup", "e2e_speedup"),
+    _verdict_column("thru speedup", "throughput_speedup"),
+    _verdict_column("goodput speedup", "goodput_speedup"),
+]
+
+
+def table_columns(repeated: bool, paired: bool = False) -> list[Column]:
+    """The per-level table's columns; with repeats, their count and spreads too; a report
+    with paired rows shows pairs and every speedup's interval and verdict instead."""
+    if paired:
+        return list(_PAIRED_TABLE)
     if not repeated:
         return list(_TABLE)
     out: list[Column] = []
@@ -128,6 +159,33 @@ HOW_TO_READ = """\
   where the speedup falls below 1.00x after a win. It is marked stable when every level's
   speedup is stable (no pairing of repeats would move it), unstable with the levels whose
   range includes 1.00x.
+"""
+
+
+PAIRED_HOW_TO_READ = """\
+## How to read a paired comparison
+
+- **Paired** rows: the candidate was served at the same time as the baseline, on the same
+  machine, and at each load level their phases alternated A B | B A | ... after both were
+  warmed up at that level. Each *pair* is one phase of each, back to back; drift and warm-up
+  hit both alike, and over a whole A B | B A block a steady drift cancels.
+- **Speedup** = the geometric mean over pairs of baseline / candidate (TPOT, ITL per token,
+  E2E: each phase's median) or candidate / baseline (output throughput, goodput). Above
+  1.00x the candidate is better.
+- **[lo-hi]** is its 95% interval: Student's t on the pairs' log ratios (a bootstrap over
+  4-16 pairs would be too narrow). With the true ratio fixed, 95 of 100 such intervals
+  contain it; the adaptive rule that decides how many pairs to run is accounted for (the
+  first pairs' spread sets a floor on the width, docs/paired.md).
+- **Verdict**: *faster* when the whole interval is above 1.00x, *slower* when it is below,
+  *can't tell* (at 95%) when it includes 1.00x: then the data cannot say which is better
+  at that level, whatever the estimate. A single pair or run is *not significant*.
+- **pairs** is how many pairs the level took: it repeats until every watched interval's
+  half-width is under the target (`ci_target_pct`), or a cap (`max_repeats`,
+  `max_level_s`); a level that hit a cap says *never settled* in its notes.
+- **Crossover** is found on verdicts: where a significant win gives way to a significant
+  loss, never where a median merely dips under 1.00x.
+- **Unpaired** rows (the sequential fallback, one server after the other) carry no such
+  protection: whatever the machine did between the two servers' runs is in their speedup.
 """
 
 
@@ -213,28 +271,101 @@ def build_document(data: ReportData) -> ReportDoc:
     """The report's content, ready for ``render`` to lay out."""
     df = data.df
     repeated = _repeated(df)
+    paired = _paired(df)
+    spec_rows = df[~df["is_baseline"].astype(bool)] if len(df) else df
+    unpaired = bool(len(spec_rows)) and bool((spec_rows.get("pairing") != "paired").any())
     return ReportDoc(
-        intro=_intro(data.baseline_text()),
+        intro=_intro(data.baseline_text(), paired and not unpaired) + _pairing_intro(df),
         run_notes=[f"{r.label} / {r.scenario} ({r.path}): {n}" for r in data.runs for n in r.notes],
-        how_to_read=HOW_TO_READ,
-        columns=table_columns(repeated),
+        how_to_read=(
+            PAIRED_HOW_TO_READ + ("\n" + HOW_TO_READ if unpaired else "") if paired else HOW_TO_READ
+        ),
+        columns=table_columns(repeated, paired),
         scenarios=_sections(df),
         crossovers=[
             CrossoverLine(str(c["scenario"]), str(c["label"]), str(c["text"]))
             for c in data.crossovers
         ],
-        stability=_stability_lines(df) if repeated else [],
+        stability=_verdict_lines(df) if paired else (_stability_lines(df) if repeated else []),
         figures=data.figures,
     )
 
 
-def _intro(base_label: str | None) -> list[str]:
+def _intro(base_label: str | None, paired_only: bool = False) -> list[str]:
+    first = f"Baseline: **{base_label}**." if base_label else "Baseline: none found; no speedups."
+    if paired_only:
+        return [
+            first,
+            "Speedups: geometric mean over pairs of baseline / config (TPOT, ITL, E2E medians) "
+            "or config / baseline (throughput, goodput), with a 95% interval and a verdict. "
+            "Above 1.00x the config is better. ITL is per token. Latencies in ms (p50 / p99), "
+            "medians over the level's phases.",
+        ]
     return [
-        f"Baseline: **{base_label}**." if base_label else "Baseline: none found; no speedups.",
+        first,
         "Speedups: TPOT and E2E = baseline median / config median; throughput = config output "
         "tok/s / baseline's. Above 1.00x the config is better. ITL is per token. "
         "Latencies in ms (p50 / p99).",
     ]
+
+
+def _paired(df: pd.DataFrame) -> bool:
+    return "pairing" in df.columns and bool((df["pairing"] == "paired").any())
+
+
+def _pairing_intro(df: pd.DataFrame) -> list[str]:
+    """Says how the comparisons were measured: paired, unpaired, or some of each."""
+    if not len(df) or "pairing" not in df.columns:
+        return []
+    spec = df[~df["is_baseline"].astype(bool)]
+    paired = sorted(set(spec.loc[spec["pairing"] == "paired", "label"]))
+    unpaired = sorted(set(spec.loc[spec["pairing"] != "paired", "label"]))
+    out = []
+    if paired:
+        out.append(
+            "**Paired**: " + ", ".join(paired) + " served beside the baseline, phases "
+            "interleaved A B | B A; speedups with 95% intervals and verdicts."
+        )
+    if unpaired:
+        single = spec[spec["pairing"] != "paired"]
+        verdicts = [v for v in single.get("tpot_speedup_verdict", []) if isinstance(v, str)]
+        ns = bool(verdicts) and all(v == "not significant" for v in verdicts)
+        out.append(
+            "**Unpaired** (one server after the other): " + ", ".join(unpaired) + ". Drift "
+            "between the runs is in these speedups"
+            + ("; with one run per level they are **not significant**." if ns else ".")
+        )
+    return out
+
+
+def _verdict_lines(df: pd.DataFrame) -> list[str]:
+    """Markdown: each paired level's verdicts, pairs, and what to watch for."""
+    out = ["## Verdicts (paired, 95%)", ""]
+    rows = df[(df["pairing"] == "paired") & ~df["is_baseline"].astype(bool)]
+    names = {
+        "tpot_speedup": "TPOT",
+        "itl_speedup": "ITL",
+        "e2e_speedup": "E2E",
+        "throughput_speedup": "throughput",
+        "goodput_speedup": "goodput",
+    }
+    unsettled = []
+    for r in rows.to_dict("records"):
+        parts = [
+            f"{what} {r[f'{col}_verdict']}"
+            for col, what in names.items()
+            if isinstance(r.get(f"{col}_verdict"), str) and r[f"{col}_verdict"] != "n/a"
+        ]
+        pairs = fmt_int(r["pairs"])
+        out.append(
+            f"- `{r['scenario']}` {r['label']} at {r['phase']} ({pairs} pairs): " + ", ".join(parts)
+        )
+        if r.get("settled") is False:
+            unsettled.append(f"{r['label']} at {r['phase']} ({r.get('stop_reason')})")
+    out.append("")
+    if unsettled:
+        out += ["Never settled (a cap was reached first): " + "; ".join(unsettled) + ".", ""]
+    return out
 
 
 def _repeated(df: pd.DataFrame) -> bool:

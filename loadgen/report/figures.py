@@ -322,6 +322,75 @@ def _flag(df: pd.DataFrame, label: str, phase: str, col: str) -> bool | None:
     return None if v is None else bool(v)
 
 
+# speedup column -> panel title, for the interval figure
+_CI_PANELS = {
+    "tpot_speedup": "TPOT",
+    "itl_speedup": "ITL per token",
+    "e2e_speedup": "E2E latency",
+    "throughput_speedup": "Output throughput",
+    "goodput_speedup": "Goodput",
+}
+
+
+def speedup_interval_figure(df: pd.DataFrame, out: Path) -> Path | None:
+    """Each speedup against load, one line per paired config, with its 95% interval as
+    error bars: a filled marker where the verdict is faster or slower, hollow where the
+    interval includes 1.0 (can't tell). None without paired rows."""
+    spec = df[~df["is_baseline"].astype(bool)]
+    if "pairing" not in spec.columns or not (spec["pairing"] == "paired").any():
+        return None  # unpaired reports keep the figures they had
+    spec = spec[spec["pairing"] == "paired"]
+    panels = [
+        col
+        for col in _CI_PANELS
+        if f"{col}_ci_lo" in spec.columns and spec[f"{col}_ci_lo"].notna().any()
+    ]
+    if not panels:
+        return None
+    ncols = min(len(panels), 2 if len(panels) <= 4 else 3)
+    nrows = math.ceil(len(panels) / ncols)
+    fig = _new_figure(5.0 * ncols + 1.5, 4.0 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).flatten()
+    xs, ticks, labels, log = _x_axis(df)
+    for ax, col in zip(axes, panels, strict=False):
+        for colour, label in zip(_colours(len(_configs(spec))), _configs(spec), strict=True):
+            g = spec[spec["label"] == label]
+            pts = sorted(
+                (xs[p], float(v), float(lo), float(hi), str(verdict))
+                for p, v, lo, hi, verdict in zip(
+                    g["phase"], g[col], g[f"{col}_ci_lo"], g[f"{col}_ci_hi"],
+                    g[f"{col}_verdict"], strict=True,
+                )
+                if not (_isnan(v) or _isnan(lo) or _isnan(hi))
+            )  # fmt: skip
+            if not pts:
+                continue
+            x, y = [p[0] for p in pts], [p[1] for p in pts]
+            ax.plot(x, y, "-", color=colour, label=label)
+            ax.errorbar(
+                x,
+                y,
+                yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]],
+                fmt="none",
+                ecolor=colour,
+                capsize=3,
+            )
+            for px, py, _, _, verdict in pts:
+                decided = verdict in ("faster", "slower")
+                ax.plot(px, py, "o", color=colour, mfc=colour if decided else "white", ms=6)
+        ax.axhline(1.0, color="#555555", linewidth=1, linestyle="--")
+        ax.set_title(f"{_CI_PANELS[col]} speedup")
+        ax.set_ylabel("speedup vs baseline (>1 = better)")
+        _style_x(ax, ticks, labels, log, _load_name(df))
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    handles, names = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="outside right upper", fontsize="small")
+    fig.suptitle("Speedup with 95% interval (filled: faster/slower; hollow: can't tell)")
+    return _save(fig, out)
+
+
 def acceptance_figure(df: pd.DataFrame, out: Path) -> Path | None:
     """Per-position acceptance rate, one panel per speculative config, one bar per load level."""
     rows = [r for r in df.to_dict("records") if isinstance(r["acceptance_per_position"], list)]
@@ -364,6 +433,7 @@ def scenario_figures(df: pd.DataFrame, scenario: str, out_dir: Path) -> list[Pat
         latency_figure(df, out_dir / f"{stem}_latency.png"),
         throughput_figure(df, out_dir / f"{stem}_throughput.png"),
         speedup_heatmap(df, out_dir / f"{stem}_speedup.png"),
+        speedup_interval_figure(df, out_dir / f"{stem}_speedup_ci.png"),
         acceptance_figure(df, out_dir / f"{stem}_acceptance.png"),
         tokens_per_chunk_figure(df, out_dir / f"{stem}_tokens_per_chunk.png"),
     ]

@@ -47,6 +47,9 @@ class Run:
     notes: list[str] = field(default_factory=list)
     repeat_of: dict[str, int] = field(default_factory=dict)
     repeats: int = 1
+    # paired sweeps (report/paired.py): "paired", and per level the pairs it was part of
+    pairing: str = "unpaired"
+    paired: dict[str, list[Any]] = field(default_factory=dict)
 
     @property
     def spec_method(self) -> str | None:
@@ -89,11 +92,22 @@ def find_runs(paths: Iterable[str | Path]) -> list[Run]:
             raise SpecloadError(f"{raw}: no such directory")
         if not root.is_dir():
             raise SpecloadError(f"{raw}: not a directory")
+        paired_root = None
         if (root / "run.json").is_file():
             found = [root / "run.json"]
         else:
-            found = sorted(root.rglob("run.json"))
-        if not found:
+            from loadgen.report.paired import PAIRED_DIR, is_paired_sweep, load_paired
+
+            if is_paired_sweep(root):
+                paired_root = (root / PAIRED_DIR).resolve()
+                runs += load_paired(root)
+            # a paired sweep's probes are read through its levels, not as runs of their own
+            found = [
+                rj
+                for rj in sorted(root.rglob("run.json"))
+                if paired_root is None or paired_root not in rj.resolve().parents
+            ]
+        if not found and paired_root is None:
             raise SpecloadError(f"{raw}: no run.json in it or below (not a run or sweep directory)")
         for rj in found:
             run_dir = rj.parent.resolve()

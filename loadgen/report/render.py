@@ -151,11 +151,45 @@ def json_text(data: ReportData, report: ReportDoc) -> str:
         "rows": data.df.to_dict("records"),
         "repeats": repeat_rows(data.runs),
         "crossovers": list(data.crossovers),
+        "pairing": _pairing_json(data),
         "figures": {s: [p.name for p in ps] for s, ps in data.figures.items()},
     }
     for section in [*report.leading, *report.sections]:
         doc[section.key] = section.as_json()
     return json.dumps(_json_safe(doc), indent=2) + "\n"
+
+
+def _pairing_json(data: ReportData) -> dict[str, Any]:
+    """How each comparison was measured, and each paired level's pairs (the values its
+    interval was computed from)."""
+    df = data.df
+    kinds = set(df["pairing"]) if len(df) else set()
+    mode = "paired" if kinds == {"paired"} else ("mixed" if "paired" in kinds else "unpaired")
+    levels = []
+    seen: set[int] = set()
+    for run in data.runs:
+        for pls in run.paired.values():
+            for pl in pls:
+                if id(pl) in seen:
+                    continue
+                seen.add(id(pl))
+                levels.append(
+                    {
+                        "scenario": pl.scenario,
+                        "level": pl.level,
+                        "baseline": pl.baseline,
+                        "candidate": pl.candidate,
+                        "path": str(pl.path),
+                        "status": pl.status,
+                        "stop_reason": pl.stop_reason,
+                        "pairs": pl.pairs,
+                        "baseline_values": pl.base_values,
+                        "candidate_values": pl.cand_values,
+                        "warmup": pl.warmup,
+                        "jit": pl.jit,
+                    }
+                )
+    return {"mode": mode, "levels": levels}
 
 
 def _json_safe(value: Any) -> Any:
@@ -284,7 +318,11 @@ def _html_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) ->
 def _cell_class(r: Mapping[str, Any], column: Column, text: str) -> str:
     """A speedup cell is a win, a loss or unstable; a missing value is greyed."""
     if column.speedup is not None and text != NA:
-        if as_flag(r[f"{column.speedup}_stable"]) is False:
+        verdict = r.get(f"{column.speedup}_verdict")
+        if r.get("pairing") == "paired" and isinstance(verdict, str):
+            css = {"faster": "win", "slower": "loss"}.get(verdict, "unstable")
+            return f' class="{css}"'
+        if as_flag(r.get(f"{column.speedup}_stable")) is False:
             return ' class="unstable"'
         value = as_float(r[column.speedup])
         return ' class="win"' if value is not None and value >= 1.0 else ' class="loss"'

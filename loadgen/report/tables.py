@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from loadgen.errors import SpecloadError
 from loadgen.report.console import as_float, pick
 from loadgen.report.load import Run, phase_sort_key
+from loadgen.report.verdict import Verdict, unpaired_interval
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -60,6 +61,33 @@ SPEEDUP_BASIS: dict[str, tuple[str, bool]] = {
     "throughput_speedup": ("output_throughput", False),
     "e2e_speedup": ("e2el_p50_ms", True),
 }
+
+
+# The speedups that get a 95% interval and a verdict (loadgen/report/verdict.py), by the
+# name paired settings use: metric -> (speedup column, metric column, lower is better).
+CI_SPEEDUPS: dict[str, tuple[str, str, bool]] = {
+    "tpot": ("tpot_speedup", "tpot_p50_ms", True),
+    "itl": ("itl_speedup", "itl_p50_ms", True),
+    "e2e": ("e2e_speedup", "e2el_p50_ms", True),
+    "throughput": ("throughput_speedup", "output_throughput", False),
+    "goodput": ("goodput_speedup", "request_goodput", False),
+}
+
+
+# Every row gets these: how it was measured, and each CI speedup's 95% interval and verdict
+# (paired: over pairs; unpaired: Welch over repeats, 'not significant' for single runs).
+CI_COLUMNS = [
+    "pairing",
+    "pairs",
+    "itl_speedup",
+    "goodput_speedup",
+    *(f"{sp}_{k}" for sp, _, _ in CI_SPEEDUPS.values() for k in ("ci_lo", "ci_hi", "verdict")),
+    "settled",
+    "stop_reason",
+    "warmup_windows",
+    "warmup_s",
+    "jit_phases",
+]
 
 
 def resolve_baseline(runs: Sequence[Run], baseline: str | None = DEFAULT_BASELINE) -> str | None:
@@ -155,6 +183,8 @@ _COLUMNS = [
     *(f"{m}_{k}" for m in SPREAD_METRICS for k in ("min", "max", "spread_pct")),
     *(f"{s}_{k}" for s in SPEEDUPS for k in ("lo", "hi", "stable")),
     "repeat_phases",
+    # intervals and verdicts (appended, as above): report/verdict.py, docs/paired.md
+    *CI_COLUMNS,
 ]
 
 
@@ -328,8 +358,85 @@ def _row(
             )
     if base is not None and not is_base and (len(base.phases) > 1) != (len(lv.phases) > 1):
         notes.append("speedup stability needs 2+ repeats of both this config and the baseline")
+    notes += _verdict_columns(row, run, level, lv, base, base_label)
     row["note"] = "; ".join(notes)
     return row
+
+
+def _verdict_columns(
+    row: dict[str, Any],
+    run: Run,
+    level: str,
+    lv: _Level,
+    base: _Level | None,
+    base_label: str | None,
+) -> list[str]:
+    """Fill the CI_COLUMNS of ``row``; return notes. A candidate measured beside the
+    baseline gets its paired intervals (the speedup becomes their estimate, the geometric
+    mean over pairs); any other row an unpaired interval from its repeats, if it has any."""
+    is_base = run.label == base_label
+    for sp, col, lower_better in CI_SPEEDUPS.values():
+        if sp not in SPEEDUP_BASIS:  # the speedups the columns above do not already have
+            b = base.median(col) if base else math.nan
+            row[sp] = _ratio(b, row[col]) if lower_better else _ratio(row[col], b)
+        row[f"{sp}_ci_lo"], row[f"{sp}_ci_hi"], row[f"{sp}_verdict"] = math.nan, math.nan, None
+    row.update(
+        pairing=run.pairing, pairs=math.nan, settled=None, stop_reason=None,
+        warmup_windows=math.nan, warmup_s=math.nan, jit_phases=math.nan,
+    )  # fmt: skip
+    levels = run.paired.get(level) or []
+    mine = next((p for p in levels if p.candidate == run.label and p.baseline == base_label), None)
+    if mine is not None:
+        return _paired_columns(row, mine)
+    if levels:  # the baseline of paired levels (one per group; candidates of a group share it)
+        by_dir = {p.path: p for p in levels}.values()
+        row["pairs"] = sum(p.pairs for p in by_dir)
+        _warmup_columns(row, [p.warmup.get(run.label) for p in by_dir])
+        return []
+    if base is None or is_base:
+        return []
+    for sp, col, lower_better in CI_SPEEDUPS.values():
+        iv = unpaired_interval(base.values[col], lv.values[col], lower_better)
+        if iv.verdict is not Verdict.NO_DATA:
+            row[f"{sp}_ci_lo"], row[f"{sp}_ci_hi"] = iv.lo, iv.hi
+            row[f"{sp}_verdict"] = iv.verdict.value
+    return []
+
+
+def _paired_columns(row: dict[str, Any], pl: Any) -> list[str]:
+    """A candidate's row from its paired level (report/paired.py's PairedLevel)."""
+    notes: list[str] = []
+    for sp, col, lower_better in CI_SPEEDUPS.values():
+        iv = pl.interval(col, lower_better)
+        row[sp] = iv.estimate
+        row[f"{sp}_ci_lo"], row[f"{sp}_ci_hi"] = iv.lo, iv.hi
+        row[f"{sp}_verdict"] = iv.verdict.value
+        if sp in SPEEDUP_BASIS:  # the range over repeat pairings gives way to the interval
+            row[f"{sp}_lo"], row[f"{sp}_hi"], row[f"{sp}_stable"] = math.nan, math.nan, None
+    row.update(pairs=pl.pairs, settled=pl.settled, stop_reason=pl.stop_reason)
+    _warmup_columns(row, [pl.warmup.get(row["label"])])
+    row["jit_phases"] = len(pl.jit)
+    if pl.status != "done":
+        notes.append(f"level {pl.status} after {pl.pairs} pair(s)")
+    elif not pl.settled:
+        hw = pl.interval(*SPEEDUP_BASIS["tpot_speedup"]).half_width_pct
+        notes.append(
+            f"never settled ({pl.stop_reason}): TPOT interval +-{hw:.1f}% "
+            f"> target {pl.target_pct:g}%"
+        )
+    if pl.jit:
+        notes.append(f"kernel compilation during {len(pl.jit)} measured phase(s)")
+    unsteady = [lb for lb, w in pl.warmup.items() if w and not w.get("steady")]
+    if unsteady:
+        notes.append("warm-up never steady (cap reached): " + ", ".join(unsteady))
+    return notes
+
+
+def _warmup_columns(row: dict[str, Any], infos: list[Mapping[str, Any] | None]) -> None:
+    done = [w for w in infos if w]
+    if done:
+        row["warmup_windows"] = sum(int(w.get("windows") or 0) for w in done)
+        row["warmup_s"] = math.fsum(float(w.get("seconds") or 0.0) for w in done)
 
 
 def _ratio(num: float | None, den: float | None) -> float:
