@@ -3,6 +3,11 @@
 # repo at /tmp/specload, in the background, so a lease's runs survive between `run` calls:
 #   setsid nohup bash benchmarks/gpu/lease.sh STEP... > /tmp/lease.log 2>&1 &
 # and benchmarks/gpu/collect.sh packs whatever is done into $OUT at each poll. Steps:
+#   paired        scenarios/matrix-gpu-8b-paired.yaml: none, 1B draft k=3 and EAGLE-3 head k=3
+#                 co-resident, levels interleaved with intervals, then capacity at the chat SLO
+#   flags         whether this vLLM has the per-request metrics flags (its --help)
+#   overhead16    benchmarks/client_overhead.py on 16 cores, short outputs only, each step
+#                 bounded (a client that falls behind is stopped and recorded as not held)
 #   sweep8b       resume the committed sweep (results/gpu-sweep-h100): runs only its pending
 #                 configurations (dummy 1B draft k=1 and k=5)
 #   agree-spec    agreement round 2 with the draft model (all levels, 3 repeats, prewarmed, ABBA)
@@ -22,6 +27,18 @@ python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch._
 for step in "$@"; do
   echo "=== $step start $(date -u +%T)"
   case $step in
+    paired)
+      python3 -m server_launch --matrix scenarios/matrix-gpu-8b-paired.yaml --backend local \
+        --vllm-cmd "$V" --output-dir /tmp/paired --resume --no-progress --no-report ;;
+    flags)
+      python3 -m vllm.entrypoints.cli.main serve --help=all > /tmp/bench/vllm-help.txt 2>&1
+      grep -n -- "per-request" /tmp/bench/vllm-help.txt > /tmp/bench/vllm-per-request-flags.txt
+      echo "per-request flags: $(wc -l < /tmp/bench/vllm-per-request-flags.txt) lines" ;;
+    overhead16)
+      lscpu > /tmp/bench/lscpu.txt
+      python3 benchmarks/client_overhead.py --clients loadgen-raw,vllm --ramp-outputs 16 \
+        --ramp-start 4000 --concurrency 64,512 --outputs 16 \
+        --out /tmp/bench --name client_overhead-h200host ;;
     sweep8b)
       [ -d /tmp/sweep ] || cp -r results/gpu-sweep-h100 /tmp/sweep
       python3 -m server_launch --matrix scenarios/matrix-gpu-8b.yaml --backend local \
