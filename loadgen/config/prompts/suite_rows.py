@@ -1,8 +1,9 @@
-"""Prompt suites (SpecBench, MT-Bench, HumanEval, ...): the reader their sources share.
+"""Prompt suites (SpecBench, MT-Bench, HumanEval, ...): the base their sources share.
 
-Each suite source (one module each) only says how one row of its format becomes a
-:class:`SuiteRow` (its user turns, category and id) and where the suite is got; this module
-reads the rows, from a local file or directory (``prompts.path``) or through the Hugging
+Each suite source (one module each) subclasses :class:`SuiteSource` and only says what
+differs: its name, the file it looks for, where the suite is got, and how one row of its
+format becomes a :class:`SuiteRow` (its user turns, category and id). The base reads the
+rows, from a local file or directory (``prompts.path``) or through the Hugging
 Face ``datasets`` library (``prompts.dataset``: a hub name or a local dataset directory; an
 optional extra, imported only then), filters categories, and draws the prompts in the seeded
 order every file source uses.
@@ -16,14 +17,14 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from loadgen.config.prompts.base import Prompt, PromptSet, count_tokens, cycle_order
+from loadgen.config.prompts.base import Prompt, PromptSet, PromptSource, count_tokens, cycle_order
 from loadgen.config.prompts.tokenizers import Tokenizer
 from loadgen.errors import SpecloadError, one_line
 
@@ -38,20 +39,6 @@ class SuiteRow:
     turns: tuple[str, ...]
     category: str | None = None
     ident: str | None = None  # the row's own id (question_id, task_id), when it has one
-
-
-@dataclass(frozen=True)
-class SuiteFormat:
-    """What a suite source tells the reader."""
-
-    source: str  # the source's registered name
-    files: tuple[str, ...]  # file names looked for in a directory ("{subset}" filled in)
-    # How to get the suite, what the missing-data error tells the user: "{path}" is the
-    # file expected and "{dir}" its directory.
-    download: str
-    to_row: Callable[[dict[str, Any]], SuiteRow]
-    split: str = "train"  # the datasets split when prompts.split is not given
-    subset: str | None = None  # the datasets config / file subset when prompts.subset is not
 
 
 # --- row helpers the formats share -------------------------------------------------------
@@ -113,46 +100,72 @@ def user_turns(messages: Any, key: str = "messages") -> tuple[str, ...]:
 # --- reading -------------------------------------------------------------------------------
 
 
-def load_suite(
-    fmt: SuiteFormat, spec: PromptSpec, n: int, *, seed: int, tokenizer: Tokenizer | None
-) -> PromptSet:
-    """``n`` prompts from the suite ``spec`` points at (see the module docstring)."""
-    if spec.dataset is not None:
-        split = spec.split or fmt.split
-        rows: Iterator[tuple[str, str, Any]] = dataset_rows(
-            spec.dataset, split, spec.subset or fmt.subset, fmt
-        )
-    else:
-        if spec.path is None:
-            raise SpecloadError(f"prompts.path: source '{fmt.source}' needs a path or a dataset")
-        rows = file_rows(suite_file(Path(spec.path), fmt, spec.subset or fmt.subset))
-    items: list[tuple[SuiteRow, str]] = []
-    skipped = 0
-    for where, label, obj in rows:
-        try:
-            if isinstance(obj, _NotJson):
-                raise ValueError(obj.msg)
-            if not isinstance(obj, dict):
-                raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-            items.append((fmt.to_row(obj), label))
-        except ValueError as e:
-            if spec.skip_bad_lines:
-                skipped += 1
-                continue
-            raise SpecloadError(
-                f"{where}: {e} (set prompts.skip_bad_lines to skip such rows)"
-            ) from None
-    if spec.categories:
-        seen = sorted({r.category or "" for r, _ in items})
-        items = [(r, w) for r, w in items if r.category in spec.categories]
-        if not items:
-            raise SpecloadError(
-                f"prompts.categories: no row of {fmt.source} in {', '.join(spec.categories)} "
-                f"(its categories: {', '.join(seen) or 'none'})"
+class SuiteSource(PromptSource):
+    """A prompt suite. A subclass sets ``name``, ``files`` and ``download`` (and ``split``
+    or ``subset`` where its defaults differ) and implements :meth:`to_row`; reading,
+    filtering and drawing are done here, the same for every suite."""
+
+    needs_data = True
+    # File names looked for in a directory ("{subset}" filled in).
+    files: ClassVar[tuple[str, ...]]
+    # How to get the suite, what the missing-data error tells the user: "{path}" is the
+    # file expected and "{dir}" its directory.
+    download: ClassVar[str]
+    # The datasets split when prompts.split is not given, and the datasets config / file
+    # subset when prompts.subset is not.
+    split: ClassVar[str] = "train"
+    subset: ClassVar[str | None] = None
+
+    @staticmethod
+    def to_row(obj: dict[str, Any]) -> SuiteRow:
+        """One row of the suite's format (a JSON object); ValueError saying what is wrong."""
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, spec: PromptSpec, n: int, *, seed: int, tokenizer: Tokenizer | None) -> PromptSet:
+        """``n`` prompts from the suite ``spec`` points at (see the module docstring)."""
+        if spec.dataset is not None:
+            split = spec.split or cls.split
+            rows: Iterator[tuple[str, str, Any]] = dataset_rows(
+                spec.dataset, split, spec.subset or cls.subset, cls
             )
-    if not items:
-        raise SpecloadError(f"prompts.path: {fmt.source}: no usable rows")
-    return _draw(items, n, seed, tokenizer, fmt.source, skipped)
+        else:
+            if spec.path is None:
+                raise SpecloadError(f"prompts.path: source '{cls.name}' needs a path or a dataset")
+            rows = file_rows(suite_file(Path(spec.path), cls, spec.subset or cls.subset))
+        items: list[tuple[SuiteRow, str]] = []
+        skipped = 0
+        for where, label, obj in rows:
+            try:
+                if isinstance(obj, _NotJson):
+                    raise ValueError(obj.msg)
+                if not isinstance(obj, dict):
+                    raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+                items.append((cls.to_row(obj), label))
+            except ValueError as e:
+                if spec.skip_bad_lines:
+                    skipped += 1
+                    continue
+                raise SpecloadError(
+                    f"{where}: {e} (set prompts.skip_bad_lines to skip such rows)"
+                ) from None
+        if spec.categories:
+            seen = sorted({r.category or "" for r, _ in items})
+            items = [(r, w) for r, w in items if r.category in spec.categories]
+            if not items:
+                raise SpecloadError(
+                    f"prompts.categories: no row of {cls.name} in {', '.join(spec.categories)} "
+                    f"(its categories: {', '.join(seen) or 'none'})"
+                )
+        if not items:
+            raise SpecloadError(f"prompts.path: {cls.name}: no usable rows")
+        return _draw(items, n, seed, tokenizer, cls.name, skipped)
+
+    @classmethod
+    def check(cls, spec: PromptSpec) -> None:
+        """A local suite's file is there (the datasets path is checked when it loads)."""
+        if spec.path is not None and spec.dataset is None:
+            suite_file(Path(spec.path), cls, spec.subset or cls.subset)
 
 
 def _draw(
@@ -181,30 +194,24 @@ def _draw(
     return PromptSet([made[i] for i in order], source=source, skipped=skipped, distinct=len(used))
 
 
-def suite_file(path: Path, fmt: SuiteFormat, subset: str | None) -> Path:
+def suite_file(path: Path, suite: type[SuiteSource], subset: str | None) -> Path:
     """``path`` itself, or the suite's file inside the directory ``path``; a missing one is
     an error that says how to get it."""
-    names = [f.format(subset=subset or "") for f in fmt.files]
+    names = [f.format(subset=subset or "") for f in suite.files]
     if path.is_dir():
         for name in names:
             if (path / name).is_file():
                 return path / name
-        how = fmt.download.format(path=path / names[0], dir=path)
+        how = suite.download.format(path=path / names[0], dir=path)
         raise SpecloadError(
             f"prompts.path: no {' or '.join(names)} in {path}: download it with {how}"
         )
     if not path.exists():
-        how = fmt.download.format(path=path, dir=path.parent)
+        how = suite.download.format(path=path, dir=path.parent)
         raise SpecloadError(
             f"prompts.path: {path} not found: download it with {how} (expected file {names[0]})"
         )
     return path
-
-
-def check_suite(fmt: SuiteFormat, spec: PromptSpec) -> None:
-    """A local suite's file is there (the datasets path is checked when it loads)."""
-    if spec.path is not None and spec.dataset is None:
-        suite_file(Path(spec.path), fmt, spec.subset or fmt.subset)
 
 
 def file_rows(path: Path) -> Iterator[tuple[str, str, Any]]:
@@ -246,7 +253,7 @@ class _NotJson:
 
 
 def dataset_rows(
-    name: str, split: str, subset: str | None, fmt: SuiteFormat
+    name: str, split: str, subset: str | None, suite: type[SuiteSource]
 ) -> Iterator[tuple[str, str, Any]]:
     """Rows through the Hugging Face ``datasets`` library: a hub name (honours
     ``HF_DATASETS_OFFLINE=1`` and the local cache), a directory written by
@@ -267,7 +274,7 @@ def dataset_rows(
         else:
             ds = datasets.load_dataset(name, subset, split=split)
     except Exception as e:  # the library's many failures (offline, no such split, ...)
-        how = fmt.download.format(path=f"<dir>/{fmt.files[0]}", dir="<dir>")
+        how = suite.download.format(path=f"<dir>/{suite.files[0]}", dir="<dir>")
         raise SpecloadError(
             f"prompts.dataset: cannot load '{name}' split '{split}': "
             f"{type(e).__name__}: {one_line(e, 200)} (or download it with {how})"
