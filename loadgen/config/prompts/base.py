@@ -14,7 +14,7 @@ same generator, so one seed gives one sequence.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
@@ -134,6 +134,17 @@ def cycle_order(n_items: int, n: int, rng: np.random.Generator) -> list[int]:
     return out[:n]
 
 
+def seeded_draw(
+    text: Callable[[int], str], n_items: int, n: int, seed: int, tok: Tokenizer | None
+) -> tuple[list[int], dict[int, int | None]]:
+    """``n`` indices into ``n_items`` in seeded cycled order (:func:`cycle_order`), and the
+    token count of each index drawn, in index order: only the drawn ``text(i)`` are
+    tokenized, so a large file costs no tokenizing of rows never sent."""
+    order = cycle_order(n_items, n, np.random.default_rng(seed))
+    used = sorted(set(order))
+    return order, dict(zip(used, count_tokens(tok, [text(i) for i in used]), strict=True))
+
+
 def finish_prompts(
     items: list[tuple[str, int | None]],
     n: int,
@@ -146,8 +157,6 @@ def finish_prompts(
     items drawn are tokenized."""
     if not items:
         raise SpecloadError(f"prompts.path: {source}: no usable prompts")
-    order = cycle_order(len(items), n, np.random.default_rng(seed))
-    used = sorted(set(order))
-    counts = dict(zip(used, count_tokens(tok, [items[i][0] for i in used]), strict=True))
-    made = {i: Prompt(items[i][0], counts[i], items[i][1]) for i in used}
-    return PromptSet([made[i] for i in order], source=source, skipped=skipped, distinct=len(used))
+    order, counts = seeded_draw(lambda i: items[i][0], len(items), n, seed, tok)
+    made = {i: Prompt(items[i][0], c, items[i][1]) for i, c in counts.items()}
+    return PromptSet([made[i] for i in order], source=source, skipped=skipped, distinct=len(made))

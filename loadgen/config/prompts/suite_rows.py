@@ -22,9 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-
-from loadgen.config.prompts.base import Prompt, PromptSet, PromptSource, count_tokens, cycle_order
+from loadgen.config.prompts.base import Prompt, PromptSet, PromptSource, seeded_draw
 from loadgen.config.prompts.tokenizers import Tokenizer
 from loadgen.errors import SpecloadError, one_line
 
@@ -159,7 +157,12 @@ class SuiteSource(PromptSource):
                 )
         if not items:
             raise SpecloadError(f"prompts.path: {cls.name}: no usable rows")
-        return _draw(items, n, seed, tokenizer, cls.name, skipped)
+        # Seeded cycled order; only the rows drawn are tokenized.
+        order, counts = seeded_draw(lambda i: items[i][0].turns[0], len(items), n, seed, tokenizer)
+        made = {i: _prompt(*items[i], count) for i, count in counts.items()}
+        return PromptSet(
+            [made[i] for i in order], source=cls.name, skipped=skipped, distinct=len(made)
+        )
 
     @classmethod
     def check(cls, spec: PromptSpec) -> None:
@@ -168,30 +171,16 @@ class SuiteSource(PromptSource):
             suite_file(Path(spec.path), cls, spec.subset or cls.subset)
 
 
-def _draw(
-    items: list[tuple[SuiteRow, str]],
-    n: int,
-    seed: int,
-    tok: Tokenizer | None,
-    source: str,
-    skipped: int,
-) -> PromptSet:
-    """``n`` prompts in seeded cycled order; only the rows drawn are tokenized."""
-    order = cycle_order(len(items), n, np.random.default_rng(seed))
-    used = sorted(set(order))
-    counts = dict(zip(used, count_tokens(tok, [items[i][0].turns[0] for i in used]), strict=True))
-    made = {}
-    for i in used:
-        row, label = items[i]
-        made[i] = Prompt(
-            row.turns[0],
-            counts[i],
-            None,
-            category=row.category,
-            row=f"{label} ({row.ident})" if row.ident else label,
-            turns=row.turns if len(row.turns) > 1 else (),
-        )
-    return PromptSet([made[i] for i in order], source=source, skipped=skipped, distinct=len(used))
+def _prompt(row: SuiteRow, label: str, input_tokens: int | None) -> Prompt:
+    """A drawn row as the prompt it sends: its first turn, the others for a multi-turn replay."""
+    return Prompt(
+        row.turns[0],
+        input_tokens,
+        None,
+        category=row.category,
+        row=f"{label} ({row.ident})" if row.ident else label,
+        turns=row.turns if len(row.turns) > 1 else (),
+    )
 
 
 def suite_file(path: Path, suite: type[SuiteSource], subset: str | None) -> Path:
