@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib
+import json
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -181,6 +182,16 @@ def max_output_tokens(body: dict[str, Any]) -> int | None:
     if type(limit) is not int or type(n) is not int or limit <= 0:
         return None
     return limit * max(n, 1)
+
+
+def request_body(
+    settings: RequestSettings, record: RequestRecord, prompt: Prompt, max_tokens: int
+) -> bytes:
+    """The request's JSON body as sent, built the one way both transports send it; notes
+    on ``record`` the most output tokens the body asks for (:func:`max_output_tokens`)."""
+    body = settings.body(prompt, max_tokens)
+    record.expected_output_tokens = max_output_tokens(body)
+    return json.dumps(body).encode()
 
 
 def now_clock(origin: float) -> Clock:

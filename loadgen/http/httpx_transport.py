@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from typing import Any
 
 import httpx
@@ -25,9 +24,9 @@ from loadgen.http.base import (
     check_stall,
     connect_timeout_s,
     describe_failure,
-    max_output_tokens,
     not_a_stream,
     output_tokenizer,
+    request_body,
     tls_context,
 )
 from loadgen.http.sse import fail, parse_partial, parse_stream, response_text
@@ -137,10 +136,8 @@ async def send_request(
     ``reply``: the generated text is appended to it when the request succeeded."""
     tokenizer = output_tokenizer(settings.tokenizer)
     reads: list[tuple[float, bytes]] = []
-    body_obj = settings.body(prompt, max_tokens)
-    body = json.dumps(body_obj).encode()
+    body = request_body(settings, record, prompt, max_tokens)
     headers = settings.headers(request_id)
-    record.expected_output_tokens = max_output_tokens(body_obj)
 
     async def trace(event: str, _info: dict[str, Any]) -> None:
         # TTFT counts from the moment the request goes on the wire: httpx's own Python work

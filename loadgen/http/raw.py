@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -49,9 +48,9 @@ from loadgen.http.base import (
     check_stall,
     connect_timeout_s,
     describe_failure,
-    max_output_tokens,
     not_a_stream,
     output_tokenizer,
+    request_body,
     tls_context,
 )
 from loadgen.http.sse import fail, parse_partial, parse_stream, response_text
@@ -433,8 +432,7 @@ class RawTransport:
     ) -> RequestRecord:
         s = self._settings
         clock = self._clock
-        body_obj = s.body(prompt, max_tokens)
-        body = json.dumps(body_obj).encode()
+        body = request_body(s, record, prompt, max_tokens)
         msg = b"".join(
             (
                 self._head,
@@ -446,7 +444,6 @@ class RawTransport:
                 body,
             )
         )
-        record.expected_output_tokens = max_output_tokens(body_obj)
         record.sent_s = clock()  # until the request is on the wire (or if it never gets there)
         conn: _Conn | None = None
         parsed = False
