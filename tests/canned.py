@@ -20,7 +20,12 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from tests.conftest import REPO
 
 CLOSE = "close"
 RESET = "reset"
@@ -228,11 +233,43 @@ def openai_routes(completions: Route, **more: Route) -> dict[str, Route]:
     return {"/v1/models": MODELS, "/v1/completions": completions, **more}
 
 
+# One content chunk ("w1", usage 3 prompt + 1 output tokens), and the whole stream of it.
+OK_CHUNK = event(completion_chunk(" w1", usage=(3, 1)))
+OK_STREAM = sse([OK_CHUNK, DONE])
+# The tiny model's tokenizer: a scenario naming it counts its prompt locally, so a canned
+# server needs no /tokenize route.
+TOKENIZER = str(REPO / "models" / "tiny-llama")
+
+
+def write_scenario(path: Path, **fields: Any) -> Path:
+    """A scenario file for a canned server at ``path``: a closed loop of 2 sending "w1 w2"
+    (counted by :data:`TOKENIZER`) for one output token; ``fields`` replace or add
+    top-level fields (``name`` and ``num_requests`` at least, as a test wants them)."""
+    doc = {
+        "load": {"shape": "concurrency", "concurrency": 2},
+        "prompts": {"source": "base_prompt", "base_prompt": "w1 w2", "tokenizer": TOKENIZER},
+        "output_tokens": 1,
+        **fields,
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
 @contextlib.contextmanager
 def canned_in_thread(routes: dict[str, Route]) -> Iterator[CannedServer]:
     """A CannedServer on its own event loop thread, for a client that runs its own loop
     (the command line, in-process)."""
-    srv = CannedServer(routes)
+    with serve_in_thread(CannedServer(routes)) as srv:
+        yield srv
+
+
+S = TypeVar("S", bound=contextlib.AbstractAsyncContextManager[Any])
+
+
+@contextlib.contextmanager
+def serve_in_thread(srv: S) -> Iterator[S]:
+    """Any in-process server (an async context manager that listens while entered: a
+    CannedServer, the mock) on its own event loop thread, for a client that runs its own."""
     loop = asyncio.new_event_loop()
     started = threading.Event()
     stop: asyncio.Event | None = None

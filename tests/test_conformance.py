@@ -16,7 +16,6 @@ import gzip
 import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +28,7 @@ from tests.canned import (
     RESET,
     SSE_CLOSE_HEAD,
     SSE_HEAD,
+    TOKENIZER,
     CannedServer,
     Request,
     Route,
@@ -41,7 +41,6 @@ from tests.canned import (
     usage_chunk,
 )
 
-TOKENIZER = str(Path(__file__).resolve().parent.parent / "models" / "tiny-llama")
 ANY = object()  # the field is not checked
 
 

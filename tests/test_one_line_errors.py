@@ -18,17 +18,13 @@ import yaml
 
 from loadgen.cli import main as loadgen_main
 from tests.canned import (
-    DONE,
+    OK_STREAM,
     canned_in_thread,
-    completion_chunk,
-    event,
     openai_routes,
     response,
-    sse,
 )
 from tests.conftest import REPO
 
-OK_STREAM = sse([event(completion_chunk(" w1", usage=(3, 1))), DONE])
 TOKENIZE_OK = [response(200, b'{"tokens": [1, 2], "count": 2}')]
 
 

@@ -26,35 +26,25 @@ from loadgen.errors import SpecloadError
 from loadgen.results.files import Existing, ResultsDir, read_records
 from tests.canned import (
     DONE,
+    OK_CHUNK,
+    OK_STREAM,
     Request,
     canned_in_thread,
-    completion_chunk,
-    event,
     openai_routes,
     sse,
+    write_scenario,
 )
 from tests.conftest import REPO
 
-TOKENIZER = str(REPO / "models" / "tiny-llama")
 PHASE = "concurrency=2"
 
 
 def answer(_req: Request) -> list[Any]:
-    return sse([event(completion_chunk(" w1", usage=(3, 1))), DONE])
+    return OK_STREAM
 
 
 def scenario_file(tmp: Path, n: int = 4, **kw: Any) -> Path:
-    doc = {
-        "name": "dirs",
-        "load": {"shape": "concurrency", "concurrency": 2},
-        "num_requests": n,
-        "prompts": {"source": "base_prompt", "base_prompt": "w1 w2", "tokenizer": TOKENIZER},
-        "output_tokens": 1,
-        **kw,
-    }
-    path = tmp / f"s{n}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    return write_scenario(tmp / f"s{n}.yaml", **{"name": "dirs", "num_requests": n, **kw})
 
 
 def loadgen(*args: str, url: str = "http://127.0.0.1:9") -> subprocess.CompletedProcess[str]:
@@ -123,7 +113,7 @@ def test_a_killed_rerun_leaves_no_old_complete_summary(tmp_path: Path) -> None:
     out = tmp_path / "out"
 
     def slow(_req: Request) -> list[Any]:
-        return sse([event(completion_chunk(" w1", usage=(3, 1))), 30.0, DONE])
+        return sse([OK_CHUNK, 30.0, DONE])
 
     with canned_in_thread(openai_routes(answer)) as srv:
         p = loadgen("--scenario", str(scenario_file(tmp_path)), "--output-dir", str(out),

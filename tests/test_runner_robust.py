@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from loadgen.config.prompts.base import Prompt
 from loadgen.config.shapes.base import Schedule
@@ -26,16 +25,15 @@ from loadgen.results.files import read_records
 from loadgen.results.records import RequestRecord
 from tests.canned import (
     DONE,
+    OK_CHUNK,
     Request,
     canned_in_thread,
-    completion_chunk,
     event,
     openai_routes,
     sse,
+    write_scenario,
 )
 from tests.conftest import REPO
-
-TOKENIZER = str(REPO / "models" / "tiny-llama")
 
 
 def every_other_malformed() -> Any:
@@ -43,7 +41,7 @@ def every_other_malformed() -> Any:
     n = itertools.count()
 
     def answer(_req: Request) -> list[Any]:
-        good = [event(completion_chunk(" w1", usage=(3, 1))), DONE]
+        good = [OK_CHUNK, DONE]
         if next(n) % 2:
             return sse([event({"choices": [None]}), *good])
         return sse(good)
@@ -51,18 +49,8 @@ def every_other_malformed() -> Any:
     return answer
 
 
-def write_scenario(tmp: Path, **kw: Any) -> Path:
-    doc = {
-        "name": "robust",
-        "load": {"shape": "concurrency", "concurrency": 2},
-        "num_requests": 10,
-        "prompts": {"source": "base_prompt", "base_prompt": "w1 w2", "tokenizer": TOKENIZER},
-        "output_tokens": 1,
-        **kw,
-    }
-    path = tmp / "s.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+def scenario_file(tmp: Path, **kw: Any) -> Path:
+    return write_scenario(tmp / "s.yaml", **{"name": "robust", "num_requests": 10, **kw})
 
 
 def loadgen(*args: str) -> subprocess.CompletedProcess[str]:
@@ -78,7 +66,7 @@ def loadgen(*args: str) -> subprocess.CompletedProcess[str]:
 def test_malformed_chunks_fail_their_records_and_lose_no_slot(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with canned_in_thread(openai_routes(every_other_malformed())) as srv:
-        p = loadgen("--scenario", str(write_scenario(tmp_path)), "--base-url", srv.url,
+        p = loadgen("--scenario", str(scenario_file(tmp_path)), "--base-url", srv.url,
                     "--output-dir", str(out))  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert "Task exception" not in p.stderr and "Traceback" not in p.stderr
@@ -92,7 +80,7 @@ def test_malformed_chunks_fail_their_records_and_lose_no_slot(tmp_path: Path) ->
 def test_the_error_budget_sees_malformed_chunks(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with canned_in_thread(openai_routes(every_other_malformed())) as srv:
-        p = loadgen("--scenario", str(write_scenario(tmp_path, num_requests=40)),
+        p = loadgen("--scenario", str(scenario_file(tmp_path, num_requests=40)),
                     "--base-url", srv.url, "--output-dir", str(out),
                     "--max-error-rate", "0.2")  # fmt: skip
     assert p.returncode == 3, p.stderr

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from loadgen.cli import main as loadgen_main
 from loadgen.errors import REDACTED, SECRET_PIECE, redact, register_secret
 from loadgen.http.base import TRANSPORTS
 from tests.canned import (
     DONE,
+    OK_CHUNK,
     Request,
     canned_in_thread,
     completion_chunk,
@@ -26,25 +26,15 @@ from tests.canned import (
     openai_routes,
     response,
     sse,
+    write_scenario,
 )
-from tests.conftest import REPO
 
 KEY = "sk-harden-0c9f7e1d3b5a4c2e8f6d"
 VAR = "SPECLOAD_HARDEN_KEY"
-TOKENIZER = str(REPO / "models" / "tiny-llama")
 
 
 def scenario(tmp: Path, n: int = 12) -> str:
-    doc = {
-        "name": "secrets",
-        "load": {"shape": "concurrency", "concurrency": 2},
-        "num_requests": n,
-        "prompts": {"source": "base_prompt", "base_prompt": "w1 w2", "tokenizer": TOKENIZER},
-        "output_tokens": 2,
-    }
-    path = tmp / "s.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return str(path)
+    return str(write_scenario(tmp / "s.yaml", name="secrets", num_requests=n, output_tokens=2))
 
 
 def leaks(text: str | bytes) -> list[str]:
@@ -67,7 +57,7 @@ def echoing() -> Any:
     def answer(req: Request) -> list[Any]:
         auth = req.headers.get("authorization", "")
         key = auth.removeprefix("Bearer ")
-        ok = event(completion_chunk(" w1", usage=(3, 1)))
+        ok = OK_CHUNK
         way = next(n) % 6
         if way == 0:  # an error body quoting the header
             return [response(401, json.dumps({"error": f"bad header {auth!r}"}).encode())]

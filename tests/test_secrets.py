@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from loadgen.mock.process import start_mock_process, stop_mock_process
 from loadgen.mock.server import MockServer
 from server_launch.backends.docker import DockerBackend
 from server_launch.matrix import load_matrix
+from tests.canned import serve_in_thread
 
 KEY = "sk-specload-test-7f3a9c1e5b2d4a6f8e0c"
 KEY_VAR = "SPECLOAD_TEST_API_KEY"
@@ -41,31 +40,9 @@ class RecordingMock(MockServer):
         return await super()._dispatch(req, reader, writer)
 
 
-@contextlib.contextmanager
-def mock_in_thread(config: MockConfig) -> Iterator[RecordingMock]:
+def mock_in_thread(config: MockConfig) -> contextlib.AbstractContextManager[RecordingMock]:
     """An in-process mock on its own event loop thread (the CLI under test runs its own)."""
-    srv = RecordingMock(config)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    stop: asyncio.Event | None = None
-
-    async def serve() -> None:
-        nonlocal stop
-        stop = asyncio.Event()
-        async with srv:
-            started.set()
-            await stop.wait()
-
-    t = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    t.start()
-    assert started.wait(10)
-    try:
-        yield srv
-    finally:
-        assert stop is not None
-        loop.call_soon_threadsafe(stop.set)
-        t.join(10)
-        loop.close()
+    return serve_in_thread(RecordingMock(config))
 
 
 def _scenario(path: Path) -> Path:
