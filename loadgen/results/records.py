@@ -40,8 +40,10 @@ class RequestRecord:
 
     ``chunk_times[i]`` is when the i-th content-bearing chunk's bytes arrived, and
     ``chunk_tokens[i]`` how many output tokens it carried (from the server's cumulative
-    ``completion_tokens`` with continuous usage stats, else 1 per chunk). Under
-    speculative decoding one chunk carries several tokens, which is why both exist.
+    ``completion_tokens`` with continuous usage stats, else counted from the text with a
+    local tokenizer, else unknown and empty: never 1 per chunk; ``usage_source`` says
+    which). Under speculative decoding one chunk carries several tokens, which is why both
+    exist.
     """
 
     request_id: int
@@ -56,7 +58,10 @@ class RequestRecord:
     chunk_times: list[float] = field(default_factory=list)
     chunk_tokens: list[int] = field(default_factory=list)
     output_tokens: int | None = None  # from the server's final usage
-    usage_source: str = "usage"  # "usage" (server counted) or "chunks" (1 per chunk)
+    # Where the token counts came from (http/sse.py settle_tokens, docs/metrics.md): "usage"
+    # (the server's running count per chunk), "usage_total" (the server's total only),
+    # "tokenizer" (counted from the text), "none" (unknown).
+    usage_source: str = "usage"
     finish_reason: str | None = None
     status_code: int | None = None
     error: str | None = None  # one line, never a secret
