@@ -19,6 +19,7 @@ RUN python3 -m venv /opt/venv
 COPY pyproject.toml README.md /src/
 COPY loadgen /src/loadgen
 COPY server_launch /src/server_launch
+COPY scenarios /src/scenarios
 # Not editable: the image holds the installed package, not the source. [docker] adds the Docker
 # SDK the sweep profile needs, [fast] uvloop (~10% less client CPU per chunk).
 RUN --mount=type=cache,target=/root/.cache/pip \
