@@ -302,11 +302,10 @@ class SearchCell:
         why = why or f"server lost: {', '.join(lost)}"
         why = why if why.startswith("server lost") else f"server lost: {why}"
         for label, run in runs.items():
-            if label not in lost and _capacity_run(run).machine.stop is None:  # still going
-                run.ctx.stop.set(
-                    StopReason.SERVER_LOST,
-                    f"server lost beside this one ({', '.join(lost)}): its search stopped too",
-                )
+            if _capacity_run(run).machine.stop is not None:  # its search was over already
+                continue
+            beside = f"server lost beside this one ({', '.join(lost)}): its search stopped too"
+            run.ctx.stop.set(StopReason.SERVER_LOST, why if label in lost else beside)
         return SearchOutcome(SearchStatus.LOST, lost=lost, reason=why)
 
     # --- saturation: one server after the other ------------------------------------------

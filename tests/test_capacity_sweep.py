@@ -295,3 +295,45 @@ def test_paired_capacity_search_ctrl_c_then_resume(tmp_path: Path) -> None:
     caps = {lb: json.loads((out / CELL / lb / "capacity.json").read_text())["capacity"]
             for lb in LABELS}  # fmt: skip
     assert caps["none"]["value"] == 4 and caps["ngram-k3"]["value"] == 8
+
+
+def test_paired_capacity_search_loses_a_server_and_keeps_the_finished_probes(
+    tmp_path: Path,
+) -> None:
+    """The candidate's server dies mid-search: both searches stop (the baseline's cannot
+    alternate with a dead server), each keeps the probes it finished for --resume, the cell
+    fails with the level in flight, and the dead server is recorded as failed."""
+    matrix, out = _paired_matrix(tmp_path), tmp_path / "sweep"
+    backend = MockBackend()
+
+    def kill_candidate() -> None:
+        path, end = out / CELL / "search.json", time.monotonic() + 120
+        while time.monotonic() < end:
+            try:
+                if len(json.loads(path.read_text())["probes"]) >= 3:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.01)
+        backend.handles[1].proc.kill()  # the candidate, started second
+
+    killer = threading.Thread(target=kill_candidate, daemon=True)
+    killer.start()
+    res = run_sweep(matrix, backend=backend, output_dir=out, progress=False, log=print)
+    killer.join()
+    assert not res.complete and res.exit_code == 1 and res.failed_runs == ["ngram-k3"]
+    state = json.loads((out / "sweep.json").read_text())
+    cell = state["groups"][GROUP]["scenarios"]["cap"]["capacity"]
+    assert cell["status"] == "failed" and cell["in_flight"] is True
+    assert cell["error"].startswith("server lost") and "ngram-k3" in cell["error"]
+    assert state["runs"]["ngram-k3"]["status"] == "failed"
+    assert json.loads((out / "ngram-k3" / "failed.json").read_text())["stage"] == "run"
+    timeline = json.loads((out / CELL / "search.json").read_text())
+    assert timeline["status"] == "lost" and timeline["lost"] == ["ngram-k3"]
+    for label in LABELS:
+        doc = json.loads((out / CELL / label / "capacity.json").read_text())
+        assert doc["stop"] == "stopped" and "server lost" in doc["stop_text"]
+        finished = [p for p in doc["probes"] if p["complete"]]
+        assert finished and all((out / CELL / label / p["slug"]).is_dir() for p in finished)
+    base = json.loads((out / CELL / "none" / "capacity.json").read_text())
+    assert "beside this one (ngram-k3)" in base["stop_text"]
