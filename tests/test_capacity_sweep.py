@@ -337,3 +337,40 @@ def test_paired_capacity_search_loses_a_server_and_keeps_the_finished_probes(
         assert finished and all((out / CELL / label / p["slug"]).is_dir() for p in finished)
     base = json.loads((out / CELL / "none" / "capacity.json").read_text())
     assert "beside this one (ngram-k3)" in base["stop_text"]
+
+
+def test_paired_saturation_sweeps_run_one_server_after_the_other(tmp_path: Path) -> None:
+    """A saturation scenario in a paired sweep: each server's sweep whole, in turn (not
+    alternated, and search.json says so), each fitted to its own server: the 4-slot
+    mock's maximum is twice the 2-slot one's."""
+    doc = copy.deepcopy(MATRIX)
+    doc["paired"] = {"mode": "on"}
+    doc["scenarios"] = [
+        {
+            "name": "sat",
+            "load": {"shape": "poisson", "rate": 1},
+            "search": {"kind": "saturation", "levels": 2, "saturation_concurrency": 8},
+            "num_requests": 12,
+            "warmup_requests": 1,
+            "prompts": {"source": "base_prompt", "base_prompt": "w1 w2"},
+            "output_tokens": TOKENS,
+        }
+    ]
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(doc))
+    out = tmp_path / "sweep"
+    res = run_sweep(load_matrix(tmp_path / "m.yaml"), backend=MockBackend(), output_dir=out,
+                    progress=False, log=print)  # fmt: skip
+    assert res.complete
+    cell = out / "paired" / GROUP / "sat" / "saturation"
+    timeline = json.loads((cell / "search.json").read_text())
+    assert timeline["pairing"] == "sequential" and timeline["done"] == list(LABELS)
+    first, second = timeline["runs"]
+    assert first["started_at"] + first["duration_s"] <= second["started_at"]
+    top = {
+        lb: json.loads((cell / lb / "saturation.json").read_text())["calibration"]["throughput"]
+        for lb in LABELS
+    }
+    ratio = top["ngram-k3"]["request_throughput"] / top["none"]["request_throughput"]
+    assert 1.6 < ratio < 2.4  # 4 slots against 2, each 40 ms a request
+    md = (out / "report" / "report.md").read_text()
+    assert "`sat` none:" in md and "`sat` ngram-k3:" in md
