@@ -14,9 +14,9 @@ is the widest ratio the two searches allow, not a confidence interval. Searches 
 after the other (the sequential sweep) are not paired either: whatever drifted between them
 (the host, thermal state, a neighbour) is in neither interval. Searches run side by side with
 their probes alternating (a paired sweep: capacity.json's ``alternation``) share the
-machine's drift, so it no longer biases the gain; the range is still the two searches' own
-brackets combined, not a paired interval. Such rows are marked, and each candidate's gain
-is over the baseline's search it alternated with.
+machine's drift, so the order they ran in no longer biases the gain; the range is still the
+two searches' own brackets combined, not a paired interval. Such rows are marked, and each
+candidate's gain is over the baseline's search it alternated with.
 """
 
 from __future__ import annotations
@@ -361,8 +361,9 @@ HOW_TO_READ_ALTERNATED = (
     "load that failed one (docs/capacity.md). Interval: what the probes' verdicts allow; a "
     "verdict within its own noise widens it. Rows 'alternated' come from searches run side "
     "by side, one probe at a time in turn (A B | B A ...), each choosing its own levels: "
-    "drift over the searches fell on both alike on average, so it does not bias the gain, "
-    "which is the config's capacity over that of the baseline search it alternated with. "
+    "drift over the searches fell on both alike on average, so the order they ran in does "
+    "not bias the gain, which is the config's capacity over that of the baseline search it "
+    "alternated with. "
     "Its range combines the two searches' own intervals end to end (config low / baseline "
     "high to config high / baseline low): the widest ratio they allow, not a confidence "
     "interval and not a paired one; it leaves out how much a search's answer varies from "
