@@ -245,7 +245,7 @@ def _print_plan(matrix, backend, port: int, out: Path, plan) -> None:
     from server_launch.pairing import group_id, resident_run
     from server_launch.sweep import phase_slugs
 
-    n_cells = 0
+    n_cells = n_searches = 0
     print(
         f"matrix {matrix.name}: {len(matrix.runs)} server configuration(s), "
         f"backend {backend.name}, output {out}"
@@ -261,11 +261,18 @@ def _print_plan(matrix, backend, port: int, out: Path, plan) -> None:
                 print("  " + shlex.join(backend.command(runs[label], port + i)))
             names = {s.name for c in group for s in runs[c].scenarios}
             for sc in runs[plan.baseline].scenarios:
-                if sc.name in names:
+                if sc.name in names and sc.search is not None:
+                    how = "probes alternating" if sc.search.kind == "capacity" else "in turn"
+                    print(f"  {sc.name}: a {sc.search.kind.value} search per server, {how}")
+                    n_searches += 1
+                elif sc.name in names:
                     slugs = level_slugs(sc)
                     n_cells += len(slugs)
                     print(f"  {sc.name}: {', '.join(slugs)}")
-        print(f"\n{n_cells} level(s), each warmed up then measured in pairs")
+        parts = [f"{n_cells} level(s), each warmed up then measured in pairs"] if n_cells else []
+        if n_searches:
+            parts.append(f"{n_searches} search scenario(s), one search per server")
+        print("\n" + "; ".join(parts))
         return
     for run in matrix.runs:
         print(f"\n[{run.label}]")

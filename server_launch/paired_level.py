@@ -162,7 +162,7 @@ class LevelRun:
     def run(self) -> LevelOutcome:
         """Warm-up, then rounds until ``stop_reason`` says enough; KeyboardInterrupt passes
         through after level.json records it."""
-        _supersede(self.dir)
+        supersede(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._save()
         try:
@@ -313,7 +313,7 @@ class LevelRun:
             self.say(f"[{c} vs {self.baseline}] {self.scenario.name} {self.slug} pair {n}: {text}")
 
 
-def _supersede(level_dir: Path) -> None:
+def supersede(level_dir: Path) -> None:
     """A level measured again starts afresh; what an earlier attempt left is moved aside."""
     if not level_dir.exists():
         return

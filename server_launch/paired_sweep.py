@@ -7,13 +7,16 @@ Layout (the sequential sweep's, plus ``paired/``)::
     SWEEP_DIR/<label>/server.log                  each server's output
     SWEEP_DIR/<label>/failed.json                 why a server failed (start or mid-sweep)
     SWEEP_DIR/paired/<group>/<scenario>/<level>/  one level (paired_level.py)
+    SWEEP_DIR/paired/<group>/<scenario>/<kind>/   a search scenario: a search per server,
+                                                  capacity probes alternating (paired_search.py)
 
-A *cell* is one (group, scenario, level). ``sweep.json`` is replaced atomically after each
-cell. A server that dies mid-level fails that cell (the level in flight: its finished rounds
-stay on disk, its level.json says ``lost``), keeps the group's finished levels, and leaves
-the rest pending; ``--resume`` starts the servers again and measures the failed level
-afresh (its earlier attempt moved to ``.superseded/``: pairs from two server lifetimes are
-not one experiment), then the pending ones.
+A *cell* is one (group, scenario, level), or (group, scenario, search kind). ``sweep.json``
+is replaced atomically after each cell. A server that dies mid-level fails that cell (the
+level in flight: its finished rounds stay on disk, its level.json says ``lost``), keeps the
+group's finished levels, and leaves the rest pending; ``--resume`` starts the servers again
+and measures the failed level afresh (its earlier attempt moved to ``.superseded/``: pairs
+from two server lifetimes are not one experiment), then the pending ones. A search cell
+that loses a server keeps every search's finished probes; ``--resume`` takes them back.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from loadgen.report.paired import PAIRED_DIR
 from loadgen.results.files import atomic_write_json, slugify
 from server_launch.backends.base import ServerBackend, ServerStartError
 from server_launch.paired_level import LevelRun, LevelStatus
+from server_launch.paired_search import SearchCell, SearchStatus
 from server_launch.pairing import PairingPlan, group_id, resident_run
 from server_launch.probe import CoResident, Resident
 
@@ -53,6 +57,10 @@ def level_scenario(scenario: Scenario) -> Scenario:
 
 
 def level_slugs(scenario: Scenario) -> list[str]:
+    """A scenario's cells: its levels; a search (which picks its levels as it runs) is one
+    cell named after its kind ('capacity'), done when every server's search is."""
+    if scenario.search is not None:
+        return [scenario.search.kind.value]
     return [slugify(p.name) for p in level_scenario(scenario).phases()]
 
 
@@ -239,8 +247,9 @@ class PairedSweep:
             here = [by_label[self.baseline]] + [
                 by_label[c] for c in cands if any(s.name == sc.name for s in self.runs[c].scenarios)
             ]
+            step = self._level if sc.search is None else self._search
             for slug in self.state.todo(gid, sc.name):
-                if not self._level(servers, gid, sc, slug, here):
+                if not step(servers, gid, sc, slug, here):
                     return
         for c in cands:
             self.state.set_run(c, DONE if self.state.group_done(gid) else "incomplete")
@@ -271,7 +280,47 @@ class PairedSweep:
             return True
         error = out.reason or "server lost"
         self.state.mark(gid, sc.name, slug, FAILED, error=error, pairs=out.pairs, in_flight=True)
-        for label in out.lost:
+        self._lose(servers, out.lost, error)
+        return False
+
+    def _search(
+        self, servers: CoResident, gid: str, sc: Scenario, slug: str, here: list[Resident]
+    ) -> bool:
+        """Every server's search of ``sc`` (paired_search.py); False when a server was lost
+        (the group stops there, each search's finished probes kept for --resume)."""
+        cell = SearchCell(
+            here,
+            sc,
+            self.dir / PAIRED_DIR / gid / sc.name / slug,
+            group=gid,
+            runner=self.runner,
+            progress=self.progress,
+            say=self.say,
+            lost=servers.lost,
+        )
+        how = "probes alternating" if cell.alternated else "one server after the other"
+        self.say(f"[{gid}] {sc.name}: a {slug} search per server, {how}")
+        try:
+            out = cell.run()
+        except KeyboardInterrupt:
+            self.state.mark(gid, sc.name, slug, PENDING, note="interrupted")
+            raise
+        if out.status is SearchStatus.DONE:
+            self.state.mark(gid, sc.name, slug, DONE, probes=out.probes)
+            return True
+        error = out.reason or out.status.value
+        if out.status is SearchStatus.LOST:
+            self.state.mark(gid, sc.name, slug, FAILED, error=error, probes=out.probes,
+                            in_flight=True)  # fmt: skip
+            self._lose(servers, out.lost, error)
+            return False
+        self.state.mark(gid, sc.name, slug, FAILED, error=error, probes=out.probes)
+        self.say(f"[{gid}] {sc.name}: {slug} search failed: {error}")
+        return True
+
+    def _lose(self, servers: CoResident, labels: list[str], error: str) -> None:
+        """Servers that died mid-cell: recorded failed (failed.json) and stopped."""
+        for label in labels:
             r = servers.residents.get(label)
             tail = r.handle.log_tail() if r is not None else ""
             self._failure(label, "run", error, tail)
@@ -279,7 +328,6 @@ class PairedSweep:
             self.failed_runs.append(label)
             servers.stop(label)
             self.say(f"[{label}] {error}")
-        return False
 
     def _failure(self, label: str, stage: str, error: str, log_tail: str) -> None:
         from server_launch.sweep import _record_failure

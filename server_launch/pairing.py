@@ -115,6 +115,7 @@ class PairedSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: PairingMode = PairingMode.AUTO
+
     residents: int = Field(2, ge=2, description="servers up at once, the baseline included")
     memory_share: float | None = Field(None, gt=0, le=1)
     shares: dict[str, Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=dict)
@@ -128,6 +129,14 @@ class PairedSettings(BaseModel):
         default_factory=lambda: [PairedMetric.TPOT, PairedMetric.THROUGHPUT], min_length=1
     )
     warmup: WarmupSettings = Field(default_factory=WarmupSettings)
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_bool(cls, value: Any) -> Any:
+        """YAML reads a bare ``mode: on`` / ``mode: off`` as a boolean: take it as meant."""
+        if isinstance(value, bool):
+            return PairingMode.ON if value else PairingMode.OFF
+        return value
 
     @field_validator("min_repeats")
     @classmethod

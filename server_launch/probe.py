@@ -102,7 +102,7 @@ def balanced_order(round_index: int, residents: Sequence[Resident]) -> list[Resi
     return [by_label[x] for x in _order(round_index, [r.label for r in residents])]
 
 
-def _log_size(path: Path) -> int:
+def log_size(path: Path) -> int:
     try:
         return path.stat().st_size
     except OSError:
@@ -139,7 +139,7 @@ def run_probe(
     kwargs = run_kwargs(resident.run, scenario, resident.handle, out_dir, progress)
     kwargs["health_check"] = resident.healthy
     kwargs["only_phases"] = [slug]
-    start_offset = _log_size(resident.log_path)
+    start_offset = log_size(resident.log_path)
     t_wall, t0 = time.time(), time.monotonic()
     try:
         result = runner(scenario, **kwargs)

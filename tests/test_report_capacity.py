@@ -50,12 +50,17 @@ def test_gain_from_the_two_intervals(
     assert (g.value is not None) == text[0].isdigit()
 
 
-def _search(root: Path, label: str, truth: float, spec: dict | None) -> None:
-    """A finished capacity search on a simulated server, as a run directory the report reads."""
+def _search(
+    root: Path, label: str, truth: float, spec: dict | None, alternation: dict | None = None
+) -> None:
+    """A finished capacity search on a simulated server, as a run directory the report reads
+    (``alternation``: as a paired sweep's search writes it)."""
     ctx = _ctx(root, repeat_close=0)
     ctx.label = label
     host = FakeHost(ctx, truth=truth)
-    assert asyncio.run(CapacityRun(ctx).run(host))
+    search = CapacityRun(ctx)
+    search.alternation = alternation
+    assert asyncio.run(search.run(host))
     phases = {
         p.name: json.loads((p / "summary.json").read_text())
         for p in root.iterdir()
@@ -98,3 +103,36 @@ def test_report_leads_with_capacity_per_configuration(tmp_path: Path) -> None:
     rows = json.loads((out / "report.json").read_text())["capacity"]["rows"]
     assert [r["label"] for r in rows] == ["none", "draft-k3"]  # the baseline first
     assert {r["label"]: r["gain"] for r in rows}["draft-k3"] == pytest.approx(draft.gain.value)
+
+
+def test_alternated_searches_of_two_groups_each_gain_over_their_own_baseline(
+    tmp_path: Path,
+) -> None:
+    """A paired sweep with two candidates, one at a time (residents: 2): the baseline was
+    searched beside each (labelled '<baseline>@<group>'), and each candidate's gain is over
+    the baseline search it alternated with, not over the other group's."""
+    sweep = tmp_path / "sweep"
+    truths = {"c1": (10.0, 14.0), "c2": (12.0, 12.0)}  # the baseline measured 10, then 12
+    for group, (base_truth, truth) in truths.items():
+        cell = sweep / "paired" / group / "cap" / "capacity"
+        for pos, (label, t) in enumerate((("none", base_truth), (group, truth)), start=1):
+            alt = {"group": group, "baseline": "none", "servers": ["none", group], "position": pos}
+            spec = None if label == "none" else {"method": "draft_model"}
+            _search(cell / label, label, t, spec, alt)
+        doc = {"scenario": "cap", "kind": "capacity", "pairing": "alternated", "group": group,
+               "baseline": "none", "servers": ["none", group], "status": "done"}  # fmt: skip
+        (cell / "search.json").write_text(json.dumps(doc))
+    md = write_report([sweep]).read_text()
+    rows = json.loads((sweep / "report" / "report.json").read_text())["capacity"]["rows"]
+    assert [(r["label"], r["is_baseline"]) for r in rows] == [
+        ("none@c1", True),
+        ("c1", False),
+        ("none@c2", True),
+        ("c2", False),
+    ]
+    caps = {r["label"]: r["capacity"]["value"] for r in rows}
+    gains = {r["label"]: r["gain"] for r in rows}
+    assert gains["c1"] == pytest.approx(caps["c1"] / caps["none@c1"])
+    assert gains["c2"] == pytest.approx(caps["c2"] / caps["none@c2"])  # ~1.0, not 12/10
+    assert all(r["alternated"] for r in rows)
+    assert "| alternated with c2 |" in md and "| alternated with none |" in md

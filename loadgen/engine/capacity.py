@@ -9,7 +9,8 @@ summary.json, so reports read it like any phase), judges its records against the
 machine, and rewrites ``capacity.json`` (:mod:`loadgen.results.capacity`) after every probe.
 
 The steps (:meth:`CapacityRun.begin`, :meth:`CapacityRun.probe`, :meth:`CapacityRun.end`) are
-public so that a driver holding several servers can interleave their searches' probes.
+public so that a driver holding several servers can interleave their searches' probes
+(server_launch/paired_search.py); it says so in ``alternation``, which capacity.json keeps.
 
 Phase names are the level's (``rate=4.5``, ``concurrency=6``), ``r2``, ``r3`` for the repeats
 of a close call (the report folds repeats of a level together). A repeat draws its arrivals
@@ -77,6 +78,10 @@ class CapacityRun:
         )
         self.samples: dict[float, list[LevelSamples]] = {}
         self.probes: list[dict[str, Any]] = []
+        self.taken_back: list[str] = []  # slugs of the probes taken from an earlier run
+        # set by a driver alternating this search's probes with other servers' searches:
+        # who with, in what order (capacity.json's "alternation"; the report marks the row)
+        self.alternation: dict[str, Any] | None = None
         self.started = time.monotonic()
         self._replay = deque(self._earlier_probes() if resume else [])
 
@@ -165,7 +170,12 @@ class CapacityRun:
         entry = self._entry(plan, summary, level, own, pooled)
         self.probes.append(entry)
         self.write(done=False)
-        _say(_probe_line(entry, self.unit))
+        _say(_probe_line(entry, self.unit, self._tag))
+
+    @property
+    def _tag(self) -> str:
+        """Its console lines' tag: the server's label too where searches alternate."""
+        return "capacity" if self.alternation is None else f"capacity {self.ctx.label}"
 
     # --- capacity.json -------------------------------------------------------------------
 
@@ -203,6 +213,7 @@ class CapacityRun:
                 for s in sorted(m.levels.values(), key=lambda s: s.level)
             ],
             "elapsed_s": round(time.monotonic() - self.started, 3),
+            "alternation": self.alternation,
             "scenario_dump": sc.model_dump(mode="json"),
         }
 
@@ -288,7 +299,8 @@ class CapacityRun:
             return None
         self._replay.popleft()
         host.adopt(plan.slug, summary)
-        _say(f"[capacity] {plan.phase.name}: taken from the earlier run")
+        self.taken_back.append(plan.slug)
+        _say(f"[{self._tag}] {plan.phase.name}: taken from the earlier run")
         return summary
 
     def _supersede_rest(self) -> None:
@@ -325,14 +337,14 @@ def _word(passed: bool) -> str:
     return "pass" if passed else "fail"
 
 
-def _probe_line(entry: dict[str, Any], unit: str) -> str:
+def _probe_line(entry: dict[str, Any], unit: str, tag: str = "capacity") -> str:
     """'[capacity] probe 3, rate=4.5 (4.5 req/s): fail, clear: p90 TTFT 612.0 ms > 500'."""
     pooled = entry["pooled"]
     why = "; ".join(entry["failing"]) or "every bound met"
     runs = f", {pooled['runs']} runs pooled: {pooled['verdict']}" if pooled["runs"] > 1 else ""
     clear = "clear" if entry["clear"] else "within noise"
     return (
-        f"[capacity] probe {entry['index']}, {entry['phase']} ({fmt_level(entry['level'])} "
+        f"[{tag}] probe {entry['index']}, {entry['phase']} ({fmt_level(entry['level'])} "
         f"{unit}): {entry['verdict']}, {clear}: {why}{runs}"
     )
 

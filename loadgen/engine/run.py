@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -96,6 +96,78 @@ async def run_scenario_async(
     holds files: refuse (the default), overwrite the previous run, or resume (the sweep: the
     phases about to run must have no results yet; a search takes back the probes an
     interrupted run of it finished there)."""
+    # Ctrl-C / SIGTERM stop every stage from here on, preparation included (each awaited
+    # through _or_stop): the handlers only set the run's stop signal.
+    stop = StopSignal()
+    loop = asyncio.get_running_loop()
+    installed = install_stop_handlers(loop, stop)
+    try:
+        async with open_run(
+            scenario, stop=stop, base_url=base_url, output_dir=output_dir, model=model,
+            label=label, spec=spec, api_key=api_key, progress=progress,
+            health_check=health_check, cli=cli, only_phases=only_phases, tokenizer=tokenizer,
+            ray_address=ray_address, existing=existing,
+        ) as run:  # fmt: skip
+            finished = await run.strategy.run(run.host)
+        return run.result(finished)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+@dataclass
+class OpenRun:
+    """A run whose server answered, whose prompts are loaded and whose clock runs: what
+    :func:`open_run` yields. ``strategy`` runs its phases through ``host``; whoever holds
+    several open runs (server_launch's alternated capacity searches, one per co-resident
+    server) decides whose phase runs next. :meth:`result` ends it."""
+
+    ctx: RunContext
+    host: _Host
+    strategy: PhaseStrategy
+
+    def result(self, finished: bool) -> RunResult:
+        """The run's summary.json, final, and its result; ``finished``: every phase the
+        strategy meant to run did (what ``strategy.run`` returns)."""
+        ctx = self.ctx
+        complete = finished and not ctx.stop.is_set()
+        try:
+            _write_summary(ctx, self.host.summaries, complete=complete)
+        except ResultsUnwritable as e:
+            ctx.stop.set(StopReason.RESULTS_UNWRITABLE, _unwritable(e))
+        return RunResult(
+            ctx.results.root,
+            complete,
+            self.host.summaries,
+            exit_code(complete, ctx.stop.reason),
+            ctx.stop.message,
+        )
+
+
+@contextlib.asynccontextmanager
+async def open_run(
+    scenario: Scenario,
+    *,
+    stop: StopSignal,
+    base_url: str,
+    output_dir: Path,
+    model: str | None = None,
+    label: str | None = None,
+    spec: dict[str, Any] | None = None,
+    api_key: str | None = None,
+    progress: bool = True,
+    health_check: Callable[[], bool] | None = None,
+    cli: list[str] | None = None,
+    only_phases: list[str] | None = None,
+    tokenizer: str | None = None,
+    ray_address: str | None = None,
+    existing: Existing | str = Existing.REFUSE,
+) -> AsyncIterator[OpenRun]:
+    """A run of ``scenario`` made ready (the arguments are :func:`run_scenario_async`'s),
+    held open while the caller runs its phases: the server probed, the prompts loaded,
+    run.json written, the workers and the health watch started; on exit they stop.
+    ``stop`` is the run's stop signal, set by whoever handles signals (the caller: this
+    installs no handlers), by the health watch and by the phases."""
     existing = Existing(existing)
     check_base_url(base_url)  # no credentials in it: it is written to run.json
     if api_key is not None:
@@ -107,34 +179,34 @@ async def run_scenario_async(
 
         require_ray()
     check_prompts(scenario.prompts)  # a missing prompt suite fails before the server is asked
-    # Ctrl-C / SIGTERM stop every stage from here on, preparation included (each awaited
-    # through _or_stop): the handlers only set the run's stop signal.
-    stop = StopSignal()
-    loop = asyncio.get_running_loop()
-    installed = _install_signal_handlers(loop, stop)
+    info = await _or_stop(probe_server(base_url, api_key), stop)
+    model = resolve_model(model or scenario.model, info.models, base_url)
+    driver = await _or_stop(_start_driver(scenario.workers, ray_address), stop)
     try:
-        info = await _or_stop(probe_server(base_url, api_key), stop)
-        model = resolve_model(model or scenario.model, info.models, base_url)
-        driver = await _or_stop(_start_driver(scenario.workers, ray_address), stop)
+        prompt_tokenizer, prompt_set = await _or_stop(
+            _in_daemon_thread(
+                _prepare_prompts, scenario, plans, base_url, model, api_key, tokenizer
+            ),
+            stop,
+        )
+        ctx = _context(
+            scenario, plans, base_url, model, api_key, prompt_tokenizer, prompt_set,
+            output_dir, existing, stop, progress, info, label, tokenizer,
+        )  # fmt: skip
+        ctx.results.write_run(_run_json(ctx, spec, cli, prompt_set, driver.describe()))
+        strategy = _strategy(ctx, plans, resume=existing is Existing.RESUME)
+        health_task = None
         try:
-            prompt_tokenizer, prompt_set = await _or_stop(
-                _in_daemon_thread(
-                    _prepare_prompts, scenario, plans, base_url, model, api_key, tokenizer
-                ),
-                stop,
-            )
-            ctx = _context(
-                scenario, plans, base_url, model, api_key, prompt_tokenizer, prompt_set,
-                output_dir, existing, stop, progress, info, label, tokenizer,
-            )  # fmt: skip
-            ctx.results.write_run(_run_json(ctx, spec, cli, prompt_set, driver.describe()))
-            strategy = _strategy(ctx, plans, resume=existing is Existing.RESUME)
-            return await _run_phases(ctx, strategy, driver, health_check)
+            await driver.prepare(ctx)
+            if health_check:
+                health_task = asyncio.create_task(_watch_health(health_check, ctx.stop))
+            yield OpenRun(ctx, _Host(ctx, driver), strategy)
         finally:
-            await driver.close()
+            ctx.live.stop()
+            if health_task:
+                health_task.cancel()
     finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        await driver.close()
 
 
 def _prepare_prompts(
@@ -388,39 +460,6 @@ class _Host:
         self.summaries[slug] = summary
 
 
-async def _run_phases(
-    ctx: RunContext,
-    strategy: PhaseStrategy,
-    driver: PhaseDriver,
-    health_check: Callable[[], bool] | None,
-) -> RunResult:
-    """The strategy's phases until done or stopped; summary.json after each."""
-    host = _Host(ctx, driver)
-    health_task = None
-    finished = False
-    try:
-        await driver.prepare(ctx)
-        if health_check:
-            health_task = asyncio.create_task(_watch_health(health_check, ctx.stop))
-        finished = await strategy.run(host)
-    finally:
-        ctx.live.stop()
-        if health_task:
-            health_task.cancel()
-    complete = finished and not ctx.stop.is_set()
-    try:
-        _write_summary(ctx, host.summaries, complete=complete)
-    except ResultsUnwritable as e:
-        ctx.stop.set(StopReason.RESULTS_UNWRITABLE, _unwritable(e))
-    return RunResult(
-        ctx.results.root,
-        complete,
-        host.summaries,
-        exit_code(complete, ctx.stop.reason),
-        ctx.stop.message,
-    )
-
-
 def _unwritable(e: ResultsUnwritable) -> str:
     return f"results unwritable: {str(e).removeprefix('--output-dir: ')}"
 
@@ -526,7 +565,8 @@ async def _watch_health(check: Callable[[], bool], stop: StopSignal) -> None:
             return
 
 
-def _install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: StopSignal) -> list[int]:
+def install_stop_handlers(loop: asyncio.AbstractEventLoop, stop: StopSignal) -> list[int]:
+    """Ctrl-C and SIGTERM set ``stop`` (on this loop, main thread only); the signals handled."""
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -541,10 +581,15 @@ def _install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: StopSignal) 
 def run_scenario(scenario: Scenario, **kwargs: Any) -> RunResult:
     """:func:`run_scenario_async` on uvloop when installed (server_launch calls this
     between server starts)."""
+    return run_async(run_scenario_async(scenario, **kwargs))
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` to its end in a new event loop: uvloop's when installed."""
     try:
         import uvloop  # type: ignore[import-not-found]
 
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    return runner(run_scenario_async(scenario, **kwargs))
+    return runner(main)

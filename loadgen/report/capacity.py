@@ -10,9 +10,13 @@ ms"); then one figure (:func:`capacity_figure`).
 
 The gain's interval is the two capacities' intervals combined end to end: the config's low
 end over the baseline's high end, to the config's high end over the baseline's low end. It
-is the widest ratio the two searches allow, not a confidence interval, and not a paired one:
-the searches ran one after the other on different servers, so whatever drifted between them
-(the host, thermal state, a neighbour) is in neither interval.
+is the widest ratio the two searches allow, not a confidence interval. Searches run one
+after the other (the sequential sweep) are not paired either: whatever drifted between them
+(the host, thermal state, a neighbour) is in neither interval. Searches run side by side with
+their probes alternating (a paired sweep: capacity.json's ``alternation``) share the
+machine's drift, so the order they ran in no longer biases the gain; the range is still the
+two searches' own brackets combined, not a paired interval. Such rows are marked, and each
+candidate's gain is over the baseline's search it alternated with.
 """
 
 from __future__ import annotations
@@ -66,6 +70,26 @@ class CapacityRow:
     gain: Gain | None = None
     headline: str = ""
 
+    @property
+    def alternation(self) -> dict[str, Any] | None:
+        """Who its search alternated probes with (capacity.json), None: it ran alone."""
+        alt = self.doc.get("alternation")
+        return alt if isinstance(alt, dict) else None
+
+    @property
+    def group(self) -> str | None:
+        alt = self.alternation
+        return None if alt is None else str(alt.get("group"))
+
+    def measured(self) -> str:
+        """How its search ran: 'alternated with X, Y' or 'one server at a time'."""
+        alt = self.alternation
+        if alt is None:
+            return "one server at a time"
+        own = self.doc.get("label")
+        others = [str(x) for x in alt.get("servers") or [] if x != own]
+        return "alternated with " + (", ".join(others) or "?")
+
     def as_dict(self) -> dict[str, Any]:
         g = self.gain
         return {
@@ -81,6 +105,8 @@ class CapacityRow:
             "gain_high": None if g is None else _finite(g.high),
             "gain_text": None if g is None else g.text,
             "headline": self.headline,
+            "alternated": self.alternation is not None,
+            "measured": self.measured(),
         }
 
 
@@ -118,11 +144,14 @@ def capacity_section(
         doc = read_capacity(r.path)
         cap = Capacity.from_dict(doc.get("capacity")) if doc else None
         if doc is not None and cap is not None:
+            alt = doc.get("alternation") if isinstance(doc.get("alternation"), dict) else {}
             section.rows.append(
                 CapacityRow(
                     scenario=r.scenario,
                     label=r.label,
-                    is_baseline=r.label == base_label,
+                    # beside several groups the baseline's searches are '<label>@<group>'
+                    is_baseline=r.label == base_label
+                    or (bool(alt) and doc.get("label") == alt.get("baseline")),
                     capacity=cap,
                     slo_text=str(doc.get("slo_text") or ""),
                     stop_text=str(doc.get("stop_text") or "not finished"),
@@ -133,15 +162,21 @@ def capacity_section(
         sat = read_capacity(r.path, SATURATION_FILE)
         if sat is not None:
             section.saturation.append(saturation_line(r.label, r.scenario, sat))
-    # per scenario, the baseline first, then the configs in the order they ran
-    section.rows.sort(key=lambda row: not row.is_baseline)
+    # per scenario (and group of alternated searches), the baseline first, then the configs
+    # in the order they ran
+    scenarios = list(dict.fromkeys(r.scenario for r in runs))
+    groups = list(dict.fromkeys(row.group for row in section.rows))
     section.rows.sort(
-        key=lambda row: list(dict.fromkeys(r.scenario for r in runs)).index(row.scenario)
+        key=lambda row: (
+            scenarios.index(row.scenario),
+            groups.index(row.group),
+            not row.is_baseline,
+        )
     )
     for scen in dict.fromkeys(row.scenario for row in section.rows):
         rows = [row for row in section.rows if row.scenario == scen]
-        base = next((row for row in rows if row.is_baseline), None)
         for row in rows:
+            base = _baseline_of(row, rows)
             if base is not None and not row.is_baseline:
                 row.gain = gain(row.capacity, base.capacity)
                 row.headline = headline(row.label, row.gain, row.capacity.unit, row.slo_text)
@@ -149,6 +184,17 @@ def capacity_section(
             section.by_scenario[scen] = capacity_figure(rows, scen, out_dir)
             section.figures.append(section.by_scenario[scen])
     return section
+
+
+def _baseline_of(row: CapacityRow, rows: Sequence[CapacityRow]) -> CapacityRow | None:
+    """The baseline row ``row``'s gain is over: the baseline's search it alternated with,
+    else the scenario's baseline row."""
+    bases = [r for r in rows if r.is_baseline]
+    if row.group is not None:
+        mine = next((r for r in bases if r.group == row.group), None)
+        if mine is not None:
+            return mine
+    return next(iter(bases), None)
 
 
 def gain(config: Capacity, base: Capacity) -> Gain:
@@ -220,7 +266,10 @@ def _finite(v: float) -> float | None:
 
 # --- Markdown -----------------------------------------------------------------------------
 
-_COLUMNS = ("config", "capacity", "interval", "gain vs baseline", "probes", "stopped because")
+_COLUMNS = (
+    "config", "capacity", "interval", "gain vs baseline", "probes", "stopped because",
+    "measured",
+)  # fmt: skip
 
 
 def _cells(r: CapacityRow) -> list[str]:
@@ -238,6 +287,7 @@ def _cells(r: CapacityRow) -> list[str]:
         r.gain.text if r.gain is not None else NA,
         str(r.probes),
         r.stop_text,
+        r.measured(),
     ]
 
 
@@ -260,7 +310,7 @@ def section_markdown(section: CapacitySection) -> list[str]:
             fig = section.by_scenario[scen]
             out += [f"![{scen}: capacity]({fig.name})", ""]
     if section.rows:
-        out += [HOW_TO_READ, ""]
+        out += [how_to_read(section.rows), ""]
     if section.saturation:
         out += ["Saturation sweeps (the rates fitted to each server):", ""]
         out += [f"- {line}" for line in section.saturation]
@@ -291,7 +341,7 @@ def section_html(section: CapacitySection) -> list[str]:
             parts.append(f"<figure><img alt='{e(fig.stem)}' src='data:image/png;base64,{data}'>")
             parts.append(f"<figcaption>{e(fig.stem)}</figcaption></figure>")
     if section.rows:
-        parts.append(f"<p class='note'>{e(HOW_TO_READ)}</p>")
+        parts.append(f"<p class='note'>{e(how_to_read(section.rows))}</p>")
     if section.saturation:
         items = "".join(f"<li>{e(line)}</li>" for line in section.saturation)
         parts.append(f"<p>Saturation sweeps (the rates fitted to each server):</p><ul>{items}</ul>")
@@ -306,6 +356,28 @@ HOW_TO_READ = (
     "high to config high / baseline low): not a confidence interval, and not paired, since "
     "the two searches ran one after the other."
 )
+HOW_TO_READ_ALTERNATED = (
+    "Capacity: the highest load whose probe met every bound of the SLO below the lowest "
+    "load that failed one (docs/capacity.md). Interval: what the probes' verdicts allow; a "
+    "verdict within its own noise widens it. Rows 'alternated' come from searches run side "
+    "by side, one probe at a time in turn (A B | B A ...), each choosing its own levels: "
+    "drift over the searches fell on both alike on average, so the order they ran in does "
+    "not bias the gain, which is the config's capacity over that of the baseline search it "
+    "alternated with. "
+    "Its range combines the two searches' own intervals end to end (config low / baseline "
+    "high to config high / baseline low): the widest ratio they allow, not a confidence "
+    "interval and not a paired one; it leaves out how much a search's answer varies from "
+    "run to run (search twice to see that)."
+)
+
+
+def how_to_read(rows: Sequence[CapacityRow]) -> str:
+    """The note under the tables: what the interval and the gain are, for how they ran."""
+    alternated = any(r.alternation is not None for r in rows)
+    sequential = any(r.alternation is None for r in rows)
+    if alternated and sequential:
+        return f"{HOW_TO_READ_ALTERNATED} Rows 'one server at a time': {HOW_TO_READ}"
+    return HOW_TO_READ_ALTERNATED if alternated else HOW_TO_READ
 
 
 # --- the figure ---------------------------------------------------------------------------

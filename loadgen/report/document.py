@@ -319,15 +319,24 @@ def _pairing_intro(df: pd.DataFrame) -> list[str]:
         return []
     spec = df[~df["is_baseline"].astype(bool)]
     paired = sorted(set(spec.loc[spec["pairing"] == "paired", "label"]))
-    unpaired = sorted(set(spec.loc[spec["pairing"] != "paired", "label"]))
+    alternated = sorted(set(spec.loc[spec["pairing"] == "alternated", "label"]))
+    unpaired = sorted(set(spec.loc[~spec["pairing"].isin(["paired", "alternated"]), "label"]))
     out = []
     if paired:
         out.append(
             "**Paired**: " + ", ".join(paired) + " served beside the baseline, phases "
             "interleaved A B | B A; speedups with 95% intervals and verdicts."
         )
+    if alternated:
+        out.append(
+            "**Alternated** (capacity searches side by side, their probes in turn): "
+            + ", ".join(alternated)
+            + ". Each search chose its own levels; where two probed the "
+            "same level, its speedup compares one probe of each, taken at different moments: "
+            "**not significant**. The capacity table is their comparison."
+        )
     if unpaired:
-        single = spec[spec["pairing"] != "paired"]
+        single = spec[~spec["pairing"].isin(["paired", "alternated"])]
         verdicts = [v for v in single.get("tpot_speedup_verdict", []) if isinstance(v, str)]
         ns = bool(verdicts) and all(v == "not significant" for v in verdicts)
         out.append(

@@ -8,6 +8,12 @@ objects: one per (configuration, scenario), whose phases are its probes (``<leve
 candidate's run, the level's pairs (:class:`PairedLevel`), from which the tables compute the
 speedups' intervals. The numbers come from the probes' own results, not from the copy the
 sweep kept in level.json to decide when to stop.
+
+A search scenario keeps ``SWEEP_DIR/paired/<group>/<scenario>/<kind>/``: ``search.json``
+(the timeline of the servers' probes) and one ordinary loadgen results directory per server
+(its capacity.json or saturation.json, a phase per probe); :func:`load_searches` reads each
+as the run it is. The baseline searched beside several groups (``residents: 2``, several
+candidates) is one run per group, labelled ``<baseline>@<group>``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from loadgen.report.verdict import SpeedupInterval, log_ratio, paired_interval
 
 PAIRED_DIR = "paired"  # SWEEP_DIR/paired/...: the paired levels
 LEVEL_FILE = "level.json"
+SEARCH_FILE = "search.json"  # a search scenario's cell: its servers' searches
 
 
 @dataclass
@@ -62,7 +69,8 @@ class PairedLevel:
 
 
 def is_paired_sweep(root: Path) -> bool:
-    return (root / PAIRED_DIR).is_dir() and any((root / PAIRED_DIR).rglob(LEVEL_FILE))
+    d = root / PAIRED_DIR
+    return d.is_dir() and (any(d.rglob(LEVEL_FILE)) or any(d.glob(f"*/*/*/{SEARCH_FILE}")))
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -128,7 +136,36 @@ def load_paired(root: Path) -> list[Run]:
                 pl.level, []
             ).append(pl)
             accs[(base, scen)].paired.setdefault(pl.level, []).append(pl)
-    return [_run(label, scen, acc) for (label, scen), acc in accs.items()]
+    return [_run(label, scen, acc) for (label, scen), acc in accs.items()] + load_searches(root)
+
+
+def load_searches(root: Path) -> list[Run]:
+    """The runs of the paired sweep's search scenarios: one per server and search (module
+    docstring), with a note where the search did not finish."""
+    cells = [(f, _read(f)) for f in sorted((root / PAIRED_DIR).glob(f"*/*/*/{SEARCH_FILE}"))]
+    per_base: dict[str, int] = {}  # scenario -> how many groups searched the baseline
+    for _, doc in cells:
+        if doc is not None:
+            per_base[str(doc.get("scenario"))] = per_base.get(str(doc.get("scenario")), 0) + 1
+    runs = []
+    for path, doc in cells:
+        if doc is None:
+            continue
+        base, scen = str(doc.get("baseline")), str(doc.get("scenario"))
+        for label in doc.get("servers") or []:
+            run_dir = path.parent / str(label)
+            if not (run_dir / "run.json").is_file():
+                continue
+            run = load_run(run_dir, default_label=str(label))
+            run.pairing = "alternated" if doc.get("pairing") == "alternated" else "unpaired"
+            if run.label == base and per_base.get(scen, 0) > 1:
+                run.label = f"{base}@{doc.get('group')}"
+            status = str(doc.get("status") or "running")
+            if status != "done":
+                why = f": {doc['reason']}" if doc.get("reason") else ""
+                run.notes.append(f"{doc.get('kind')} search {status}{why}")
+            runs.append(run)
+    return runs
 
 
 def _probe(probe_dir: Path) -> tuple[dict[str, Any] | None, Run | None]:

@@ -164,7 +164,8 @@ def _pairing_json(data: ReportData) -> dict[str, Any]:
     interval was computed from)."""
     df = data.df
     kinds = set(df["pairing"]) if len(df) else set()
-    mode = "paired" if kinds == {"paired"} else ("mixed" if "paired" in kinds else "unpaired")
+    # "alternated": capacity searches side by side, their probes in turn (no pairs)
+    mode = next(iter(kinds)) if len(kinds) == 1 else ("mixed" if kinds else "unpaired")
     levels = []
     seen: set[int] = set()
     for run in data.runs:
