@@ -32,7 +32,7 @@ from loadgen.results.files import atomic_write_json, slugify
 from server_launch.backends.base import ServerBackend, ServerStartError
 from server_launch.paired_level import LevelRun, LevelStatus
 from server_launch.paired_search import SearchCell, SearchStatus
-from server_launch.pairing import PairingPlan, group_id, resident_run
+from server_launch.pairing import Device, PairingPlan, group_id, resident_run
 from server_launch.probe import CoResident, Resident
 
 if TYPE_CHECKING:
@@ -213,11 +213,18 @@ class PairedSweep:
             servers.stop(self.baseline)
             base = None
         labels = ([] if base else [self.baseline]) + cands
+        # On a GPU one at a time: vLLM measures the memory its own start-up takes from the
+        # device's free memory, and fails ("Error in memory profiling") when another server
+        # starting beside it frees memory meanwhile. CPU servers start together.
+        one_by_one = self.plan.device is Device.GPU
         try:
             for i, label in enumerate([self.baseline, *cands]):
                 if label in labels:
                     self._start_one(servers, label, self.port + i)
-            servers.wait_healthy(self.health_deadline_s, labels)
+                    if one_by_one:
+                        servers.wait_healthy(self.health_deadline_s, [label])
+            if not one_by_one:
+                servers.wait_healthy(self.health_deadline_s, labels)
         except ServerStartError as e:
             failed = getattr(e, "failed_label", labels[-1])
             self._failure(failed, "start", str(e), e.log_tail)

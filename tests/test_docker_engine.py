@@ -241,6 +241,9 @@ def _matrix(tmp_path: Path, specs: list[dict[str, Any]], **scenario: Any) -> Pat
         "dummy_models": True,
         "model_dir": str(tmp_path / "models"),
         "server": {"max_model_len": 512, "max_num_seqs": 4, "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
+        # one container at a time: the backend is under test here, not the pairing
+        # (tests/test_paired*.py), and the layout asserted below is the sequential sweep's
+        "paired": False,
         "specs": specs,
         "scenarios": [{**SCENARIO, **scenario}],
     }

@@ -526,6 +526,7 @@ class _FailingBackend:
 
     def __init__(self, fail: set[str]) -> None:
         self.fail, self.starts = fail, []
+        self.events: list[tuple[str, str]] = []  # ("start" | "healthy", label), in order
 
     def command(self, run: Any, port: int) -> list[str]:
         return ["fake", run.label, str(port)]
@@ -536,6 +537,7 @@ class _FailingBackend:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text("fake\n")
         self.starts.append(run.label)
+        self.events.append(("start", run.label))
         h = _Handle()
         if run.label in self.fail:
 
@@ -544,6 +546,8 @@ class _FailingBackend:
                 raise ServerStartError("vLLM server exited with code 1", "CUDA out of memory")
 
             h.wait_healthy = refuse  # type: ignore[method-assign]
+        else:
+            h.wait_healthy = lambda deadline_s: self.events.append(("healthy", run.label))  # type: ignore[method-assign]
         return h
 
 
@@ -579,6 +583,10 @@ def test_a_candidate_that_cannot_start_fails_its_group_and_the_next_runs(
     res = run_sweep(m, backend=backend, output_dir=out, runner=_fake_runner, report=False,
                     progress=False, port=free_port_pair())  # fmt: skip
     assert backend.starts == [BASE, "bad", FAST]  # the baseline started once, kept up
+    # GPU shares: one server at a time, each healthy before the next starts (vLLM's start-up
+    # memory profiling fails when a server starting beside it frees memory meanwhile)
+    assert backend.events[:3] == [("start", BASE), ("healthy", BASE), ("start", "bad")]
+    assert backend.events[3:5] == [("start", FAST), ("healthy", FAST)]
     assert not res.complete and res.failed_runs == ["bad"]
     state = json.loads((out / "sweep.json").read_text())
     assert state["groups"]["bad"]["scenarios"][SCENARIO]["concurrency=2"]["status"] == "failed"
@@ -593,7 +601,7 @@ def test_a_candidate_that_cannot_start_fails_its_group_and_the_next_runs(
     out = tmp_path / "sweep2"
     res = run_sweep(m, backend=backend, output_dir=out, runner=_fake_runner, report=False,
                     progress=False, port=free_port_pair())  # fmt: skip
-    assert backend.starts == [BASE, "bad"]  # started side by side, then both given up
+    assert backend.starts == [BASE]  # one at a time on a GPU: the candidate never started
     state = json.loads((out / "sweep.json").read_text())
     for gid in ("bad", FAST):
         cell = state["groups"][gid]["scenarios"][SCENARIO]["concurrency=2"]
