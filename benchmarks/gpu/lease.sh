@@ -33,10 +33,13 @@ for step in "$@"; do
     flags)
       python3 -m vllm.entrypoints.cli.main serve --help=all > /tmp/bench/vllm-help.txt 2>&1
       grep -n -- "per-request" /tmp/bench/vllm-help.txt > /tmp/bench/vllm-per-request-flags.txt
-      echo "per-request flags: $(wc -l < /tmp/bench/vllm-per-request-flags.txt) lines" ;;
+      grep -rn -i "per.request" /tmp/site/vllm/entrypoints /tmp/site/vllm/engine/arg_utils.py \
+        > /tmp/bench/vllm-per-request-source.txt 2>&1
+      echo "per-request flags: $(wc -l < /tmp/bench/vllm-per-request-flags.txt) help lines," \
+        "$(wc -l < /tmp/bench/vllm-per-request-source.txt) source lines" ;;
     overhead16)
       lscpu > /tmp/bench/lscpu.txt
-      python3 benchmarks/client_overhead.py --clients loadgen-raw,vllm --ramp-outputs 16 \
+      timeout 1100 python3 benchmarks/client_overhead.py --clients loadgen-raw,vllm --ramp-outputs 16 \
         --ramp-start 4000 --concurrency 64,512 --outputs 16 \
         --out /tmp/bench --name client_overhead-h200host ;;
     sweep8b)
