@@ -23,6 +23,7 @@ PER_REQUEST = "--enable-per-request-metrics"
 PER_REQUEST_SPEC = "--per-request-spec-decode-metrics"
 NO_LOG_STATS = "--disable-log-stats"  # vLLM refuses PER_REQUEST with it
 HELP_TIMEOUT_S = 180.0
+CLI_MODULE = "vllm.entrypoints.cli.main"  # `python -m vllm.entrypoints.cli.main serve`: vllm's CLI
 
 
 class PerRequestMetrics(StrEnum):
@@ -55,13 +56,16 @@ def per_request_flags(
 
 def help_argv(prefix: list[str]) -> list[str] | None:
     """How to ask a local server command for its flags: ``vllm serve --help=all`` (its
-    plain --help lists groups only), the API-server module's ``--help``; None for any
+    plain --help lists groups only, likewise ``python -m vllm.entrypoints.cli.main serve``
+    where no ``vllm`` script is installed), the API-server module's ``--help``; None for any
     other command (a wrapper script might start a server instead of printing help)."""
     from server_launch.backends.local import API_SERVER_MODULE
 
     if len(prefix) >= 3 and prefix[-2:] == ["-m", API_SERVER_MODULE]:
         return [*prefix, "--help"]
     if len(prefix) >= 2 and Path(prefix[-2]).name == "vllm" and prefix[-1] == "serve":
+        return [*prefix, "--help=all"]
+    if len(prefix) >= 4 and prefix[-3:] == ["-m", CLI_MODULE, "serve"]:
         return [*prefix, "--help=all"]
     return None
 

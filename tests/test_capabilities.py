@@ -45,6 +45,11 @@ def test_only_vllm_commands_are_asked() -> None:
     py = sys.executable
     assert help_argv([py, "-m", API_SERVER_MODULE]) == [py, "-m", API_SERVER_MODULE, "--help"]
     assert help_argv(["/opt/bin/vllm", "serve"]) == ["/opt/bin/vllm", "serve", "--help=all"]
+    # vllm's CLI as a module (a vLLM installed with --target has no `vllm` script): its
+    # plain --help lists groups only, so it is asked for all of them
+    cli = [py, "-m", "vllm.entrypoints.cli.main", "serve"]
+    assert help_argv(cli) == [*cli, "--help=all"]
+    assert help_argv([py, "-m", "vllm.entrypoints.cli.main", "bench"]) is None
     assert help_argv([py, "fake_vllm.py"]) is None  # a wrapper might start a server
     assert local_help_text((py, "fake_vllm.py")) == ""
 

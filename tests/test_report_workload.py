@@ -12,7 +12,7 @@ import pytest
 
 from loadgen.report.load import find_runs
 from loadgen.report.render import write_report
-from loadgen.report.workload import category_rows, rank_correlation, turn_rows
+from loadgen.report.workload import category_rows, rank_correlation, server_rows, turn_rows
 from loadgen.results.records import RequestRecord
 from loadgen.results.summary import summarize
 
@@ -116,6 +116,19 @@ def test_turn_rows(sweep: Path) -> None:
     assert rows[0]["prefix_cache_hit_rate"] == pytest.approx(0.4)
 
 
+def test_server_rows_split_ttft_inside_and_outside_the_engine(sweep: Path) -> None:
+    rows = server_rows(find_runs([sweep]))
+    # only the drafter's records carried the server's figures (the baseline's had none)
+    assert {r["label"] for r in rows} == {"draft-k3"}
+    row = next(r for r in rows if r["scenario"] == "suite")
+    assert row["server_metrics"] == 8 and row["level"] == "concurrency=1"
+    assert row["median_server_ttft_ms"] == pytest.approx(5.0)
+    assert row["median_server_queue_ms"] == pytest.approx(1.0)
+    # client TTFT 50 ms = 1 ms queued + 5 ms in the engine + 44 ms outside it
+    assert row["median_ttft_ms"] == pytest.approx(50.0)
+    assert row["median_client_minus_server_ttft_ms"] == pytest.approx(44.0)
+
+
 def test_report_has_the_workload_section(sweep: Path, tmp_path: Path) -> None:
     md_path = write_report([sweep], tmp_path / "rep")
     md = md_path.read_text()
@@ -124,6 +137,8 @@ def test_report_has_the_workload_section(sweep: Path, tmp_path: Path) -> None:
     out = md_path.parent
     assert (out / "report_categories.csv").read_text().count("\n") == 1 + 2 * 2 * 2
     assert (out / "report_turns.csv").is_file()
+    assert "## TTFT inside and outside the engine" in md
+    assert (out / "report_server.csv").read_text().count("\n") == 1 + 2
     doc = json.loads((out / "report.json").read_text())
     assert len(doc["workload"]["categories"]) == 8 and doc["workload"]["lengths"]
     scatter = out / "suite-acceptance_vs_tpot.png"

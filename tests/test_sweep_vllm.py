@@ -171,6 +171,13 @@ def test_sweep_report_has_every_speedup_cell(sweep: SimpleNamespace) -> None:
     )
     md = (report / "report.md").read_text()
     assert GOOD in md and BASE in md and "concurrency=2" in md
+    # the real server's per-request figures reach the report: TTFT split at the engine
+    assert "## TTFT inside and outside the engine" in md
+    server = {(r["label"], r["level"]): r for r in doc["workload"]["server"]}
+    assert sorted(server) == sorted((lb, lv) for lb in (BASE, GOOD) for lv in LEVELS)
+    for r in server.values():
+        assert r["server_metrics"] == N_REQUESTS
+        assert 0 < r["median_server_ttft_ms"] < r["median_ttft_ms"]
     assert (report / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
 
 

@@ -3,7 +3,7 @@
 # 15 MB each, the device tool's limit being 16 MiB), so a lease that ends early loses nothing
 # that was done before the last poll.
 cd /tmp || exit 1
-for d in paired sweep agree2 orig; do
+for d in paired perreq sweep agree2 orig; do
   [ -d $d ] || continue
   tar czf $OUT/$d.tgz $d specload/raw_data 2>/dev/null
   if [ "$(stat -c %s $OUT/$d.tgz)" -gt 15000000 ]; then

@@ -5,6 +5,7 @@
 # and benchmarks/gpu/collect.sh packs whatever is done into $OUT at each poll. Steps:
 #   paired        scenarios/matrix-gpu-8b-paired.yaml: none, 1B draft k=3 and EAGLE-3 head k=3
 #                 co-resident, levels interleaved with intervals, then capacity at the chat SLO
+#   perreq        the same at c=1 and 16 with vLLM's per-request timing figures
 #   flags         whether this vLLM has the per-request metrics flags (its --help)
 #   overhead16    benchmarks/client_overhead.py on 16 cores, short outputs only, each step
 #                 bounded (a client that falls behind is stopped and recorded as not held)
@@ -30,6 +31,10 @@ for step in "$@"; do
     paired)
       python3 -m server_launch --matrix scenarios/matrix-gpu-8b-paired.yaml --backend local \
         --vllm-cmd "$V" --output-dir /tmp/paired --resume --no-progress --no-report ;;
+    perreq)
+      python3 -m server_launch --matrix scenarios/matrix-gpu-8b-paired-perreq.yaml \
+        --backend local --vllm-cmd "$V" --output-dir /tmp/perreq --resume --no-progress \
+        --no-report ;;
     flags)
       python3 -m vllm.entrypoints.cli.main serve --help=all > /tmp/bench/vllm-help.txt 2>&1
       grep -n -- "per-request" /tmp/bench/vllm-help.txt > /tmp/bench/vllm-per-request-flags.txt

@@ -105,12 +105,14 @@ def output(name: str) -> Callable[[Writer], Writer]:
 
 
 def _workload_section(data: ReportData, out: Path, figures: bool) -> WorkloadSection:
-    """By category, by turn, the lengths and the acceptance scatters
+    """By category, by turn, the server's TTFT, the lengths and the acceptance scatters
     (:mod:`loadgen.report.workload`); the tables also go to CSV files beside report.csv."""
     import pandas as pd
 
     section = build_section(data.runs, data.base_label)
-    for name, rows in (("categories", section.categories), ("turns", section.turns)):
+    tables = (("categories", section.categories), ("turns", section.turns),
+              ("server", section.server))  # fmt: skip
+    for name, rows in tables:
         if rows:
             pd.DataFrame(rows).to_csv(out / f"report_{name}.csv", index=False)
     if figures:

@@ -35,6 +35,10 @@ CATEGORY_COLUMNS = (
     "draft_acceptance_rate", "median_ttft_ms", "median_tpot_ms", "tpot_speedup",
     "mean_output_len",
 )  # fmt: skip
+SERVER_COLUMNS = (
+    "scenario", "level", "label", "server_metrics", "median_ttft_ms",
+    "median_server_queue_ms", "median_server_ttft_ms", "median_client_minus_server_ttft_ms",
+)  # fmt: skip
 TURN_COLUMNS = (
     "scenario", "level", "label", "turn", "count", "completed", "median_ttft_ms", "p99_ttft_ms",
     "median_tpot_ms", "mean_prompt_tokens", "prefix_cache_hit_rate",
@@ -49,10 +53,16 @@ class WorkloadSection:
     lengths: list[str]  # one line per scenario: fixed or natural, and the distribution
     categories: list[dict[str, Any]] = field(default_factory=list)
     turns: list[dict[str, Any]] = field(default_factory=list)
+    server: list[dict[str, Any]] = field(default_factory=list)
     figures: list[Path] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        return {"lengths": self.lengths, "categories": self.categories, "turns": self.turns}
+        return {
+            "lengths": self.lengths,
+            "categories": self.categories,
+            "turns": self.turns,
+            "server": self.server,
+        }
 
     def markdown(self) -> str:
         out: list[str] = []
@@ -62,6 +72,9 @@ class WorkloadSection:
         if self.turns:
             out += ["## By turn (multi-turn replay)", "", TURN_NOTE, ""]
             out += [_md_table(self.turns, TURN_COLUMNS), ""]
+        if self.server:
+            out += ["## TTFT inside and outside the engine", "", SERVER_NOTE, ""]
+            out += [_md_table(self.server, SERVER_COLUMNS), ""]
         if self.figures:
             out += ["## Per-request acceptance", ""]
             out += [f"- [{p.stem}]({p.name})" for p in self.figures] + [""]
@@ -78,6 +91,15 @@ TURN_NOTE = (
     "with k; the prefix-cache hit rate is vLLM's (hits / queries) over the phase."
 )
 
+SERVER_NOTE = (
+    "From the server's own per-request figures (vLLM's `--enable-per-request-metrics`), "
+    "medians over the level's phases: `server_metrics` = how many measured requests carried "
+    "them; the server's queue time and TTFT are measured inside the engine; client minus "
+    "server = the client's TTFT minus both, per request: the network, the API server's HTTP "
+    "handling, tokenization and the client's own stamping; it grows with the load the API "
+    "server carries, so it can differ between configs at one level."
+)
+
 
 def build_section(runs: Sequence[Run], base_label: str | None) -> WorkloadSection:
     """The section's tables from the runs' phase summaries."""
@@ -85,6 +107,7 @@ def build_section(runs: Sequence[Run], base_label: str | None) -> WorkloadSectio
         lengths=length_lines(runs),
         categories=category_rows(runs, base_label),
         turns=turn_rows(runs),
+        server=server_rows(runs),
     )
 
 
@@ -184,6 +207,23 @@ def turn_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
                              "turn": int(t), **_fold(groups, keys),
                              "prefix_cache_hit_rate": hit})  # fmt: skip
     return [{k: r.get(k) for k in TURN_COLUMNS} for r in rows]
+
+
+def server_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """One row per scenario x level x config whose phases carried the server's per-request
+    timing figures (none without them: an older server, or the flag off)."""
+    keys = ("median_ttft_ms", "median_server_queue_ms", "median_server_ttft_ms",
+            "median_client_minus_server_ttft_ms")  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    for run in runs:
+        for level, summaries in _level_groups(run).items():
+            mine = [s for s in summaries if as_float(s.get("median_server_ttft_ms")) is not None]
+            if not mine:
+                continue
+            count = sum(int(s.get("num_server_metrics") or 0) for s in mine)
+            rows.append({"scenario": run.scenario, "level": level, "label": run.label,
+                         "server_metrics": count, **_fold(mine, keys)})  # fmt: skip
+    return [{k: r.get(k) for k in SERVER_COLUMNS} for r in rows]
 
 
 # --- per-request acceptance against TPOT -------------------------------------------------
