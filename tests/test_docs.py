@@ -92,7 +92,7 @@ def _table(text: str, header: str) -> list[str]:
 
 
 def test_readme_gpu_table_is_the_one_in_docs() -> None:
-    header = "| config | acceptance length | c=1 | c=4 | c=16 | c=64 |"
+    header = "| config | metric | c=1 | c=4 | c=16 | c=64 |"
     readme = _table(README.read_text(), header)
     assert len(readme) > 2
     assert readme == _table((ROOT / "docs" / "gpu.md").read_text(), header)
