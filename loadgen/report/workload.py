@@ -8,6 +8,9 @@
   config, with the TPOT speedup against the baseline's same category at the same level.
 - **By turn** (multi-turn replay): TTFT, TPOT and prompt tokens per turn, and the prefix
   cache's hit rate over each phase.
+- **TTFT inside and outside the engine**: where the server returned its per-request timing,
+  the client's TTFT beside the server's queue time and TTFT, so a TTFT gain or loss can be
+  placed in the engine or in the HTTP path around it.
 - **Per-request acceptance against TPOT**: a scatter of every request that carried the
   server's acceptance figures, with the rank correlation per config.
 
