@@ -104,6 +104,22 @@ def test_tpot_undefined_for_one_token_and_no_end():
     assert tpot_s(r) is None and e2e_s(r) is None
 
 
+def test_streams_flushed_in_one_read_are_counted_and_noted():
+    from loadgen.report.tables import metrics_of
+
+    flushed = rec(0, chunks=[0.3] * 16, end=0.3001)  # 16 chunks, one read: the stream held back
+    one_chunk = rec(1, chunks=[0.2], tokens=[8], end=0.2)  # all 8 tokens in one chunk
+    streamed = rec(2, chunks=[0.1 + 0.01 * k for k in range(16)])
+    single_token = rec(3, chunks=[0.1], out=1)  # one token: nothing to flush
+    s = summarize([flushed, one_chunk, streamed, single_token], duration_s=1.0)
+    assert s["single_read_requests"] == 2
+    notes = metrics_of(s)[1]
+    assert any(n.startswith("2 of 4 requests arrived in one read") for n in notes), notes
+    clean = summarize([streamed, single_token], duration_s=1.0)
+    assert clean["single_read_requests"] == 0
+    assert not any("one read" in n for n in metrics_of(clean)[1])
+
+
 def test_zero_token_chunk_gap_carries_into_next_token_chunk():
     r = rec(chunks=[0.1, 0.2, 0.4], tokens=[1, 0, 2])
     assert itl_chunk_s(r) == pytest.approx([0.1, 0.2])  # vllm's ITL counts every chunk

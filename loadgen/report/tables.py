@@ -240,6 +240,12 @@ def metrics_of(s: Mapping[str, Any]) -> tuple[dict[str, float], list[str], bool]
         values[col] = math.nan if v is None else v
     if col_missing := [c for c in ("tpot_p50_ms", "output_throughput") if math.isnan(values[c])]:
         notes.append("missing " + ", ".join(col_missing))
+    if single := int(as_float(s.get("single_read_requests")) or 0):
+        notes.append(
+            f"{single} of {int(as_float(s.get('completed')) or 0)} requests arrived in one read "
+            "(the server flushed the stream at once): their TPOT reads 0 and their TTFT holds "
+            "their decoding"
+        )
     return values, notes, nothing_done
 
 

@@ -201,6 +201,7 @@ class _RequestColumns:
         s.update(self._unknown.keys())
         s.update(_dispatch_lag_keys(c.lag))
         s["goodput_fraction"] = None if good is None else (good / c.n if c.n else 0.0)
+        s["single_read_requests"] = single_read_count(c.ok, c.out, c.max_itl)
         s["failed_by_kind"] = dict(sorted(self._failed_by_kind.items()))
         gauges = dict(server_gauges or {})
         for k in GAUGE_SUMMARY_KEYS:
@@ -314,6 +315,14 @@ def _blank_suffix(s: dict[str, Any], *suffixes: str) -> None:
     for k in s:
         if k.endswith(suffixes):
             s[k] = None
+
+
+def single_read_count(ok: np.ndarray, out: np.ndarray, max_itl: np.ndarray) -> int:
+    """Completed requests of several tokens whose every chunk arrived in one socket read
+    (no gap between chunks). The server held the stream back and flushed it at once (a
+    starved API server does that): the client saw TPOT 0, and the request's decoding
+    time sits in its TTFT. Neither figure then measures what it names."""
+    return int(np.count_nonzero(ok & (out > 1) & (max_itl == 0.0)))
 
 
 def _good_count(slo: SLO, c: _Columns) -> int:
