@@ -37,16 +37,16 @@ from server_launch.backends.base import (
     install_signal_handlers,
     wait_port_free,
 )
-from server_launch.paired_sweep import check_resume
+from server_launch.paired_sweep import DONE, FAILED, PENDING, check_resume
 from server_launch.pairing import PairingPlan, plan_pairing
 
 if TYPE_CHECKING:
     from loadgen.config.scenario import Scenario
     from loadgen.engine.run import RunResult
     from server_launch.matrix import Matrix, ServerRun
+    from server_launch.paired_sweep import PairedState
 
 STATE_VERSION = 1
-DONE, FAILED, PENDING = "done", "failed", "pending"
 
 
 class RunKwargs(TypedDict, total=False):
@@ -259,10 +259,10 @@ def run_sweep(
     previous = prepare_sweep_dir(output_dir, resume)
     check_resume(previous, plan, output_dir)
     say(plan.reason)
+    if matrix_path is not None and not (output_dir / "matrix.yaml").exists():
+        shutil.copyfile(matrix_path, output_dir / "matrix.yaml")
+    _prepare_models(matrix, say)
     if plan.paired:
-        if matrix_path is not None and not (output_dir / "matrix.yaml").exists():
-            shutil.copyfile(matrix_path, output_dir / "matrix.yaml")
-        _prepare_models(matrix, say)
         return _run_paired(
             matrix,
             plan,
@@ -278,9 +278,6 @@ def run_sweep(
             port_free_wait_s=port_free_wait_s,
         )
     runner = runner or _default_runner
-    if matrix_path is not None and not (output_dir / "matrix.yaml").exists():
-        shutil.copyfile(matrix_path, output_dir / "matrix.yaml")
-    _prepare_models(matrix, say)
     state = SweepState.create(output_dir / "sweep.json", matrix, backend.name, previous)
     state.doc["pairing"] = plan.to_json()
     state.save()
@@ -318,7 +315,19 @@ def run_sweep(
         state.doc["error"] = str(e)
         state.save()
         raise
+    return _finish(state, output_dir, interrupted, failed_runs, report, say)
 
+
+def _finish(
+    state: SweepState | PairedState,
+    output_dir: Path,
+    interrupted: bool,
+    failed_runs: list[str],
+    report: bool,
+    say: Callable[[str], None],
+) -> SweepResult:
+    """A sweep's ending, sequential or paired: the final status saved, the counts, the
+    report (not after an interruption: the user asked to stop)."""
     counts = state.counts()
     complete = counts.get(FAILED, 0) == 0 and counts.get(PENDING, 0) == 0
     status = "complete" if complete else "incomplete"
@@ -355,8 +364,6 @@ def _run_paired(
 ) -> SweepResult:
     """The paired sweep (paired_sweep.py), with the sequential sweep's ending: state,
     counts, exit code, report."""
-    from server_launch.paired_sweep import FAILED as P_FAILED
-    from server_launch.paired_sweep import PENDING as P_PENDING
     from server_launch.paired_sweep import PairedState, PairedSweep
 
     state = PairedState.create(output_dir / "sweep.json", matrix, plan, backend.name, previous)
@@ -386,16 +393,8 @@ def _run_paired(
         state.doc["error"] = str(e)
         state.save()
         raise
-    counts = state.counts()
-    complete = counts.get(P_FAILED, 0) == 0 and counts.get(P_PENDING, 0) == 0
-    status = "complete" if complete else "incomplete"
-    state.doc["status"] = "interrupted" if interrupted else status
-    state.save()
     failed = list(dict.fromkeys(sweep.failed_runs))
-    result = SweepResult(output_dir, complete, interrupted, counts, failed)
-    if report and not interrupted:
-        result.report = _write_report(output_dir, say)
-    return result
+    return _finish(state, output_dir, interrupted, failed, report, say)
 
 
 def _write_report(sweep_dir: Path, say: Callable[[str], None]) -> Path | None:
